@@ -1,0 +1,29 @@
+# make run   - create .venv, install pushsvc, run it on port 8080 (one process)
+# make test  - create .venv, install with test extras, run the trial suite
+# make bench - run the load benchmark
+SHELL  := /bin/bash
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PORT   ?= 8080
+ARGS   ?=
+
+.PHONY: run test bench redis clean
+
+# "compat" editable mode puts the checkout itself on sys.path, so twistd's
+# plugin scan finds twisted/plugins/pushsvc_plugin.py in this folder.
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[test,bench]' --config-settings editable_mode=compat
+	touch $@
+
+run: $(VENV)/.installed
+	$(VENV)/bin/twistd -n --pidfile= pushsvc --port $(PORT) $(ARGS)
+
+test: $(VENV)/.installed
+	@set -o pipefail; $(PY) -m twisted.trial --temp-directory=$(VENV)/_trial_temp tests 2>&1 \
+	  | tee $(VENV)/trial.log; status=$$?; \
+	  $(PY) tools/trial_summary.py $(VENV)/trial.log $$status
+
+clean:
+	rm -rf $(VENV) *.egg-info twisted/plugins/dropin.cache

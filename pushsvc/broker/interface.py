@@ -1,0 +1,69 @@
+"""The broker contract between a session engine and whatever connects engines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from zope.interface import Attribute, Interface
+
+from ..protocol import Address
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message on its way: its id, its address and its encoded ``msg`` frame.
+
+    ``frame`` is encoded once where the message enters the system and is
+    written as is to every recipient.
+    """
+    id: str
+    to: Address
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A server-side operation every engine runs on its own sessions.
+
+    ``name`` is one of ``commands.COMMANDS``; ``args`` are JSON values.
+    """
+    name: str
+    args: dict[str, Any]
+
+
+class IReceiver(Interface):
+    """What a broker hands messages and commands to: a session engine."""
+
+    def deliver(message):
+        """Write ``message`` to every local session its address selects."""
+
+    def perform(command):
+        """Run ``command`` on the local sessions; return a JSON-able dict."""
+
+
+class IBroker(Interface):
+    """Carries messages to every engine that has subscribed to their channels."""
+
+    subscriptions = Attribute("The set of channels this engine subscribes to.")
+
+    def attach(receiver):
+        """Hand future messages and commands to ``receiver`` (an IReceiver)."""
+
+    def subscribe(channel):
+        """Ask for messages on ``channel``; called when its first local session appears."""
+
+    def unsubscribe(channel):
+        """Stop messages on ``channel``; called when its last local session leaves."""
+
+    def publish(channels, message):
+        """Send ``message`` once to each engine subscribed to any of ``channels``.
+
+        Returns a Deferred that fires when the broker has taken the message.
+        """
+
+    def command(command):
+        """Run ``command`` on every engine; a Deferred firing with their results."""
+
+    def close():
+        """Let go of connections; a Deferred that fires when done."""

@@ -1,0 +1,245 @@
+"""The session engine of one process: client ops, publishing, delivery, commands.
+
+The engine sits between the I/O edges and the broker.  The WebSocket edge hands
+it connections (``open``/``close``) and text frames (``handle``); the HTTP edge
+hands it pushes (``publish``) and commands (``run``); the broker hands it
+messages (``deliver``) and commands (``perform``).  It never touches a socket:
+a connection is any object with the ``IConnection`` methods.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from zope.interface import Interface, implementer
+
+from . import commands
+from .broker.interface import Command, IReceiver, Message
+from .ids import IdMaker
+from .protocol import (CLOSE_POLICY, FORBIDDEN, TOO_MANY_GROUPS, UNAUTHORIZED, Address,
+                       ProtocolError, Request, encode, error_frame, message_frame,
+                       parse_request, reply_frame)
+from .routing import channels, check_client_send, recipients, worker_channel
+from .sessions import Session, SessionRegistry
+
+_log = Logger()
+
+
+class IConnection(Interface):
+    """What the engine asks of a client connection (the WebSocket edge)."""
+
+    def send_frame(frame):
+        """Write one encoded server frame (bytes) to this client."""
+
+    def send_prepared(prepared):
+        """Write a frame prepared once for many clients by the engine's ``prepare``."""
+
+    def close(code, reason):
+        """Close the connection with a WebSocket close code and reason."""
+
+    def check_alive(now):
+        """Ping the client, or drop it if it has been silent too long."""
+
+
+class Overloaded(Exception):
+    """The process holds as many sessions as it may."""
+
+
+@implementer(IReceiver)
+class Engine:
+    """Sessions, ops, delivery and commands for one process."""
+
+    def __init__(self, settings, broker, ids: IdMaker, clock,
+                 prepare: Callable[[bytes], Any] = lambda frame: frame):
+        self.settings = settings
+        self.broker = broker
+        self.ids = ids
+        self.clock = clock
+        self.prepare = prepare
+        self.registry = SessionRegistry(on_interest=self._interest)
+        self.counters: Counter[str] = Counter()
+        self._keepalive = LoopingCall(self._check_alive)
+        self._keepalive.clock = clock
+        self._ops = {"ping": self._ping, "auth": self._auth, "join": self._join,
+                     "leave": self._leave, "send": self._send}
+
+    # -- life cycle -------------------------------------------------------
+
+    def start(self) -> None:
+        self.broker.attach(self)
+        self.broker.subscribe(worker_channel(self.ids.owner))
+        self._keepalive.start(self.settings.ping_interval, now=False)
+
+    def stop(self) -> None:
+        if self._keepalive.running:
+            self._keepalive.stop()
+
+    def _interest(self, channel: str, wanted: bool) -> None:
+        if wanted:
+            self.broker.subscribe(channel)
+        else:
+            self.broker.unsubscribe(channel)
+
+    def _check_alive(self) -> None:
+        now = self.clock.seconds()
+        for session in list(self.registry.everyone()):
+            session.conn.check_alive(now)
+
+    # -- sessions ---------------------------------------------------------
+
+    def open(self, conn) -> Session:
+        """Register a new connection; raises Overloaded past max_connections."""
+        if len(self.registry) >= self.settings.max_connections:
+            self.counters["refused_full"] += 1
+            raise Overloaded()
+        session = Session(self.ids.session_id(), conn)
+        self.registry.add(session)
+        return session
+
+    def close(self, session: Session) -> None:
+        """Forget a session: it leaves every group, tag and user map."""
+        self.registry.remove(session)
+
+    def welcome(self, session: Session, ref: Any = None) -> bytes:
+        return reply_frame("welcome", ref, session=session.id, user=session.user)
+
+    # -- client ops -------------------------------------------------------
+
+    def handle(self, session: Session, text: bytes) -> None:
+        """Serve one client text frame; every reply goes to ``session.conn``."""
+        request = None
+        try:
+            request = parse_request(text, self.settings.max_targets)
+            self._ops[request.op](session, request)
+        except ProtocolError as e:
+            session.conn.send_frame(error_frame(e, e.ref if request is None else request.ref))
+            if e.code == UNAUTHORIZED:
+                session.conn.close(CLOSE_POLICY, e.message)
+
+    def _ok(self, session: Session, request: Request, **fields: Any) -> None:
+        if request.ref is not None:
+            session.conn.send_frame(reply_frame("ok", request.ref, **fields))
+
+    def _ping(self, session: Session, request: Request) -> None:
+        session.conn.send_frame(reply_frame("pong", request.ref))
+
+    def _auth(self, session: Session, request: Request) -> None:
+        if request.token is not None:
+            raise ProtocolError(UNAUTHORIZED,
+                                "token authentication is not configured on this server")
+        if session.user is not None and session.user != request.user:
+            raise ProtocolError(FORBIDDEN, "this session is already bound to another user")
+        self.registry.set_user(session, request.user)
+        session.conn.send_frame(self.welcome(session))
+        self._ok(session, request)
+
+    def _join(self, session: Session, request: Request) -> None:
+        if (request.group not in session.groups
+                and len(session.groups) >= self.settings.max_groups_per_session):
+            raise ProtocolError(TOO_MANY_GROUPS, "a session may be in at most "
+                                f"{self.settings.max_groups_per_session} groups")
+        self.registry.join(session, request.group)
+        self._ok(session, request)
+
+    def _leave(self, session: Session, request: Request) -> None:
+        self.registry.leave(session, request.group)
+        self._ok(session, request)
+
+    def _send(self, session: Session, request: Request) -> None:
+        check_client_send(self.settings.client_send, session, request.to)
+        self.counters["sent_by_clients"] += 1
+        sender = {"session": session.id, "user": session.user}
+        self.publish(request.to, request.data, sender).addCallback(
+            lambda msg_id: self._ok(session, request, id=msg_id))
+
+    # -- messages ---------------------------------------------------------
+
+    def publish(self, to: Address, data: Any,
+                sender: dict[str, Any] | None = None) -> Deferred:
+        """Give a new message to the broker; a Deferred firing with its id."""
+        msg_id = self.ids.message_id()
+        message = Message(msg_id, to, message_frame(msg_id, to, data, sender))
+        self.counters["published"] += 1
+        return self.broker.publish(channels(to), message).addCallback(lambda _: msg_id)
+
+    def deliver(self, message: Message) -> None:
+        """Write ``message`` to each local session it is for, encoded once."""
+        targets = recipients(self.registry, message.to)
+        if not targets:
+            return
+        prepared = self.prepare(message.frame)
+        for session in targets:
+            session.conn.send_prepared(prepared)
+        self.counters["delivered"] += len(targets)
+
+    # -- server-side commands -----------------------------------------------
+
+    def run(self, command: Command) -> Deferred:
+        """Run ``command`` on every engine (through the broker); the merged result."""
+        return self.broker.command(command).addCallback(commands.merge)
+
+    def perform(self, command: Command) -> dict[str, Any]:
+        return getattr(self, f"_cmd_{command.name}")(**command.args)
+
+    def _targets(self, user: str | None = None, session: str | None = None) -> list[Session]:
+        if user is not None:
+            return list(self.registry.user_sessions(user))
+        found = self.registry.get(session)
+        return [found] if found is not None else []
+
+    def _tell(self, session: Session, op: str, group: str, reason: str) -> None:
+        session.conn.send_frame(encode({"op": op, "group": group, "reason": reason}))
+
+    def _cmd_join(self, group: str, **target: str) -> dict[str, Any]:
+        joined = refused = 0
+        for session in self._targets(**target):
+            if group in session.groups:
+                continue
+            if len(session.groups) >= self.settings.max_groups_per_session:
+                refused += 1
+                continue
+            self.registry.join(session, group)
+            self._tell(session, "joined", group, "server")
+            joined += 1
+        return {"sessions": joined, "refused": refused}
+
+    def _cmd_leave(self, group: str, **target: str) -> dict[str, Any]:
+        left = 0
+        for session in self._targets(**target):
+            if self.registry.leave(session, group):
+                self._tell(session, "left", group, "server")
+                left += 1
+        return {"sessions": left}
+
+    def _cmd_destroy(self, group: str) -> dict[str, Any]:
+        members = list(self.registry.group_members(group))
+        for session in members:
+            self.registry.leave(session, group)
+            self._tell(session, "left", group, "destroyed")
+        return {"sessions": len(members)}
+
+    def _cmd_tag(self, tag: str, **target: str) -> dict[str, Any]:
+        return {"sessions": sum(self.registry.tag(s, tag) for s in self._targets(**target))}
+
+    def _cmd_untag(self, tag: str, **target: str) -> dict[str, Any]:
+        return {"sessions": sum(self.registry.untag(s, tag) for s in self._targets(**target))}
+
+    def _cmd_group(self, group: str) -> dict[str, Any]:
+        return {"members": [{"session": s.id, "user": s.user}
+                            for s in self.registry.group_members(group)]}
+
+    def _cmd_user(self, user: str) -> dict[str, Any]:
+        return {"sessions": [s.describe() for s in self.registry.user_sessions(user)]}
+
+    def _cmd_groups(self) -> dict[str, Any]:
+        return {"groups": {g: len(m) for g, m in self.registry.groups.members.items()}}
+
+    def _cmd_stats(self) -> dict[str, Any]:
+        return {"sessions": len(self.registry),
+                "users": len(self.registry.users.members),
+                "groups": len(self.registry.groups.members),
+                **{k: v for k, v in self.counters.items()}}

@@ -1,0 +1,227 @@
+"""The wire format: parse and check client frames, encode server frames.  No I/O.
+
+Client frames are JSON objects with an ``op``; an optional ``ref`` (a JSON
+scalar) is echoed in the reply::
+
+    {"op":"auth","user":"u1"}            development mode (auth off)
+    {"op":"auth","token":"..."}          signed token (when configured)
+    {"op":"join","group":"g1"}
+    {"op":"leave","group":"g1"}
+    {"op":"send","to":ADDRESS,"data":ANY}
+    {"op":"ping"}
+
+Server frames::
+
+    {"op":"welcome","session":"...","user":null|"u1"}
+    {"op":"ok","ref":...}
+    {"op":"pong","ref":...}
+    {"op":"msg","id":"...","to":ADDRESS,"data":ANY,"from":{...}}
+    {"op":"joined"|"left","group":"g1","reason":"server"|"destroyed"}
+    {"op":"error","ref":...,"code":"...","message":"..."}
+
+An ADDRESS is an object with one or more of ``session``, ``user``, ``group``,
+``tag`` (each a name or a list of names) and ``all`` (``true``).  A message
+goes to the union of what the keys select, once per session.
+
+Every problem is raised as ``ProtocolError(code, message)``, which the I/O
+edges turn into an ``error`` frame or an HTTP error body in one place each.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+# Error codes (the public ones are in DESIGN.md).
+BAD_REQUEST = "bad_request"
+UNKNOWN_OP = "unknown_op"
+UNAUTHORIZED = "unauthorized"
+FORBIDDEN = "forbidden"
+TOO_LARGE = "too_large"
+RATE_LIMITED = "rate_limited"
+TOO_MANY_GROUPS = "too_many_groups"
+NOT_FOUND = "not_found"
+
+# WebSocket close codes.
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+CLOSE_POLICY = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013
+
+MAX_NAME = 200
+ADDRESS_KINDS = ("session", "user", "group", "tag")
+
+
+class ProtocolError(Exception):
+    """A request that cannot be served; becomes an error frame or HTTP error."""
+
+    ref: Any = None  # the request's ref, set when it could be read
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Who a message is for: the union of the names of each kind (and maybe all)."""
+    session: tuple[str, ...] = ()
+    user: tuple[str, ...] = ()
+    group: tuple[str, ...] = ()
+    tag: tuple[str, ...] = ()
+    all: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The address as it goes on the wire: single names unwrapped."""
+        out: dict[str, Any] = {}
+        for kind in ADDRESS_KINDS:
+            names = getattr(self, kind)
+            if names:
+                out[kind] = names[0] if len(names) == 1 else list(names)
+        if self.all:
+            out["all"] = True
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One parsed client frame."""
+    op: str
+    ref: Any = None
+    user: str | None = None
+    token: str | None = None
+    group: str | None = None
+    to: Address | None = None
+    data: Any = None
+
+
+def name(value: Any, what: str) -> str:
+    """Check a user, group, tag or session name: a non-empty string, not too long."""
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(BAD_REQUEST, f"'{what}' must be a non-empty string")
+    if len(value) > MAX_NAME:
+        raise ProtocolError(BAD_REQUEST, f"'{what}' is longer than {MAX_NAME} characters")
+    return value
+
+
+def parse_address(value: Any, max_targets: int) -> Address:
+    """Check an address object (``to``) and return it normalised."""
+    if not isinstance(value, dict) or not value:
+        raise ProtocolError(BAD_REQUEST, "'to' must be a non-empty object")
+    unknown = set(value) - set(ADDRESS_KINDS) - {"all"}
+    if unknown:
+        raise ProtocolError(BAD_REQUEST, f"'to' has unknown key '{sorted(unknown)[0]}'")
+    kinds: dict[str, Any] = {}
+    count = 0
+    for kind in ADDRESS_KINDS:
+        if kind not in value:
+            continue
+        names = value[kind]
+        if isinstance(names, list):
+            if not names:
+                raise ProtocolError(BAD_REQUEST, f"'to.{kind}' is an empty list")
+            names = tuple(dict.fromkeys(name(n, f"to.{kind}") for n in names))
+        else:
+            names = (name(names, f"to.{kind}"),)
+        count += len(names)
+        kinds[kind] = names
+    if count > max_targets:
+        raise ProtocolError(TOO_LARGE, f"'to' names {count} targets; the limit is {max_targets}")
+    if "all" in value:
+        if value["all"] is not True:
+            raise ProtocolError(BAD_REQUEST, "'to.all' must be true")
+        kinds["all"] = True
+    return Address(**kinds)
+
+
+def _no_constants(token: str) -> Any:
+    raise ValueError(f"{token} is not JSON")
+
+
+def decode_json(text: str | bytes) -> Any:
+    """``json.loads`` with every way it can fail turned into ProtocolError.
+
+    NaN and Infinity are refused: they are not JSON and browsers reject them.
+    """
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+        reason = "nested too deep" if isinstance(e, RecursionError) else "not valid JSON"
+        raise ProtocolError(BAD_REQUEST, f"the frame is {reason}")
+
+
+def _ref(frame: dict[str, Any]) -> Any:
+    ref = frame.get("ref")
+    if isinstance(ref, (dict, list)):
+        raise ProtocolError(BAD_REQUEST, "'ref' must be a string, number, boolean or null")
+    return ref
+
+
+def parse_request(text: str | bytes, max_targets: int = 100) -> Request:
+    """Parse one client text frame.
+
+    Raises ProtocolError; its ``ref`` attribute holds the frame's ref when one
+    could be read, so the error can echo it.
+    """
+    frame = decode_json(text)
+    if not isinstance(frame, dict):
+        raise ProtocolError(BAD_REQUEST, "a frame must be a JSON object")
+    ref = None
+    try:
+        ref = _ref(frame)
+        op = frame.get("op")
+        if not isinstance(op, str):
+            raise ProtocolError(BAD_REQUEST, "'op' must be a string")
+        if op == "ping":
+            return Request(op, ref)
+        if op in ("join", "leave"):
+            return Request(op, ref, group=name(frame.get("group"), "group"))
+        if op == "auth":
+            if "token" in frame:
+                if not isinstance(frame["token"], str) or not frame["token"]:
+                    raise ProtocolError(BAD_REQUEST, "'token' must be a non-empty string")
+                return Request(op, ref, token=frame["token"])
+            return Request(op, ref, user=name(frame.get("user"), "user"))
+        if op == "send":
+            if "data" not in frame:
+                raise ProtocolError(BAD_REQUEST, "'send' needs 'data'")
+            return Request(op, ref, to=parse_address(frame.get("to"), max_targets),
+                           data=frame["data"])
+        raise ProtocolError(UNKNOWN_OP, f"unknown op '{op[:MAX_NAME]}'")
+    except ProtocolError as e:
+        e.ref = ref
+        raise
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    """One server frame as compact UTF-8 JSON."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def error_frame(error: ProtocolError, ref: Any = None) -> bytes:
+    frame: dict[str, Any] = {"op": "error", "code": error.code, "message": error.message}
+    if ref is not None:
+        frame["ref"] = ref
+    return encode(frame)
+
+
+def reply_frame(op: str, ref: Any = None, **fields: Any) -> bytes:
+    """A reply such as ``ok`` or ``pong``, echoing ``ref`` when there is one."""
+    frame: dict[str, Any] = {"op": op, **fields}
+    if ref is not None:
+        frame["ref"] = ref
+    return encode(frame)
+
+
+def message_frame(msg_id: str, to: Address, data: Any,
+                  sender: dict[str, Any] | None = None) -> bytes:
+    """The ``msg`` frame, encoded once per message whoever receives it."""
+    frame: dict[str, Any] = {"op": "msg", "id": msg_id, "to": to.to_json(), "data": data}
+    if sender is not None:
+        frame["from"] = sender
+    return encode(frame)

@@ -1,0 +1,86 @@
+"""The service tree of one pushsvc process: engine, broker, listeners."""
+
+from __future__ import annotations
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+from .broker.local import LocalBroker
+from .engine import Engine
+from .http import build_site
+from .ids import IdMaker
+from .websocket import PushServerFactory, prepare_frame
+
+_log = Logger()
+
+
+class EngineService(Service):
+    """Starts the engine; at stop, closes every client with 1001 and waits."""
+
+    def __init__(self, engine: Engine, ws_factory: PushServerFactory):
+        self.engine = engine
+        self.ws_factory = ws_factory
+
+    def startService(self):
+        super().startService()
+        self.engine.start()
+
+    def stopService(self):
+        super().stopService()
+        self.engine.stop()
+        count = len(self.ws_factory.connections)
+        if count:
+            _log.info("closing {count} client connections", count=count)
+        return self.ws_factory.close_all()
+
+
+class ListenerService(StreamServerEndpointService):
+    """Listens on one endpoint; a port that cannot be bound ends start-up in one line."""
+
+    _raiseSynchronously = True
+
+    def __init__(self, description: str, endpoint, factory):
+        super().__init__(endpoint, factory)
+        self.description = description
+
+    def startService(self):
+        try:
+            super().startService()
+        except CannotListenError as e:
+            raise SystemExit(f"pushsvc: cannot listen on {self.description}: "
+                             f"{e.socketError}")
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port):
+        address = port.getHost()
+        _log.info("listening on {endpoint} ({host}:{port})", endpoint=self.description,
+                  host=getattr(address, "host", ""), port=getattr(address, "port", ""))
+        return port
+
+
+class PushServer(MultiService):
+    """One process serving WebSocket clients and the HTTP API.
+
+    ``engine``, ``ws_factory`` and ``site`` are kept for tests and for the
+    worker pool, which builds the same tree inside each worker.
+    """
+
+    def __init__(self, settings, reactor, broker=None, worker: int = 0, clock=None):
+        super().__init__()
+        self.settings = settings
+        self.broker = broker or LocalBroker()
+        self.engine = Engine(settings, self.broker, IdMaker(settings.node, worker),
+                             clock or reactor, prepare=prepare_frame)
+        self.ws_factory = PushServerFactory(self.engine, settings)
+        self.site = build_site(self.engine, self.ws_factory, settings, reactor=clock)
+        EngineService(self.engine, self.ws_factory).setServiceParent(self)
+
+    def listen(self, reactor, description: str) -> ListenerService:
+        """Add a listener on a Twisted endpoint string; it starts with the service."""
+        service = ListenerService(description, serverFromString(reactor, description),
+                                  self.site)
+        service.setServiceParent(self)
+        return service

@@ -1,0 +1,203 @@
+"""The WebSocket edge: an Autobahn protocol per client, thin around the engine.
+
+Each connection is a ``PushServerProtocol``.  It gives the engine its frames and
+writes what the engine sends; it owns three things the engine does not know:
+
+- the flow watch: a push producer on the transport.  Twisted buffers writes
+  without limit, so while the transport says "pause" the connection counts the
+  bytes it still writes; past ``max_buffered_bytes`` it stops writing, leaves the
+  engine and closes with 1013.
+- liveness: the time the client last sent anything; the engine's keepalive tick
+  asks ``check_alive`` to ping it or drop it.
+- the close code mapping for limits Autobahn enforces itself (1009 for a frame
+  over ``max_message_bytes``).
+"""
+
+from __future__ import annotations
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import PreparedMessage
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from .engine import IConnection, Overloaded
+from .protocol import (BAD_REQUEST, CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN, ProtocolError,
+                       encode, error_frame)
+
+_log = Logger()
+
+OPEN = WebSocketServerProtocol.STATE_OPEN
+
+
+def prepare_frame(frame: bytes) -> PreparedMessage:
+    """Frame a text message once, for writing to many clients (never compressed)."""
+    return PreparedMessage(frame, False, False, True)
+
+
+@implementer(IConnection)
+class PushServerProtocol(WebSocketServerProtocol):
+    """One client connection."""
+
+    session = None
+    last_seen = 0.0
+    buffered = 0          # bytes written since the transport asked us to pause
+    max_buffered = 0      # the most ``buffered`` has been (tests read it)
+    _paused = False
+
+    # -- Autobahn callbacks -----------------------------------------------
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.factory.connections.add(self)
+
+    def connectionLost(self, reason):
+        self.factory.connections.discard(self)
+        super().connectionLost(reason)
+        self._leave_engine()
+        for waiter in self.factory.pop_close_waiters(self):
+            waiter.callback(None)
+
+    def dataReceived(self, data):
+        self.last_seen = self.factory.engine.clock.seconds()
+        super().dataReceived(data)
+
+    def onOpen(self):
+        engine = self.factory.engine
+        try:
+            self.session = engine.open(self)
+        except Overloaded:
+            self.sendClose(CLOSE_TRY_AGAIN, "server is full, try again later")
+            return
+        # twisted.web's HTTPChannel is the transport's producer until now.
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(_FlowWatch(self), True)
+        self.send_frame(engine.welcome(self.session))
+
+    def onMessage(self, payload, isBinary):
+        if self.session is None:
+            return
+        if isBinary:
+            self.send_frame(error_frame(ProtocolError(
+                BAD_REQUEST, "binary frames are not supported; send JSON text")))
+            return
+        try:
+            self.factory.engine.handle(self.session, payload)
+        except Exception:
+            _log.failure("error serving a frame from session {session} (user {user})",
+                         session=self.session.id, user=self.session.user)
+            self.send_frame(encode({"op": "error", "code": "internal",
+                                    "message": "internal error; the request was not done"}))
+
+    def onClose(self, wasClean, code, reason):
+        self._leave_engine()
+
+    def _leave_engine(self):
+        if self.session is not None:
+            self.factory.engine.close(self.session)
+            self.session = None
+
+    # -- IConnection --------------------------------------------------------
+
+    def send_frame(self, frame: bytes) -> None:
+        self.send_prepared(prepare_frame(frame))
+
+    def send_prepared(self, prepared: PreparedMessage) -> None:
+        if self.state != OPEN or self.session is None:
+            return
+        if self._paused:
+            self.buffered += len(prepared.payloadHybi)
+            self.max_buffered = max(self.max_buffered, self.buffered)
+            if self.buffered > self.factory.settings.max_buffered_bytes:
+                self._too_slow()
+                return
+        self.sendPreparedMessage(prepared)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.state == OPEN:
+            self.sendClose(code, reason)
+
+    def check_alive(self, now: float) -> None:
+        settings = self.factory.settings
+        idle = now - self.last_seen
+        if idle >= settings.ping_timeout:
+            _log.debug("dropping silent session {session}", session=self.session.id)
+            self._leave_engine()
+            self.dropConnection(abort=True)
+        elif idle >= settings.ping_interval and self.state == OPEN:
+            self.sendPing()
+
+    # -- slow readers -------------------------------------------------------
+
+    def _too_slow(self) -> None:
+        engine = self.factory.engine
+        engine.counters["dropped_slow"] += 1
+        _log.info("closing session {session} (user {user}): more than {limit} bytes "
+                  "waiting to be written", session=self.session.id,
+                  user=self.session.user, limit=self.factory.settings.max_buffered_bytes)
+        self._leave_engine()
+        self.sendClose(CLOSE_TRY_AGAIN, "too slow to read")
+
+    def pause_writes(self) -> None:
+        self._paused = True
+
+    def resume_writes(self) -> None:
+        self._paused = False
+        self.buffered = 0
+
+
+class _FlowWatch:
+    """The push producer the transport pauses when its write buffer is full."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: PushServerProtocol):
+        self.conn = conn
+
+    def pauseProducing(self):
+        self.conn.pause_writes()
+
+    def resumeProducing(self):
+        self.conn.resume_writes()
+
+    def stopProducing(self):
+        pass
+
+
+class PushServerFactory(WebSocketServerFactory):
+    """Builds client connections for one engine and can close them all."""
+
+    protocol = PushServerProtocol
+
+    def __init__(self, engine, settings):
+        super().__init__()
+        self.engine = engine
+        self.settings = settings
+        self.connections: set[PushServerProtocol] = set()
+        self._close_waiters: dict[PushServerProtocol, list[Deferred]] = {}
+        self.setProtocolOptions(
+            maxFramePayloadSize=settings.max_message_bytes,
+            maxMessagePayloadSize=settings.max_message_bytes,
+            openHandshakeTimeout=settings.handshake_timeout,
+            closeHandshakeTimeout=settings.close_timeout,
+            autoPingInterval=0,
+            echoCloseCodeReason=True,
+        )
+
+    def pop_close_waiters(self, conn: PushServerProtocol) -> list[Deferred]:
+        return self._close_waiters.pop(conn, [])
+
+    def close_all(self, code: int = CLOSE_GOING_AWAY,
+                  reason: str = "server going away") -> Deferred:
+        """Close every client; fires when all are gone (Autobahn drops any
+        client that does not answer within ``close_timeout``)."""
+        waits = []
+        for conn in list(self.connections):
+            d = Deferred()
+            self._close_waiters.setdefault(conn, []).append(d)
+            waits.append(d)
+            if conn.state == OPEN:
+                conn.sendClose(code, reason)
+            else:
+                conn.dropConnection(abort=True)
+        return DeferredList(waits)
