@@ -67,7 +67,7 @@ class PushServerProtocol(WebSocketServerProtocol):
         try:
             self.session = engine.open(self)
         except Overloaded:
-            self.sendClose(CLOSE_TRY_AGAIN, "server is full, try again later")
+            self.close(CLOSE_TRY_AGAIN, "server is full, try again later")
             return
         # twisted.web's HTTPChannel is the transport's producer until now.
         self.transport.unregisterProducer()
@@ -114,8 +114,14 @@ class PushServerProtocol(WebSocketServerProtocol):
         self.sendPreparedMessage(prepared)
 
     def close(self, code: int, reason: str) -> None:
+        """Start the close handshake with any code a server may send.
+
+        (Autobahn's ``sendClose`` only takes 1000 and 3000-4999, the codes an
+        application may choose; 1001, 1008, 1011, 1012 and 1013 are the
+        server's own, so the frame is sent directly.)
+        """
         if self.state == OPEN:
-            self.sendClose(code, reason)
+            self.sendCloseFrame(code, reason.encode("utf-8")[:123], isReply=False)
 
     def check_alive(self, now: float) -> None:
         settings = self.factory.settings
@@ -136,7 +142,7 @@ class PushServerProtocol(WebSocketServerProtocol):
                   "waiting to be written", session=self.session.id,
                   user=self.session.user, limit=self.factory.settings.max_buffered_bytes)
         self._leave_engine()
-        self.sendClose(CLOSE_TRY_AGAIN, "too slow to read")
+        self.close(CLOSE_TRY_AGAIN, "too slow to read")
 
     def pause_writes(self) -> None:
         self._paused = True
@@ -197,7 +203,7 @@ class PushServerFactory(WebSocketServerFactory):
             self._close_waiters.setdefault(conn, []).append(d)
             waits.append(d)
             if conn.state == OPEN:
-                conn.sendClose(code, reason)
+                conn.close(code, reason)
             else:
                 conn.dropConnection(abort=True)
         return DeferredList(waits)
