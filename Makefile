@@ -1,6 +1,5 @@
 # make run   - create .venv, install pushsvc, run it on port 8080 (one process)
 # make test  - create .venv, install with test extras, run the trial suite
-# make bench - run the load benchmark
 SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
@@ -8,7 +7,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8080
 ARGS   ?=
 
-.PHONY: run test bench redis clean
+.PHONY: run test clean
 
 # "compat" editable mode puts the checkout itself on sys.path, so twistd's
 # plugin scan finds twisted/plugins/pushsvc_plugin.py in this folder.

@@ -9,6 +9,7 @@ over the file, which wins over the default.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import socket
@@ -51,8 +52,8 @@ def _seconds(low: float) -> Callable[[Any], float]:
                 raise ValueError(f"must be a number of seconds, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"must be a number of seconds, got {value!r}")
-        if value < low:
-            raise ValueError(f"must be at least {low} seconds, got {value}")
+        if not math.isfinite(value) or value < low:
+            raise ValueError(f"must be at least {low} seconds and finite, got {value}")
         return float(value)
     return check
 
@@ -189,7 +190,7 @@ def read_toml(path: str) -> dict[str, dict[str, Any]]:
             data = tomllib.load(f)
     except OSError as e:
         raise ConfigError("--config", f"cannot read {path}: {e.strerror}")
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError("--config", f"{path} is not valid TOML: {e}")
     known = {(s.section, s.key) for s in SPECS}
     for section, table in data.items():

@@ -116,6 +116,9 @@ class JsonResource(Resource):
             status = STATUS.get(e.code, 400)
             if status == 401:
                 request.setHeader(b"www-authenticate", b'Bearer realm="pushsvc"')
+            elif status == 405:
+                allowed = [m for m in ("GET", "POST") if hasattr(self, m)]
+                request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
             respond(request, status, error_body(e.code, e.message))
         else:
             _log.failure("error serving {method} {path}", failure,
@@ -163,8 +166,8 @@ class Groups(JsonResource):
 
     def GET(self, request, group=None):
         if group is None:
-            return self.api.query(Command("groups", {}))
-        return self.api.query(Command("group", {"group": group}), group=group)
+            return self.api.query(make_command("groups", {}))
+        return self.api.query(make_command("group", {"group": group}), group=group)
 
 
 class User(JsonResource):
@@ -176,12 +179,12 @@ class User(JsonResource):
         def shape(result):
             status, body = result
             return status, {"user": user, "online": bool(body["sessions"]), **body}
-        return self.api.query(Command("user", {"user": user})).addCallback(shape)
+        return self.api.query(make_command("user", {"user": user})).addCallback(shape)
 
 
 class Stats(JsonResource):
     def GET(self, request):
-        return self.api.query(Command("stats", {}))
+        return self.api.query(make_command("stats", {}))
 
 
 class Health(JsonResource):

@@ -30,6 +30,7 @@ edges turn into an ``error`` frame or an HTTP error body in one place each.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -143,13 +144,21 @@ def _no_constants(token: str) -> Any:
     raise ValueError(f"{token} is not JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 would go out as Infinity
+        raise ValueError(f"{text} is out of range")
+    return value
+
+
 def decode_json(text: str | bytes) -> Any:
     """``json.loads`` with every way it can fail turned into ProtocolError.
 
-    NaN and Infinity are refused: they are not JSON and browsers reject them.
+    NaN and Infinity (also as an overflowing number such as 1e400) are refused:
+    they are not JSON and browsers reject them.
     """
     try:
-        return json.loads(text, parse_constant=_no_constants)
+        return json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
     except (ValueError, RecursionError, UnicodeDecodeError) as e:
         reason = "nested too deep" if isinstance(e, RecursionError) else "not valid JSON"
         raise ProtocolError(BAD_REQUEST, f"the frame is {reason}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import serverFromString
@@ -46,12 +48,18 @@ class ListenerService(StreamServerEndpointService):
         super().__init__(endpoint, factory)
         self.description = description
 
-    def startService(self):
+    def privilegedStartService(self):
+        # twistd binds here, before startService, and by then its logging has
+        # taken over sys.stderr: write the one line to the real stderr.
         try:
-            super().startService()
+            super().privilegedStartService()
         except CannotListenError as e:
-            raise SystemExit(f"pushsvc: cannot listen on {self.description}: "
-                             f"{e.socketError}")
+            sys.__stderr__.write(f"pushsvc: cannot listen on {self.description}: "
+                                 f"{e.socketError}\n")
+            raise SystemExit(1)
+
+    def startService(self):
+        super().startService()
         self._waitingForPort.addCallback(self._listening)
 
     def _listening(self, port):

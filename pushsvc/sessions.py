@@ -66,6 +66,23 @@ class _Index:
     def get(self, name: str) -> set[Session]:
         return self.members.get(name, set())
 
+    def link(self, name: str, session: Session, names: set[str]) -> bool:
+        """Add ``name`` to the session's own set ``names`` and the session to
+        this index; False if it was there already."""
+        if name in names:
+            return False
+        names.add(name)
+        self.add(name, session)
+        return True
+
+    def unlink(self, name: str, session: Session, names: set[str]) -> bool:
+        """Undo ``link``; False if the session did not have ``name``."""
+        if name not in names:
+            return False
+        names.discard(name)
+        self.discard(name, session)
+        return True
+
 
 class SessionRegistry:
     """Every local session and the session<->user, group and tag maps."""
@@ -108,6 +125,8 @@ class SessionRegistry:
         return True
 
     def set_user(self, session: Session, user: str | None) -> None:
+        if session.user == user:  # no unsubscribe/subscribe churn on a repeated auth
+            return
         if session.user is not None:
             self.users.discard(session.user, session)
         session.user = user
@@ -116,33 +135,17 @@ class SessionRegistry:
 
     def join(self, session: Session, group: str) -> bool:
         """Add ``session`` to ``group``; False if it was already in it."""
-        if group in session.groups:
-            return False
-        session.groups.add(group)
-        self.groups.add(group, session)
-        return True
+        return self.groups.link(group, session, session.groups)
 
     def leave(self, session: Session, group: str) -> bool:
         """Take ``session`` out of ``group``; False if it was not in it."""
-        if group not in session.groups:
-            return False
-        session.groups.discard(group)
-        self.groups.discard(group, session)
-        return True
+        return self.groups.unlink(group, session, session.groups)
 
     def tag(self, session: Session, tag: str) -> bool:
-        if tag in session.tags:
-            return False
-        session.tags.add(tag)
-        self.tags.add(tag, session)
-        return True
+        return self.tags.link(tag, session, session.tags)
 
     def untag(self, session: Session, tag: str) -> bool:
-        if tag not in session.tags:
-            return False
-        session.tags.discard(tag)
-        self.tags.discard(tag, session)
-        return True
+        return self.tags.unlink(tag, session, session.tags)
 
     def user_sessions(self, user: str) -> set[Session]:
         return self.users.get(user)

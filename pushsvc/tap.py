@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 from twisted.internet.endpoints import serverFromString
@@ -74,4 +75,20 @@ def makeService(options: Options):
     server = PushServer(settings, reactor)
     for description in settings.endpoints:
         server.listen(reactor, description)
+    reactor.addSystemEventTrigger("after", "startup", stop_on_signals, reactor)
     return server
+
+
+def stop_on_signals(reactor) -> None:
+    """SIGTERM and SIGINT stop the reactor, and the process then exits 0.
+
+    Twisted's own handlers (installed during startup, so these replace them)
+    make twistd and twist kill themselves with the signal after a clean
+    shutdown; a requested stop is not a failure for pushsvc.
+    """
+    def stop(number, frame):
+        _log.info("received {signal}, shutting down", signal=signal.Signals(number).name)
+        reactor.callFromThread(reactor.stop)
+
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, stop)

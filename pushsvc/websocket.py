@@ -188,6 +188,9 @@ class PushServerFactory(WebSocketServerFactory):
             closeHandshakeTimeout=settings.close_timeout,
             autoPingInterval=0,
             echoCloseCodeReason=True,
+            # Autobahn's default drops the TCP connection on a failure, so an
+            # oversized frame would end in 1006; send the close code (1009) instead.
+            failByDrop=False,
         )
 
     def pop_close_waiters(self, conn: PushServerProtocol) -> list[Deferred]:

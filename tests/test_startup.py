@@ -1,0 +1,257 @@
+"""Start-up and shut-down of the real ``twistd pushsvc`` / ``twist pushsvc``.
+
+Each test runs the scripts installed next to the running Python as a child
+process (in a temporary folder, no pid file) and talks to it over loopback:
+it serves, takes its settings from the command line and the config file, stops
+on SIGTERM/SIGINT closing clients with 1001, and refuses bad input with one
+line on stderr and a non-zero status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+
+from tests.helpers import ServerTestCase, run
+
+BIN = os.path.dirname(sys.executable)
+START_DEADLINE = 15.0  # seconds for a child to serve /healthz
+EXIT_DEADLINE = 15.0   # seconds for a child to exit
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Child(ProcessProtocol):
+    """A child process: collects its output and knows its exit status."""
+
+    def __init__(self):
+        self.stdout = b""
+        self.stderr = b""
+        self.status: int | None = None  # exit code; None while running or if signalled
+        self.done = False
+        self._waiters: list[Deferred] = []
+
+    def outReceived(self, data):
+        self.stdout += data
+
+    def errReceived(self, data):
+        self.stderr += data
+
+    def processEnded(self, reason):
+        self.status, self.done = reason.value.exitCode, True
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(self.status)
+
+    def exited(self) -> Deferred:
+        """Fires with the exit code once the process has ended."""
+        d = Deferred()
+        if self.done:
+            d.callback(self.status)
+        else:
+            self._waiters.append(d)
+        return d
+
+    def kill(self) -> Deferred | None:
+        if self.done:
+            return None
+        self.transport.signalProcess("KILL")
+        return self.exited()
+
+    def output(self) -> str:
+        return (self.stdout + self.stderr).decode("utf-8", "replace")
+
+    def stderr_lines(self) -> list[str]:
+        return [l for l in self.stderr.decode("utf-8", "replace").splitlines() if l.strip()]
+
+
+class StartupTests(ServerTestCase):
+    """Uses ServerTestCase's client/http/push against a child's port, not start_server."""
+
+    def setUp(self):
+        self.cwd = os.path.abspath(self.mktemp())
+        os.makedirs(self.cwd)
+
+    def spawn(self, script: str, *args: str) -> Child:
+        """Start ``script`` (twistd or twist) with ``args``; SIGKILLed at cleanup."""
+        child = Child()
+        executable = os.path.join(BIN, script)
+        prefix = ["-n", "--pidfile="] if script == "twistd" else []
+        reactor.spawnProcess(child, executable, [executable, *prefix, "pushsvc", *args],
+                             env=os.environ.copy(), path=self.cwd)
+        self.addCleanup(child.kill)
+        return child
+
+    def use_port(self, port: int) -> None:
+        """Point self.client/self.http/self.push at ``port``."""
+        self.port = port
+        self.url = f"ws://127.0.0.1:{port}/ws"
+        self.base = f"http://127.0.0.1:{port}"
+
+    def write_config(self, text: str) -> str:
+        path = os.path.join(self.cwd, "pushsvc.toml")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    async def wait_exit(self, child: Child) -> int | None:
+        d = child.exited().addTimeout(EXIT_DEADLINE, reactor)
+        try:
+            return await d
+        except Exception:
+            self.fail(f"still running after {EXIT_DEADLINE} s:\n{child.output()}")
+
+    async def wait_serving(self, child: Child, port: int) -> None:
+        """Poll GET /healthz on ``port`` until it answers 200."""
+        self.use_port(port)
+        deadline = reactor.seconds() + START_DEADLINE
+        while True:
+            if child.done:
+                self.fail(f"exited with {child.status} before serving:\n{child.output()}")
+            try:
+                status, body = await self.http("GET", "/healthz")
+            except ConnectError:
+                if reactor.seconds() > deadline:
+                    self.fail(f"no /healthz on {port} after {START_DEADLINE} s:\n"
+                              f"{child.output()}")
+                await deferLater(reactor, 0.05)
+                continue
+            self.assertEqual(status, 200, body)
+            return
+
+    async def check_serves_and_stops(self, script: str, sig: str) -> None:
+        """Serve a push to a client, then ``sig``: the client sees 1001, exit 0."""
+        port = free_port()
+        child = self.spawn(script, "--port", str(port))
+        await self.wait_serving(child, port)
+        c = await self.client()
+        msg_id = await self.push({"session": c.session}, "hello")
+        await c.barrier()
+        self.assertEqual([(m["id"], m["data"]) for m in c.messages], [(msg_id, "hello")])
+        child.transport.signalProcess(sig)
+        code, _reason = await c.closed
+        self.assertEqual(code, 1001)
+        self.assertEqual(await self.wait_exit(child), 0, child.output())
+        self.assertNotIn("Traceback", child.output())
+
+    async def check_refused(self, setting: str, *args: str, script: str = "twistd") -> str:
+        """Start-up fails: non-zero status, one stderr line naming ``setting``."""
+        child = self.spawn(script, *args)
+        status = await self.wait_exit(child)
+        output = child.output()
+        self.assertNotIn(status, (0, None), output)
+        self.assertNotIn("Traceback", output)
+        lines = child.stderr_lines()
+        self.assertEqual(len(lines), 1, output)
+        self.assertIn(setting, lines[0])
+        return lines[0]
+
+    # -- serving and stopping
+
+    @run
+    async def test_twistd_sigterm(self):
+        await self.check_serves_and_stops("twistd", "TERM")
+
+    @run
+    async def test_twistd_sigint(self):
+        await self.check_serves_and_stops("twistd", "INT")
+
+    @run
+    async def test_twist_sigterm(self):
+        await self.check_serves_and_stops("twist", "TERM")
+
+    @run
+    async def test_two_listen_endpoints(self):
+        """Each --listen serves, and both reach the same server."""
+        ports = free_port(), free_port()
+        child = self.spawn("twistd", *[a for p in ports
+                                       for a in ("--listen", f"tcp:{p}:interface=127.0.0.1")])
+        await self.wait_serving(child, ports[0])
+        c = await self.client()
+        await self.wait_serving(child, ports[1])
+        msg_id = await self.push({"session": c.session}, "via the other port")
+        await c.barrier()
+        self.assertEqual([m["id"] for m in c.messages], [msg_id])
+
+    @run
+    async def test_config_file_and_command_line(self):
+        """The file's settings apply; --port on the command line wins over its port."""
+        file_port, cli_port = free_port(), free_port()
+        path = self.write_config(f"[server]\nport = {file_port}\n"
+                                 f"[limits]\nmax_message_bytes = 1000\n")
+        child = self.spawn("twistd", "--config", path, "--port", str(cli_port))
+        await self.wait_serving(child, cli_port)
+        status, body = await self.http(
+            "POST", "/api/push", raw=json.dumps({"to": {"all": True}, "data": "x" * 1000}).encode())
+        self.assertEqual((status, body["error"]["code"]), (413, "too_large"))
+        await self.push({"all": True}, "x" * 900)
+        self.use_port(file_port)
+        with self.assertRaises(ConnectError):
+            await self.http("GET", "/healthz")
+
+    # -- refusing bad input
+
+    @run
+    async def test_port_not_a_number(self):
+        await self.check_refused("--port", "--port", "abc")
+
+    @run
+    async def test_port_out_of_range(self):
+        await self.check_refused("--port", "--port", "70000")
+
+    @run
+    async def test_negative_workers(self):
+        await self.check_refused("--workers", "--workers", "-1")
+
+    @run
+    async def test_bad_endpoint(self):
+        await self.check_refused("--listen", "--listen", "nonsense:endpoint")
+
+    @run
+    async def test_missing_config_file(self):
+        await self.check_refused("--config", "--config", "missing.toml")
+
+    @run
+    async def test_config_unknown_key(self):
+        path = self.write_config("[limits]\nmax_conections = 5\n")
+        await self.check_refused("limits.max_conections", "--config", path)
+
+    @run
+    async def test_config_wrong_type(self):
+        path = self.write_config('[limits]\nmax_connections = "many"\n')
+        await self.check_refused("limits.max_connections", "--config", path)
+
+    @run
+    async def test_config_invalid_toml(self):
+        path = self.write_config("[limits\nmax_connections = 5\n")
+        await self.check_refused("--config", "--config", path)
+
+    @run
+    async def test_unknown_option(self):
+        await self.check_refused("--bogus", "--bogus")
+
+    @run
+    async def test_twist_bad_option(self):
+        await self.check_refused("--port", "--port", "abc", script="twist")
+
+    @run
+    async def test_port_in_use(self):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            line = await self.check_refused(f"cannot listen on tcp:{port}", "--port", str(port))
+        self.assertIn("in use", line)
