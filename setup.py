@@ -8,7 +8,7 @@ setup(
     packages=["pushsvc", "pushsvc.broker", "twisted.plugins"],
     package_data={"twisted.plugins": ["pushsvc_plugin.py"]},
     install_requires=[
-        "twisted>=23.10",
+        "twisted>=25.5",  # Site(parsePOSTFormSubmission=False)
         "autobahn>=23.6",
         "txredisapi>=1.4.10",
         "pyopenssl>=23.0",

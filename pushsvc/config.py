@@ -27,6 +27,10 @@ class ConfigError(Exception):
         self.problem = problem
 
 
+# Twisted's default listen backlog (50) turns a reconnect storm into 1 s SYN
+# retries; the kernel caps this at net.core.somaxconn.
+DEFAULT_BACKLOG = 1024
+
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
@@ -180,7 +184,7 @@ class Settings:
     @property
     def endpoints(self) -> list[str]:
         """The listening endpoints: ``listen``, or ``tcp:PORT`` when it is empty."""
-        return self.listen or [f"tcp:{self.port}"]
+        return self.listen or [f"tcp:{self.port}:backlog={DEFAULT_BACKLOG}"]
 
 
 def read_toml(path: str) -> dict[str, dict[str, Any]]:

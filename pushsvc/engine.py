@@ -45,6 +45,10 @@ class IConnection(Interface):
         """Ping the client, or drop it if it has been silent too long."""
 
 
+# What the engine counts (``stats`` shows them, all from zero).
+COUNTERS = ("published", "delivered", "sent_by_clients", "dropped_slow", "refused_full")
+
+
 class Overloaded(Exception):
     """The process holds as many sessions as it may."""
 
@@ -61,7 +65,7 @@ class Engine:
         self.clock = clock
         self.prepare = prepare
         self.registry = SessionRegistry(on_interest=self._interest)
-        self.counters: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self._keepalive = LoopingCall(self._check_alive)
         self._keepalive.clock = clock
         self._ops = {"ping": self._ping, "auth": self._auth, "join": self._join,

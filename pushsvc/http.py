@@ -257,7 +257,9 @@ def build_site(engine, ws_factory, settings, reactor=None) -> Site:
     class _Request(LimitedRequest):
         max_body = settings.max_message_bytes
 
-    site = Site(root, timeout=settings.handshake_timeout, reactor=reactor)
+    # Bodies are JSON whatever their Content-Type: never parse them as a form.
+    site = Site(root, timeout=settings.handshake_timeout, reactor=reactor,
+                parsePOSTFormSubmission=False)
     site.requestFactory = _Request
     site.displayTracebacks = False
     site.noisy = False

@@ -160,8 +160,8 @@ def decode_json(text: str | bytes) -> Any:
     try:
         return json.loads(text, parse_constant=_no_constants, parse_float=_finite_float)
     except (ValueError, RecursionError, UnicodeDecodeError) as e:
-        reason = "nested too deep" if isinstance(e, RecursionError) else "not valid JSON"
-        raise ProtocolError(BAD_REQUEST, f"the frame is {reason}")
+        raise ProtocolError(BAD_REQUEST, "JSON nested too deep"
+                            if isinstance(e, RecursionError) else "not valid JSON")
 
 
 def _ref(frame: dict[str, Any]) -> Any:

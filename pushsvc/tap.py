@@ -88,6 +88,8 @@ def stop_on_signals(reactor) -> None:
     """
     def stop(number, frame):
         _log.info("received {signal}, shutting down", signal=signal.Signals(number).name)
+        for number in (signal.SIGTERM, signal.SIGINT):  # a second signal: no-op
+            signal.signal(number, signal.SIG_IGN)
         reactor.callFromThread(reactor.stop)
 
     for number in (signal.SIGTERM, signal.SIGINT):

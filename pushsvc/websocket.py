@@ -188,6 +188,8 @@ class PushServerFactory(WebSocketServerFactory):
             closeHandshakeTimeout=settings.close_timeout,
             autoPingInterval=0,
             echoCloseCodeReason=True,
+            # No HTML status page on a plain GET /ws (it also offers ?redirect=).
+            webStatus=False,
             # Autobahn's default drops the TCP connection on a failure, so an
             # oversized frame would end in 1006; send the close code (1009) instead.
             failByDrop=False,

@@ -29,7 +29,7 @@ class BuildSettingsTests(unittest.TestCase):
         self.assertEqual((settings.port, settings.workers, settings.max_message_bytes,
                           settings.client_send, settings.ping_interval, settings.ping_timeout),
                          (8080, None, 65536, "joined", 25.0, 60.0))
-        self.assertEqual(settings.endpoints, ["tcp:8080"])
+        self.assertEqual(settings.endpoints, ["tcp:8080:backlog=1024"])
         self.assertIsNone(settings.config_path)
         self.assertRegex(settings.node, r"^[A-Za-z0-9_-]{1,32}$")
 

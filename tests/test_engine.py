@@ -187,7 +187,7 @@ class ClientOpTests(EngineTestCase):
         s = self.open()
         self.assertEqual(self.handle(s, "{nope"),
                          [{"op": "error", "code": "bad_request",
-                           "message": "the frame is not valid JSON"}])
+                           "message": "not valid JSON"}])
         self.assertEqual(self.handle(s, "[1]"),
                          [{"op": "error", "code": "bad_request",
                            "message": "a frame must be a JSON object"}])
@@ -399,7 +399,8 @@ class CommandTests(EngineTestCase):
         self.successResultOf(self.engine.publish(Address(group=("g",)), 1))
         self.assertEqual(self.run_command("stats"),
                          {"sessions": 3, "users": 2, "groups": 1, "published": 1,
-                          "delivered": 1})
+                          "delivered": 1, "sent_by_clients": 0, "dropped_slow": 0,
+                          "refused_full": 0})
 
 
 class KeepaliveTests(EngineTestCase):

@@ -15,6 +15,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from pushsvc.engine import COUNTERS
 from tests.helpers import ServerTestCase, run
 
 
@@ -115,7 +116,7 @@ class PushTests(HttpTestCase):
     async def test_body_not_json(self):
         for raw in (b"{nope", b"", b"NaN", b"\xff\xfe\xfd"):
             self.assertEqual(await self.http("POST", "/api/push", raw=raw),
-                             (400, error("bad_request", "the frame is not valid JSON")), raw)
+                             (400, error("bad_request", "not valid JSON")), raw)
 
     @run
     async def test_body_not_an_object(self):
@@ -249,7 +250,7 @@ class ApiKeyTests(HttpTestCase):
                              refused, path)
         self.assertEqual(
             await self.http("GET", "/api/stats", headers={"Authorization": "Bearer k2"}),
-            (200, {"sessions": 0, "users": 0, "groups": 0}))
+            (200, {"sessions": 0, "users": 0, "groups": 0, **dict.fromkeys(COUNTERS, 0)}))
 
     @run
     async def test_healthz_and_unknown_routes_need_no_key(self):
@@ -459,8 +460,9 @@ class CommandTests(HttpTestCase):
 
     @run
     async def test_stats(self):
+        zero = dict.fromkeys(COUNTERS, 0)
         await self.assertAnswer("GET", "/api/stats", None, 200,
-                                {"sessions": 0, "users": 0, "groups": 0})
+                                {"sessions": 0, "users": 0, "groups": 0, **zero})
         a = await self.client(user="alice", groups=("g",))
         await self.client(user="alice", groups=("g", "h"))
         await self.client()
@@ -468,7 +470,7 @@ class CommandTests(HttpTestCase):
         await a.barrier()
         await self.assertAnswer("GET", "/api/stats", None, 200,
                                 {"sessions": 3, "users": 1, "groups": 2,
-                                 "published": 1, "delivered": 2})
+                                 **zero, "published": 1, "delivered": 2})
 
     @run
     async def test_bad_command_bodies(self):
@@ -499,5 +501,5 @@ class CommandTests(HttpTestCase):
             await self.assertAnswer("POST", f"/api/{command}", ["g"], 400,
                                     error("bad_request", "the body must be a JSON object"))
             await self.assertAnswer("POST", f"/api/{command}", None, 400,
-                                    error("bad_request", "the frame is not valid JSON"),
+                                    error("bad_request", "not valid JSON"),
                                     raw=b"group=g")

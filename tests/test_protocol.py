@@ -53,12 +53,12 @@ class ParseRequestTests(unittest.TestCase):
 
     def test_invalid_json(self):
         e = self.refused('{"op":')
-        self.assertEqual(e.message, "the frame is not valid JSON")
+        self.assertEqual(e.message, "not valid JSON")
         self.assertIsNone(e.ref)
 
     def test_invalid_utf8(self):
         self.assertEqual(self.refused(b'{"op":"\xff"}').message,
-                         "the frame is not valid JSON")
+                         "not valid JSON")
 
     def test_non_objects(self):
         for text in ("[1, 2]", '"ping"', "42", "null", "true"):
@@ -121,20 +121,20 @@ class ParseRequestTests(unittest.TestCase):
     def test_nan_and_infinity_rejected(self):
         for literal in ("NaN", "Infinity", "-Infinity", "1e400", "-1e999"):
             e = self.refused('{"op":"send","to":{"all":true},"data":%s}' % literal)
-            self.assertEqual(e.message, "the frame is not valid JSON", literal)
+            self.assertEqual(e.message, "not valid JSON", literal)
             self.refused('{"op":"ping","ref":%s}' % literal)
 
     def test_deep_nesting(self):
         depth = 10000
         e = self.refused("[" * depth + "]" * depth)
-        self.assertEqual(e.message, "the frame is nested too deep")
+        self.assertEqual(e.message, "JSON nested too deep")
         e = self.refused('{"op":"ping","ref":1,"x":' + '{"a":' * depth + "1" + "}" * depth
                          + "}")
-        self.assertEqual(e.message, "the frame is nested too deep")
+        self.assertEqual(e.message, "JSON nested too deep")
 
     def test_huge_integer(self):
         e = self.refused('{"op":"ping","ref":' + "9" * 10 ** 5 + "}")
-        self.assertEqual(e.message, "the frame is not valid JSON")
+        self.assertEqual(e.message, "not valid JSON")
         self.refused("1" * 10 ** 5)
 
     def test_send_without_data(self):
