@@ -14,18 +14,21 @@ from typing import Any
 from .broker.interface import Command
 from .protocol import BAD_REQUEST, ProtocolError, name
 
-# command -> (required name arguments, whether it takes a user-or-session target)
-COMMANDS: dict[str, tuple[tuple[str, ...], bool]] = {
-    "join": (("group",), True),
-    "leave": (("group",), True),
-    "destroy": (("group",), False),
-    "tag": (("tag",), True),
-    "untag": (("tag",), True),
-    "group": (("group",), False),
-    "user": (("user",), False),
-    "groups": ((), False),
-    "stats": ((), False),
+# command -> (required name arguments, whether it takes a user-or-session
+# target, optional text arguments)
+COMMANDS: dict[str, tuple[tuple[str, ...], bool, tuple[str, ...]]] = {
+    "join": (("group",), True, ()),
+    "leave": (("group",), True, ()),
+    "destroy": (("group",), False, ()),
+    "tag": (("tag",), True, ()),
+    "untag": (("tag",), True, ()),
+    "kick": ((), True, ("reason",)),
+    "group": (("group",), False, ()),
+    "user": (("user",), False, ()),
+    "groups": ((), False, ()),
+    "stats": ((), False, ()),
 }
+MAX_REASON = 120  # a close reason must fit a close frame (123 bytes)
 
 
 def make_command(command: str, body: Any) -> Command:
@@ -37,8 +40,14 @@ def make_command(command: str, body: Any) -> Command:
         raise ProtocolError(BAD_REQUEST, f"unknown command '{command}'")
     if not isinstance(body, dict):
         raise ProtocolError(BAD_REQUEST, "the body must be a JSON object")
-    needed, targeted = COMMANDS[command]
+    needed, targeted, optional = COMMANDS[command]
     args = {key: name(body.get(key), key) for key in needed}
+    for key in optional:
+        if key in body:
+            if not isinstance(body[key], str) or len(body[key].encode()) > MAX_REASON:
+                raise ProtocolError(BAD_REQUEST, f"'{key}' must be a string of at most "
+                                                 f"{MAX_REASON} bytes")
+            args[key] = body[key]
     if targeted:
         given = [key for key in ("user", "session") if key in body]
         if len(given) != 1:

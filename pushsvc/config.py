@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 
@@ -180,6 +180,14 @@ class Settings:
     api_keys: list[str] = field(default_factory=list)
     client_send: str = "joined"
     config_path: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as JSON values (how the master hands them to workers)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, values: dict[str, Any]) -> "Settings":
+        return cls(**values)
 
     @property
     def endpoints(self) -> list[str]:

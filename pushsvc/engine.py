@@ -20,7 +20,7 @@ from zope.interface import Interface, implementer
 from . import commands
 from .broker.interface import Command, IReceiver, Message
 from .ids import IdMaker
-from .protocol import (CLOSE_POLICY, FORBIDDEN, TOO_MANY_GROUPS, UNAUTHORIZED, Address,
+from .protocol import (CLOSE_KICKED, CLOSE_POLICY, FORBIDDEN, TOO_MANY_GROUPS, UNAUTHORIZED, Address,
                        ProtocolError, Request, encode, error_frame, message_frame,
                        parse_request, reply_frame)
 from .routing import channels, check_client_send, recipients, worker_channel
@@ -184,7 +184,11 @@ class Engine:
 
     def run(self, command: Command) -> Deferred:
         """Run ``command`` on every engine (through the broker); the merged result."""
-        return self.broker.command(command).addCallback(commands.merge)
+        return self.run_each(command).addCallback(commands.merge)
+
+    def run_each(self, command: Command) -> Deferred:
+        """Run ``command`` on every engine; the list of their results."""
+        return self.broker.command(command)
 
     def perform(self, command: Command) -> dict[str, Any]:
         return getattr(self, f"_cmd_{command.name}")(**command.args)
@@ -242,8 +246,15 @@ class Engine:
     def _cmd_groups(self) -> dict[str, Any]:
         return {"groups": {g: len(m) for g, m in self.registry.groups.members.items()}}
 
+    def _cmd_kick(self, reason: str = "kicked by the server", **target: str) -> dict[str, Any]:
+        sessions = self._targets(**target)
+        for session in sessions:
+            session.conn.close(CLOSE_KICKED, reason)
+        return {"sessions": len(sessions)}
+
     def _cmd_stats(self) -> dict[str, Any]:
-        return {"sessions": len(self.registry),
+        return {"worker": self.ids.owner,
+                "sessions": len(self.registry),
                 "users": len(self.registry.users.members),
                 "groups": len(self.registry.groups.members),
                 **{k: v for k, v in self.counters.items()}}

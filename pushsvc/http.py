@@ -19,7 +19,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .broker.interface import Command
-from .commands import make_command
+from .commands import make_command, merge
 from .protocol import (BAD_REQUEST, FORBIDDEN, NOT_FOUND, TOO_LARGE, UNAUTHORIZED,
                        ProtocolError, decode_json, parse_address)
 
@@ -183,8 +183,13 @@ class User(JsonResource):
 
 
 class Stats(JsonResource):
+    """``GET /api/stats``: totals, and each worker's own figures under ``workers``."""
+
     def GET(self, request):
-        return self.api.query(make_command("stats", {}))
+        def shape(results):
+            totals = merge([{k: v for k, v in r.items() if k != "worker"} for r in results])
+            return 200, {**totals, "workers": sorted(results, key=lambda r: r["worker"])}
+        return self.api.engine.run_each(make_command("stats", {})).addCallback(shape)
 
 
 class Health(JsonResource):
@@ -236,12 +241,19 @@ class _Folder(Resource):
         return self.not_found.render(request)
 
 
+class _QuietSite(Site):
+    """No access log line per request: a push API serves thousands a second."""
+
+    def log(self, request):
+        pass
+
+
 def build_site(engine, ws_factory, settings, reactor=None) -> Site:
     """The twisted.web site serving ``/ws``, the HTTP API and ``/healthz``."""
     api = HttpApi(engine, settings)
     not_found = NotFound(api)
     commands = {name: CommandRoute(api, name)
-                for name in ("join", "leave", "destroy", "tag", "untag")}
+                for name in ("join", "leave", "destroy", "tag", "untag", "kick")}
     root = _Folder(not_found, {
         "ws": WebSocketResource(ws_factory),
         "healthz": Health(api),
@@ -258,8 +270,8 @@ def build_site(engine, ws_factory, settings, reactor=None) -> Site:
         max_body = settings.max_message_bytes
 
     # Bodies are JSON whatever their Content-Type: never parse them as a form.
-    site = Site(root, timeout=settings.handshake_timeout, reactor=reactor,
-                parsePOSTFormSubmission=False)
+    site = _QuietSite(root, timeout=settings.handshake_timeout, reactor=reactor,
+                      parsePOSTFormSubmission=False)
     site.requestFactory = _Request
     site.displayTracebacks = False
     site.noisy = False

@@ -6,7 +6,7 @@ import sys
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
@@ -88,7 +88,14 @@ class PushServer(MultiService):
 
     def listen(self, reactor, description: str) -> ListenerService:
         """Add a listener on a Twisted endpoint string; it starts with the service."""
-        service = ListenerService(description, serverFromString(reactor, description),
-                                  self.site)
+        return self._listener(description, serverFromString(reactor, description))
+
+    def adopt(self, reactor, fd: int, family: int) -> ListenerService:
+        """Add a listener on an inherited listening socket (a pool worker's)."""
+        return self._listener(f"inherited socket {fd}",
+                              AdoptedStreamServerEndpoint(reactor, fd, family))
+
+    def _listener(self, description: str, endpoint) -> ListenerService:
+        service = ListenerService(description, endpoint, self.site)
         service.setServiceParent(self)
         return service

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import signal
+import os
 import sys
 
 from twisted.internet.endpoints import serverFromString
@@ -10,6 +10,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from .config import SPECS, ConfigError, Settings, build_settings
+from .signals import stop_on_signals
 
 _log = Logger()
 
@@ -62,35 +63,19 @@ def check_endpoint(description: str) -> None:
 
 
 def makeService(options: Options):
-    """Build the service tree for the options twistd parsed."""
+    """Build the service tree for the options twistd parsed: one process
+    (``--workers 0``) or a master with a pool of workers."""
     from twisted.internet import reactor
 
-    from .server import PushServer
-
     settings = options.settings
-    if settings.workers != 0:
-        _log.warn("workers = {workers}: the worker pool is not built yet; "
-                  "running everything in one process",
-                  workers="auto" if settings.workers is None else settings.workers)
-    server = PushServer(settings, reactor)
-    for description in settings.endpoints:
-        server.listen(reactor, description)
+    count = os.cpu_count() or 1 if settings.workers is None else settings.workers
+    if count == 0:
+        from .server import PushServer
+        service = PushServer(settings, reactor)
+        for description in settings.endpoints:
+            service.listen(reactor, description)
+    else:
+        from .pool.master import Master
+        service = Master(settings, reactor, count)
     reactor.addSystemEventTrigger("after", "startup", stop_on_signals, reactor)
-    return server
-
-
-def stop_on_signals(reactor) -> None:
-    """SIGTERM and SIGINT stop the reactor, and the process then exits 0.
-
-    Twisted's own handlers (installed during startup, so these replace them)
-    make twistd and twist kill themselves with the signal after a clean
-    shutdown; a requested stop is not a failure for pushsvc.
-    """
-    def stop(number, frame):
-        _log.info("received {signal}, shutting down", signal=signal.Signals(number).name)
-        for number in (signal.SIGTERM, signal.SIGINT):  # a second signal: no-op
-            signal.signal(number, signal.SIG_IGN)
-        reactor.callFromThread(reactor.stop)
-
-    for number in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(number, stop)
+    return service

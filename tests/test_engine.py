@@ -398,7 +398,8 @@ class CommandTests(EngineTestCase):
         self.open(user="bob")
         self.successResultOf(self.engine.publish(Address(group=("g",)), 1))
         self.assertEqual(self.run_command("stats"),
-                         {"sessions": 3, "users": 2, "groups": 1, "published": 1,
+                         {"worker": "test.0", "sessions": 3, "users": 2, "groups": 1,
+                          "published": 1,
                           "delivered": 1, "sent_by_clients": 0, "dropped_slow": 0,
                           "refused_full": 0})
 

@@ -250,7 +250,9 @@ class ApiKeyTests(HttpTestCase):
                              refused, path)
         self.assertEqual(
             await self.http("GET", "/api/stats", headers={"Authorization": "Bearer k2"}),
-            (200, {"sessions": 0, "users": 0, "groups": 0, **dict.fromkeys(COUNTERS, 0)}))
+            (200, {"sessions": 0, "users": 0, "groups": 0, **dict.fromkeys(COUNTERS, 0),
+                   "workers": [{"worker": "test.0", "sessions": 0, "users": 0, "groups": 0,
+                                **dict.fromkeys(COUNTERS, 0)}]}))
 
     @run
     async def test_healthz_and_unknown_routes_need_no_key(self):
@@ -460,17 +462,18 @@ class CommandTests(HttpTestCase):
 
     @run
     async def test_stats(self):
-        zero = dict.fromkeys(COUNTERS, 0)
+        zero = {"sessions": 0, "users": 0, "groups": 0, **dict.fromkeys(COUNTERS, 0)}
         await self.assertAnswer("GET", "/api/stats", None, 200,
-                                {"sessions": 0, "users": 0, "groups": 0, **zero})
+                                {**zero, "workers": [{"worker": "test.0", **zero}]})
         a = await self.client(user="alice", groups=("g",))
         await self.client(user="alice", groups=("g", "h"))
         await self.client()
         await self.push({"group": "g"}, 1)
         await a.barrier()
+        busy = {**zero, "sessions": 3, "users": 1, "groups": 2, "published": 1,
+                "delivered": 2}
         await self.assertAnswer("GET", "/api/stats", None, 200,
-                                {"sessions": 3, "users": 1, "groups": 2,
-                                 **zero, "published": 1, "delivered": 2})
+                                {**busy, "workers": [{"worker": "test.0", **busy}]})
 
     @run
     async def test_bad_command_bodies(self):

@@ -1,0 +1,76 @@
+"""``python -m pushsvc.pool.worker``: one worker process, started by the master.
+
+The master passes, in the environment variable ``PUSHSVC_WORKER``, the settings,
+this worker's index and the listening sockets it inherited (descriptor and
+address family).  AMP to the hub runs on descriptors 3 (in) and 4 (out).  When
+that pipe closes, the master is gone and the worker stops.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from twisted.internet.stdio import StandardIO
+from twisted.logger import Logger, eventAsText, globalLogBeginner
+
+from ..broker.amp import AmpBroker, WorkerProtocol
+from ..config import Settings
+from ..server import PushServer
+from ..signals import stop_on_signals
+from .wire import Hello
+
+ENV = "PUSHSVC_WORKER"
+AMP_IN, AMP_OUT = 3, 4
+FIRST_SOCKET = 5
+
+_log = Logger()
+
+
+def describe(settings: Settings, index: int, families: list[int]) -> str:
+    """The ``PUSHSVC_WORKER`` value for worker ``index`` (the master's side)."""
+    return json.dumps({"settings": settings.to_json(), "index": index,
+                       "families": families})
+
+
+def log_to_master(event) -> None:
+    """Write each log event to stdout as ``LEVEL NAMESPACE TEXT`` (more lines of
+    the same event start with a tab); the master re-logs them."""
+    text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+    level = event.get("log_level")
+    sys.stdout.write(f"{level.name if level else 'info'} {event.get('log_namespace', '-')} "
+                     + text.replace("\n", "\n\t") + "\n")
+    sys.stdout.flush()
+
+
+def main() -> None:
+    spec = json.loads(os.environ.pop(ENV))
+    settings = Settings.from_json(spec["settings"])
+    index = spec["index"]
+    globalLogBeginner.beginLoggingTo([log_to_master], redirectStandardIO=False)
+
+    from twisted.internet import reactor
+
+    broker = AmpBroker()
+    server = PushServer(settings, reactor, broker=broker, worker=index)
+
+    def master_gone(reason):
+        if reactor.running:
+            _log.warn("the master is gone; worker {index} stops", index=index)
+            reactor.stop()
+
+    hub = WorkerProtocol(broker, on_lost=master_gone)
+    StandardIO(hub, stdin=AMP_IN, stdout=AMP_OUT, reactor=reactor)
+    broker.connect(hub)
+    for offset, family in enumerate(spec["families"]):
+        server.adopt(reactor, FIRST_SOCKET + offset, family)
+    server.startService()
+    hub.callRemote(Hello, index=index, owner=server.engine.ids.owner)
+    reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
+    reactor.addSystemEventTrigger("after", "startup", stop_on_signals, reactor)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
