@@ -8,6 +8,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import deferLater
 from twisted.trial import unittest
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
@@ -27,15 +28,21 @@ class ServerTestCase(unittest.TestCase):
 
     clock = None  # a task.Clock to drive timers, or None for the real reactor
 
+    agent = None  # the twisted.web Agent self.http uses; None: a fresh one each time
+
     def start_server(self, **overrides: Any) -> PushServer:
         self.server = PushServer(settings(**overrides), reactor, clock=self.clock)
         listener = self.server.listen(reactor, "tcp:0:interface=127.0.0.1")
         self.server.startService()
         self.addCleanup(self.server.stopService)
-        self.port = listener._waitingForPort.result.getHost().port
+        self.use_port(listener._waitingForPort.result.getHost().port)
+        return self.server
+
+    def use_port(self, port: int) -> None:
+        """Point the client helpers at a server on 127.0.0.1:``port``."""
+        self.port = port
         self.url = f"ws://127.0.0.1:{self.port}/ws"
         self.base = f"http://127.0.0.1:{self.port}"
-        return self.server
 
     @property
     def engine(self):
@@ -67,7 +74,7 @@ class ServerTestCase(unittest.TestCase):
             None if body is None else json.dumps(body).encode())
         producer = FileBodyProducer(BytesIO(data)) if data is not None else None
         hdrs = Headers({k: [v] for k, v in (headers or {}).items()})
-        response = await Agent(reactor).request(
+        response = await (self.agent or Agent(reactor)).request(
             method.encode(), (self.base + path).encode(), hdrs, producer)
         text = await readBody(response)
         return response.code, json.loads(text) if text else None
@@ -76,6 +83,15 @@ class ServerTestCase(unittest.TestCase):
         status, body = await self.http("POST", "/api/push", {"to": to, "data": data}, **kw)
         self.assertEqual(status, 202, body)
         return body["id"]
+
+
+async def eventually(condition, timeout: float = 10.0, what: str = "the condition"):
+    """Poll ``condition()`` every 10 ms until true; fail after ``timeout`` seconds."""
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        await deferLater(reactor, 0.01, lambda: None)
 
 
 def run(coro_fn):
