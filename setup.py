@@ -1,14 +1,14 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="pushsvc",
     version="0.1.0",
     description="Real-time WebSocket push server on Twisted and Autobahn",
     python_requires=">=3.11",
-    packages=["pushsvc", "pushsvc.broker", "twisted.plugins"],
+    packages=find_packages(include=["pushsvc", "pushsvc.*"]) + ["twisted.plugins"],
     package_data={"twisted.plugins": ["pushsvc_plugin.py"]},
     install_requires=[
-        "twisted>=25.5",  # Site(parsePOSTFormSubmission=False)
+        "twisted>=26.10",  # makeBinding(reusePort=), Site(parsePOSTFormSubmission=)
         "autobahn>=23.6",
         "txredisapi>=1.4.10",
         "pyopenssl>=23.0",

@@ -39,6 +39,13 @@ class EngineService(Service):
         return self.ws_factory.close_all()
 
 
+def exit_cannot_listen(description: str, error: CannotListenError):
+    """End start-up with one line on the real stderr (twistd has taken over
+    sys.stderr by the time ports are bound)."""
+    sys.__stderr__.write(f"pushsvc: cannot listen on {description}: {error.socketError}\n")
+    raise SystemExit(1)
+
+
 class ListenerService(StreamServerEndpointService):
     """Listens on one endpoint; a port that cannot be bound ends start-up in one line."""
 
@@ -49,14 +56,11 @@ class ListenerService(StreamServerEndpointService):
         self.description = description
 
     def privilegedStartService(self):
-        # twistd binds here, before startService, and by then its logging has
-        # taken over sys.stderr: write the one line to the real stderr.
+        # twistd binds here, before startService.
         try:
             super().privilegedStartService()
         except CannotListenError as e:
-            sys.__stderr__.write(f"pushsvc: cannot listen on {self.description}: "
-                                 f"{e.socketError}\n")
-            raise SystemExit(1)
+            exit_cannot_listen(self.description, e)
 
     def startService(self):
         super().startService()

@@ -21,7 +21,7 @@ class PoolTestCase(ServerTestCase):
                                       workers=count, **overrides), reactor, count)
         self.master.startService()
         self.addCleanup(self.master.stopService)
-        self.use_port(self.master.sockets[0].port.getHost().port)
+        self.use_port(self.master.sockets.address().port)
         # One kept-alive HTTP connection: every push enters through the same
         # worker, so messages to any one worker keep their order.
         http_pool = HTTPConnectionPool(reactor, persistent=True)

@@ -20,7 +20,7 @@ from twisted.internet.error import ConnectError
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 
-from tests.helpers import ServerTestCase, run
+from tests.helpers import ServerTestCase, eventually, run
 
 BIN = os.path.dirname(sys.executable)
 START_DEADLINE = 15.0  # seconds for a child to serve /healthz
@@ -139,7 +139,8 @@ class StartupTests(ServerTestCase):
         await self.wait_serving(child, port)
         c = await self.client()
         msg_id = await self.push({"session": c.session}, "hello")
-        await c.barrier()
+        # The push may enter through another worker than the client's.
+        await eventually(lambda: c.messages, what="the push")
         self.assertEqual([(m["id"], m["data"]) for m in c.messages], [(msg_id, "hello")])
         child.transport.signalProcess(sig)
         code, _reason = await c.closed
@@ -183,7 +184,7 @@ class StartupTests(ServerTestCase):
         c = await self.client()
         await self.wait_serving(child, ports[1])
         msg_id = await self.push({"session": c.session}, "via the other port")
-        await c.barrier()
+        await eventually(lambda: c.messages, what="the push")
         self.assertEqual([m["id"] for m in c.messages], [msg_id])
 
     @run

@@ -3,11 +3,11 @@
 Service tree (``Master``)::
 
     Master (MultiService)
-      SharedSocket  one per --listen endpoint: bound here, never accepted on here
-      Pool          spawns the workers, restarts them, routes their messages
+      ListeningSockets  every endpoint, bound here, never accepted on here
+      Pool              spawns the workers, restarts them, routes their messages
 
-Each worker is ``python -m pushsvc.pool.worker`` with the listening sockets on
-descriptors 5, 6, ..., its AMP pipe on 3 (master -> worker) and 4 (worker ->
+Each worker is ``python -m pushsvc.pool.worker`` with its listening sockets on
+descriptors 5, 6, ... (one per endpoint), its AMP pipe on 3 (master -> worker) and 4 (worker ->
 master), and its stdout/stderr piped back here and re-logged as
 ``worker N: ...``.
 """
@@ -22,12 +22,14 @@ from collections import deque
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.endpoints import SSL4ServerEndpoint, _TCPServerEndpoint, serverFromString
+from twisted.internet.error import CannotListenError, ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol
+from twisted.internet.tcp import makeBinding
 from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
 
-from ..server import ListenerService
+from ..server import exit_cannot_listen
 from .hub import SubscriptionTable
 from .wire import Deliver, Hello, Perform, Publish, RunCommand, Subscribe, Unsubscribe
 from .worker import AMP_IN, AMP_OUT, ENV, FIRST_SOCKET, describe
@@ -41,30 +43,74 @@ _LOG_LINE = re.compile(r"^(?P<level>debug|info|warn|error|critical) (?P<namespac
                        r"(?P<text>.*)$", re.S)
 
 
-class SharedSocket(ListenerService):
-    """A listening socket the master binds and only the workers accept on."""
+def bind(reactor, description: str, copies: int) -> list:
+    """Bind ``description`` in the master; its listening ports, not accepting.
 
-    def __init__(self, description: str, endpoint):
-        factory = Factory()
-        factory.noisy = False
-        super().__init__(description, endpoint, factory)
+    A TCP endpoint gets ``copies`` sockets on the same address with
+    SO_REUSEPORT, one per worker, so the kernel spreads new connections evenly
+    (on one shared socket every idle worker is woken and the same one tends to
+    win).  Other endpoints get one socket that every worker shares.
+    """
+    endpoint = serverFromString(reactor, description)
+    factory = Factory()
+    factory.noisy = False
+    if isinstance(endpoint, _TCPServerEndpoint):
+        ports, number = [], endpoint._port
+        for _ in range(copies):
+            binding = makeBinding(endpoint._interface, number, reuseAddress=True,
+                                  reusePort=True)
+            ports.append(reactor.listenTCP(binding, factory, endpoint._backlog))
+            number = ports[0].getHost().port  # port 0: the others share the one chosen
+    elif isinstance(endpoint, SSL4ServerEndpoint):
+        raise CannotListenError(None, description, "TLS with the worker pool is not "
+                                "supported yet; use --workers 0 for ssl: endpoints")
+    else:
+        ports = []
+        endpoint.listen(factory).addCallback(ports.append)
+    for port in ports:
+        port.stopReading()
+    return ports
+
+
+class ListeningSockets(Service):
+    """Every listening endpoint, bound in the master and accepted on only by workers."""
+
+    def __init__(self, reactor, descriptions: list[str], copies: int):
+        self.reactor = reactor
+        self.descriptions = descriptions
+        self.copies = copies
+        self.ports: list[list] = []
 
     def privilegedStartService(self):
         super().privilegedStartService()
-        self._waitingForPort.addCallback(self._stop_accepting)
+        for description in self.descriptions:
+            try:
+                ports = bind(self.reactor, description, self.copies)
+            except CannotListenError as e:
+                exit_cannot_listen(description, e)
+            host = ports[0].getHost()
+            _log.info("listening on {endpoint} ({host}:{port}, {count} socket(s))",
+                      endpoint=description, host=getattr(host, "host", ""),
+                      port=getattr(host, "port", ""), count=len(ports))
+            self.ports.append(ports)
 
-    @staticmethod
-    def _stop_accepting(port):
-        port.stopReading()
-        return port
+    def startService(self):
+        if not self.ports:
+            self.privilegedStartService()
+        super().startService()
 
-    @property
-    def port(self):
-        return self._waitingForPort.result
+    def stopService(self):
+        super().stopService()
+        for port in (p for ports in self.ports for p in ports):
+            port.stopListening()
 
-    def inheritable(self) -> tuple[int, int]:
-        """The socket's descriptor and address family, for a child process."""
-        return self.port.fileno(), self.port.addressFamily
+    def for_worker(self, index: int) -> list[tuple[int, int]]:
+        """Worker ``index``'s socket of each endpoint: (descriptor, address family)."""
+        return [(ports[index % len(ports)].fileno(), ports[index % len(ports)].addressFamily)
+                for ports in self.ports]
+
+    def address(self, endpoint: int = 0):
+        return self.ports[endpoint][0].getHost()
 
 
 class HubProtocol(amp.AMP):
@@ -179,7 +225,7 @@ class WorkerProcess(ProcessProtocol):
 class Pool(Service):
     """Spawns and watches the workers, and is the hub between them."""
 
-    def __init__(self, settings, reactor, count: int, sockets: list[SharedSocket]):
+    def __init__(self, settings, reactor, count: int, sockets: ListeningSockets):
         self.settings = settings
         self.reactor = reactor
         self.count = count
@@ -199,7 +245,7 @@ class Pool(Service):
             self.spawn(index)
 
     def spawn(self, index: int) -> WorkerProcess:
-        inherited = [s.inheritable() for s in self.sockets]
+        inherited = self.sockets.for_worker(index)
         env = os.environ.copy()
         env[ENV] = describe(self.settings, index, [family for _, family in inherited])
         child_fds = {0: "w", 1: "r", 2: "r", AMP_IN: "w", AMP_OUT: "r"}
@@ -291,11 +337,7 @@ class Master(MultiService):
 
     def __init__(self, settings, reactor, count: int):
         super().__init__()
-        from twisted.internet.endpoints import serverFromString
-        self.sockets = []
-        for description in settings.endpoints:
-            shared = SharedSocket(description, serverFromString(reactor, description))
-            shared.setServiceParent(self)
-            self.sockets.append(shared)
+        self.sockets = ListeningSockets(reactor, settings.endpoints, count)
+        self.sockets.setServiceParent(self)
         self.pool = Pool(settings, reactor, count, self.sockets)
         self.pool.setServiceParent(self)
