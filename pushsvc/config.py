@@ -141,6 +141,10 @@ SPECS: tuple[Spec, ...] = (
          "with 1013"),
     Spec("limits", "max_targets", 100, _int(1),
          "names in one address (e.g. a list of groups)"),
+    Spec("limits", "max_batch_messages", 1000, _int(1),
+         "messages in one POST /api/batch"),
+    Spec("limits", "max_batch_bytes", 1024 * 1024, _int(1024, 256 * 1024 * 1024),
+         "largest POST /api/batch body, in bytes"),
     Spec("timeouts", "ping_interval", 25.0, _seconds(0.1),
          "seconds between WebSocket pings to an idle client"),
     Spec("timeouts", "ping_timeout", 60.0, _seconds(0.1),
@@ -173,6 +177,8 @@ class Settings:
     max_groups_per_session: int = 100
     max_buffered_bytes: int = 4 * 1024 * 1024
     max_targets: int = 100
+    max_batch_messages: int = 1000
+    max_batch_bytes: int = 1024 * 1024
     ping_interval: float = 25.0
     ping_timeout: float = 60.0
     handshake_timeout: float = 10.0

@@ -162,13 +162,26 @@ class Engine:
 
     # -- messages ---------------------------------------------------------
 
+    def message(self, to: Address, data: Any,
+                sender: dict[str, Any] | None = None) -> Message:
+        """A new message with its id and its frame, encoded once.
+
+        Raises ``too_large`` when ``data`` is over ``max_message_bytes``.
+        """
+        msg_id = self.ids.message_id()
+        frame = message_frame(msg_id, to, data, sender, self.settings.max_message_bytes)
+        return Message(msg_id, to, frame)
+
+    def send(self, message: Message) -> Deferred:
+        """Give ``message`` to the broker; a Deferred firing with its id."""
+        self.counters["published"] += 1
+        return self.broker.publish(channels(message.to), message).addCallback(
+            lambda _: message.id)
+
     def publish(self, to: Address, data: Any,
                 sender: dict[str, Any] | None = None) -> Deferred:
-        """Give a new message to the broker; a Deferred firing with its id."""
-        msg_id = self.ids.message_id()
-        message = Message(msg_id, to, message_frame(msg_id, to, data, sender))
-        self.counters["published"] += 1
-        return self.broker.publish(channels(to), message).addCallback(lambda _: msg_id)
+        """Build and send a message; a Deferred firing with its id."""
+        return self.send(self.message(to, data, sender))
 
     def deliver(self, message: Message) -> None:
         """Write ``message`` to each local session it is for, encoded once."""

@@ -13,7 +13,7 @@ import json
 from typing import Any, Callable
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import gatherResults, maybeDeferred
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -53,12 +53,22 @@ class LimitedRequest(Request):
         super().handleContentChunk(data)
 
 
-def json_body(request: LimitedRequest) -> Any:
-    """The request body as JSON, or ProtocolError (too large, not JSON)."""
-    if request.too_large:
-        raise ProtocolError(TOO_LARGE, f"the body is larger than {request.max_body} bytes")
+def json_body(request: LimitedRequest, limit: int) -> Any:
+    """The request body as JSON, or ProtocolError (larger than ``limit``, or not JSON)."""
     request.content.seek(0)
-    return decode_json(request.content.read())
+    body = b"" if request.too_large else request.content.read(limit + 1)
+    if request.too_large or len(body) > limit:
+        raise ProtocolError(TOO_LARGE, f"the body is larger than {limit} bytes")
+    return decode_json(body)
+
+
+def push_args(body: Any, max_targets: int, where: str = "the body") -> tuple[Any, Any]:
+    """Check one push ``{"to": ADDRESS, "data": ANY}``: its (address, data)."""
+    if not isinstance(body, dict):
+        raise ProtocolError(BAD_REQUEST, f"{where} must be a JSON object")
+    if "data" not in body:
+        raise ProtocolError(BAD_REQUEST, f"{where} needs 'data'")
+    return parse_address(body.get("to"), max_targets), body["data"]
 
 
 def respond(request, status: int, body: Any) -> None:
@@ -137,14 +147,37 @@ class Push(JsonResource):
     """``POST /api/push`` {"to": ADDRESS, "data": ANY} -> 202 {"id": ...}"""
 
     def POST(self, request):
-        body = json_body(request)
-        if not isinstance(body, dict):
-            raise ProtocolError(BAD_REQUEST, "the body must be a JSON object")
-        if "data" not in body:
-            raise ProtocolError(BAD_REQUEST, "the body needs 'data'")
-        to = parse_address(body.get("to"), self.api.settings.max_targets)
-        d = self.api.engine.publish(to, body["data"])
+        settings = self.api.settings
+        body = json_body(request, settings.max_message_bytes)
+        to, data = push_args(body, settings.max_targets)
+        d = self.api.engine.publish(to, data)
         return d.addCallback(lambda msg_id: (202, {"id": msg_id}))
+
+
+class Batch(JsonResource):
+    """``POST /api/batch`` {"messages": [{"to": ..., "data": ...}, ...]}
+    -> 202 {"ids": [...]}.  Every message is checked before any is sent."""
+
+    def POST(self, request):
+        settings, engine = self.api.settings, self.api.engine
+        body = json_body(request, settings.max_batch_bytes)
+        items = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(items, list) or not items:
+            raise ProtocolError(BAD_REQUEST, "the body must be {\"messages\": [...]} "
+                                             "with at least one message")
+        if len(items) > settings.max_batch_messages:
+            raise ProtocolError(TOO_LARGE, f"{len(items)} messages; the limit is "
+                                           f"{settings.max_batch_messages}")
+        messages = []
+        for i, item in enumerate(items):
+            where = f"messages[{i}]"
+            try:
+                messages.append(engine.message(*push_args(item, settings.max_targets, where)))
+            except ProtocolError as e:
+                raise ProtocolError(e.code, e.message if e.message.startswith(where)
+                                    else f"{where}: {e.message}")
+        d = gatherResults([engine.send(m) for m in messages])
+        return d.addCallback(lambda ids: (202, {"ids": ids}))
 
 
 class CommandRoute(JsonResource):
@@ -155,7 +188,8 @@ class CommandRoute(JsonResource):
         self.command = command
 
     def POST(self, request):
-        command = make_command(self.command, json_body(request))
+        command = make_command(self.command,
+                               json_body(request, self.api.settings.max_message_bytes))
         return self.api.engine.run(command).addCallback(lambda result: (200, result))
 
 
@@ -259,6 +293,7 @@ def build_site(engine, ws_factory, settings, reactor=None) -> Site:
         "healthz": Health(api),
         "api": _Folder(not_found, {
             "push": Push(api),
+            "batch": Batch(api),
             "groups": Groups(api),
             "users": User(api),
             "stats": Stats(api),
@@ -267,7 +302,7 @@ def build_site(engine, ws_factory, settings, reactor=None) -> Site:
     })
 
     class _Request(LimitedRequest):
-        max_body = settings.max_message_bytes
+        max_body = max(settings.max_message_bytes, settings.max_batch_bytes)
 
     # Bodies are JSON whatever their Content-Type: never parse them as a form.
     site = _QuietSite(root, timeout=settings.handshake_timeout, reactor=reactor,

@@ -229,9 +229,17 @@ def reply_frame(op: str, ref: Any = None, **fields: Any) -> bytes:
 
 
 def message_frame(msg_id: str, to: Address, data: Any,
-                  sender: dict[str, Any] | None = None) -> bytes:
-    """The ``msg`` frame, encoded once per message whoever receives it."""
-    frame: dict[str, Any] = {"op": "msg", "id": msg_id, "to": to.to_json(), "data": data}
+                  sender: dict[str, Any] | None = None,
+                  max_data: int | None = None) -> bytes:
+    """The ``msg`` frame, encoded once per message whoever receives it.
+
+    Raises ``too_large`` when ``data``, encoded, is longer than ``max_data``.
+    """
+    head: dict[str, Any] = {"op": "msg", "id": msg_id, "to": to.to_json()}
     if sender is not None:
-        frame["from"] = sender
-    return encode(frame)
+        head["from"] = sender
+    body = encode(data)
+    if max_data is not None and len(body) > max_data:
+        raise ProtocolError(TOO_LARGE, f"'data' is {len(body)} bytes encoded; "
+                                       f"the limit is {max_data}")
+    return encode(head)[:-1] + b',"data":' + body + b"}"

@@ -206,6 +206,55 @@ class PushTests(HttpTestCase):
                                 raw=b" " * 1025)
 
 
+class BatchTests(HttpTestCase):
+    def setUp(self):
+        self.start_server(max_message_bytes=1024, max_batch_messages=3,
+                          max_batch_bytes=4096)
+
+    @run
+    async def test_batch_delivers_every_message_in_order(self):
+        a = await self.client(user="a", groups=("g",))
+        b = await self.client(user="b")
+        status, body = await self.http("POST", "/api/batch", {"messages": [
+            {"to": {"user": "a"}, "data": 1},
+            {"to": {"group": "g", "user": "b"}, "data": 2},
+            {"to": {"user": "b"}, "data": 3}]})
+        self.assertEqual(status, 202, body)
+        self.assertEqual(len(set(body["ids"])), 3)
+        await a.barrier()
+        await b.barrier()
+        ids = body["ids"]
+        self.assertEqual([(m["id"], m["data"]) for m in a.messages], [(ids[0], 1), (ids[1], 2)])
+        self.assertEqual([(m["id"], m["data"]) for m in b.messages], [(ids[1], 2), (ids[2], 3)])
+
+    @run
+    async def test_bad_batches_send_nothing(self):
+        c = await self.client(user="a")
+        good = {"to": {"user": "a"}, "data": "ok"}
+        cases = [
+            ({"messages": []}, 400, "bad_request",
+             'the body must be {"messages": [...]} with at least one message'),
+            ([good], 400, "bad_request",
+             'the body must be {"messages": [...]} with at least one message'),
+            ({"messages": [good] * 4}, 413, "too_large", "4 messages; the limit is 3"),
+            ({"messages": [good, {"to": {"bogus": 1}, "data": 1}]}, 400, "bad_request",
+             "messages[1]: 'to' has unknown key 'bogus'"),
+            ({"messages": [good, good, 7]}, 400, "bad_request",
+             "messages[2] must be a JSON object"),
+            ({"messages": [good, {"to": {"all": True}}]}, 400, "bad_request",
+             "messages[1] needs 'data'"),
+            ({"messages": [good, {"to": {"all": True}, "data": "x" * 1100}]}, 413,
+             "too_large", "messages[1]: 'data' is 1102 bytes encoded; the limit is 1024"),
+            ({"messages": [{"to": {"all": True}, "data": "x" * 5000}]}, 413,
+             "too_large", "the body is larger than 4096 bytes"),
+        ]
+        for body, status, code, message in cases:
+            self.assertEqual(await self.http("POST", "/api/batch", body),
+                             (status, error(code, message)), body)
+        await c.barrier()
+        self.assertEqual(c.messages, [])
+
+
 class ApiKeyTests(HttpTestCase):
     def setUp(self):
         self.start_server(api_keys=["k1", "k2"])

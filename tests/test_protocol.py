@@ -227,8 +227,16 @@ class EncodeTests(unittest.TestCase):
                          b'{"op":"msg","id":"id1","to":{"group":"g"},"data":{"k":"v"}}')
         self.assertEqual(
             message_frame("id2", Address(user=("a", "b")), 1, {"session": "s", "user": None}),
-            b'{"op":"msg","id":"id2","to":{"user":["a","b"]},"data":1,'
-            b'"from":{"session":"s","user":null}}')
+            b'{"op":"msg","id":"id2","to":{"user":["a","b"]},'
+            b'"from":{"session":"s","user":null},"data":1}')
+
+    def test_message_frame_data_limit(self):
+        self.assertEqual(message_frame("i", Address(all=True), "x" * 8, max_data=10),
+                         b'{"op":"msg","id":"i","to":{"all":true},"data":"xxxxxxxx"}')
+        with self.assertRaises(ProtocolError) as caught:
+            message_frame("i", Address(all=True), "x" * 9, max_data=10)
+        self.assertEqual((caught.exception.code, caught.exception.message),
+                         ("too_large", "'data' is 11 bytes encoded; the limit is 10"))
 
     def test_reply_and_error_frames(self):
         self.assertEqual(reply_frame("ok"), b'{"op":"ok"}')
