@@ -12,125 +12,19 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectError
-from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
 
-from tests.helpers import ServerTestCase, eventually, run
-
-BIN = os.path.dirname(sys.executable)
-START_DEADLINE = 15.0  # seconds for a child to serve /healthz
-EXIT_DEADLINE = 15.0   # seconds for a child to exit
+from tests.helpers import ChildTestCase, eventually, free_port, run
 
 
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Child(ProcessProtocol):
-    """A child process: collects its output and knows its exit status."""
-
-    def __init__(self):
-        self.stdout = b""
-        self.stderr = b""
-        self.status: int | None = None  # exit code; None while running or if signalled
-        self.done = False
-        self._waiters: list[Deferred] = []
-
-    def outReceived(self, data):
-        self.stdout += data
-
-    def errReceived(self, data):
-        self.stderr += data
-
-    def processEnded(self, reason):
-        self.status, self.done = reason.value.exitCode, True
-        waiters, self._waiters = self._waiters, []
-        for d in waiters:
-            d.callback(self.status)
-
-    def exited(self) -> Deferred:
-        """Fires with the exit code once the process has ended."""
-        d = Deferred()
-        if self.done:
-            d.callback(self.status)
-        else:
-            self._waiters.append(d)
-        return d
-
-    def kill(self) -> Deferred | None:
-        if self.done:
-            return None
-        self.transport.signalProcess("KILL")
-        return self.exited()
-
-    def output(self) -> str:
-        return (self.stdout + self.stderr).decode("utf-8", "replace")
-
-    def stderr_lines(self) -> list[str]:
-        return [l for l in self.stderr.decode("utf-8", "replace").splitlines() if l.strip()]
-
-
-class StartupTests(ServerTestCase):
-    """Uses ServerTestCase's client/http/push against a child's port, not start_server."""
-
-    def setUp(self):
-        self.cwd = os.path.abspath(self.mktemp())
-        os.makedirs(self.cwd)
-
-    def spawn(self, script: str, *args: str) -> Child:
-        """Start ``script`` (twistd or twist) with ``args``; SIGKILLed at cleanup."""
-        child = Child()
-        executable = os.path.join(BIN, script)
-        prefix = ["-n", "--pidfile="] if script == "twistd" else []
-        reactor.spawnProcess(child, executable, [executable, *prefix, "pushsvc", *args],
-                             env=os.environ.copy(), path=self.cwd)
-        self.addCleanup(child.kill)
-        return child
-
-    def use_port(self, port: int) -> None:
-        """Point self.client/self.http/self.push at ``port``."""
-        self.port = port
-        self.url = f"ws://127.0.0.1:{port}/ws"
-        self.base = f"http://127.0.0.1:{port}"
+class StartupTests(ChildTestCase):
 
     def write_config(self, text: str) -> str:
         path = os.path.join(self.cwd, "pushsvc.toml")
         with open(path, "w") as f:
             f.write(text)
         return path
-
-    async def wait_exit(self, child: Child) -> int | None:
-        d = child.exited().addTimeout(EXIT_DEADLINE, reactor)
-        try:
-            return await d
-        except Exception:
-            self.fail(f"still running after {EXIT_DEADLINE} s:\n{child.output()}")
-
-    async def wait_serving(self, child: Child, port: int) -> None:
-        """Poll GET /healthz on ``port`` until it answers 200."""
-        self.use_port(port)
-        deadline = reactor.seconds() + START_DEADLINE
-        while True:
-            if child.done:
-                self.fail(f"exited with {child.status} before serving:\n{child.output()}")
-            try:
-                status, body = await self.http("GET", "/healthz")
-            except ConnectError:
-                if reactor.seconds() > deadline:
-                    self.fail(f"no /healthz on {port} after {START_DEADLINE} s:\n"
-                              f"{child.output()}")
-                await deferLater(reactor, 0.05)
-                continue
-            self.assertEqual(status, 200, body)
-            return
 
     async def check_serves_and_stops(self, script: str, sig: str) -> None:
         """Serve a push to a client, then ``sig``: the client sees 1001, exit 0."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 import os
 import re
 import sys
-import time
 from collections import deque
 
 from twisted.application.service import MultiService, Service
@@ -177,16 +176,15 @@ class WorkerProcess(ProcessProtocol):
         self.index = index
         self.amp = HubProtocol(pool, index)
         self.owner: str | None = None
-        self.started = time.monotonic()
+        self.started = pool.clock.seconds()
         self.ended: Deferred = Deferred()
         self.last_lines: deque[str] = deque(maxlen=8)
         self._partial = {1: b"", 2: b""}
 
-    @property
-    def pid(self) -> int | None:
-        return self.transport.pid if self.transport is not None else None
+    pid: int | None = None  # kept after the process ends (Twisted's transport forgets it)
 
     def connectionMade(self):
+        self.pid = self.transport.pid
         self.amp.makeConnection(_PipeTransport(self.transport))
 
     def childDataReceived(self, fd, data):
@@ -223,11 +221,18 @@ class WorkerProcess(ProcessProtocol):
 
 
 class Pool(Service):
-    """Spawns and watches the workers, and is the hub between them."""
+    """Spawns and watches the workers, and is the hub between them.
 
-    def __init__(self, settings, reactor, count: int, sockets: ListeningSockets):
+    ``clock`` (default: ``reactor``) times the restart delays, a worker's life
+    and the kill at shutdown; ``worker_argv`` is a worker's command line.
+    """
+
+    def __init__(self, settings, reactor, count: int, sockets: ListeningSockets,
+                 clock=None, worker_argv: list[str] | None = None):
         self.settings = settings
         self.reactor = reactor
+        self.clock = clock or reactor
+        self.worker_argv = worker_argv or [sys.executable, "-m", "pushsvc.pool.worker"]
         self.count = count
         self.sockets = sockets
         self.table = SubscriptionTable()
@@ -253,8 +258,7 @@ class Pool(Service):
             child_fds[FIRST_SOCKET + offset] = fd
         worker = WorkerProcess(self, index)
         self.workers[index] = worker
-        self.reactor.spawnProcess(worker, sys.executable,
-                                  [sys.executable, "-m", "pushsvc.pool.worker"],
+        self.reactor.spawnProcess(worker, self.worker_argv[0], self.worker_argv,
                                   env=env, childFDs=child_fds)
         return worker
 
@@ -273,7 +277,7 @@ class Pool(Service):
             del self.workers[index]
         if self._stopping:
             return
-        lived = time.monotonic() - worker.started
+        lived = self.clock.seconds() - worker.started
         self.crashes[index] = self.crashes.get(index, 0) + 1 if lived < QUICK_EXIT else 0
         delay = 0.0 if not self.crashes[index] else min(
             MAX_BACKOFF, 0.25 * 2 ** (self.crashes[index] - 1))
@@ -282,7 +286,7 @@ class Pool(Service):
                    "{last}); restarting it in {delay:.2f} s", index=index, pid=worker.pid,
                    how=_how_it_ended(reason), lived=lived, last=last, delay=delay)
         self.restarts += 1
-        self.reactor.callLater(delay, self._respawn, index)
+        self.clock.callLater(delay, self._respawn, index)
 
     def _respawn(self, index: int) -> None:
         if not self._stopping and index not in self.workers:
@@ -294,8 +298,8 @@ class Pool(Service):
         workers = list(self.workers.values())
         for worker in workers:
             _signal(worker, "TERM")
-        kill = self.reactor.callLater(self.settings.close_timeout + STOP_GRACE,
-                                      lambda: [_signal(w, "KILL") for w in workers])
+        kill = self.clock.callLater(self.settings.close_timeout + STOP_GRACE,
+                                    lambda: [_signal(w, "KILL") for w in workers])
         done = DeferredList([w.ended for w in workers])
         done.addBoth(lambda _: kill.active() and kill.cancel())
         return done
@@ -333,11 +337,12 @@ def _how_it_ended(reason) -> str:
 
 
 class Master(MultiService):
-    """The master process of ``--workers N``."""
+    """The master process of ``--workers N`` (``pool_options``: Pool's ``clock``
+    and ``worker_argv``)."""
 
-    def __init__(self, settings, reactor, count: int):
+    def __init__(self, settings, reactor, count: int, **pool_options):
         super().__init__()
         self.sockets = ListeningSockets(reactor, settings.endpoints, count)
         self.sockets.setServiceParent(self)
-        self.pool = Pool(settings, reactor, count, self.sockets)
+        self.pool = Pool(settings, reactor, count, self.sockets, **pool_options)
         self.pool.setServiceParent(self)

@@ -69,8 +69,9 @@ class Publish(amp.Command):
     """A message for every other worker subscribed to one of ``channels``.
 
     ``to`` is the address as JSON text: the hub passes it on without decoding.
+    ``channels`` is a JSON list: an address may name more than 64 KiB of them.
     """
-    arguments = [(b"channels", amp.ListOf(amp.Unicode())), (b"id", amp.Unicode()),
+    arguments = [(b"channels", Json()), (b"id", amp.Unicode()),
                  (b"to", BigBytes()), (b"frame", BigBytes())]
     requiresAnswer = False
 
