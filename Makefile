@@ -1,13 +1,15 @@
 # make run   - create .venv, install pushsvc, run it on port 8080 (one process)
 # make test  - create .venv, install with test extras, run the trial suite
+# make bench - create .venv, run pushsvc-bench (a few minutes; BENCH_ARGS= for options)
 SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8080
 ARGS   ?=
+BENCH_ARGS ?=
 
-.PHONY: run test clean
+.PHONY: run test bench clean
 
 # "compat" editable mode puts the checkout itself on sys.path, so twistd's
 # plugin scan finds twisted/plugins/pushsvc_plugin.py in this folder.
@@ -23,6 +25,9 @@ test: $(VENV)/.installed
 	@set -o pipefail; $(PY) -m twisted.trial --temp-directory=$(VENV)/_trial_temp tests 2>&1 \
 	  | tee $(VENV)/trial.log; status=$$?; \
 	  $(PY) tools/trial_summary.py $(VENV)/trial.log $$status
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/pushsvc-bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info twisted/plugins/dropin.cache

@@ -16,7 +16,9 @@ setup(
     ],
     extras_require={
         "test": [],
-        "bench": [],
+        "bench": ["py-spy>=0.3"],  # pushsvc-bench --profile
     },
-    entry_points={},
+    entry_points={
+        "console_scripts": ["pushsvc-bench = pushsvc.bench.cli:main"],
+    },
 )
