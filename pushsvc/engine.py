@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from . import commands
@@ -23,7 +24,8 @@ from .ids import IdMaker
 from .protocol import (CLOSE_KICKED, CLOSE_POLICY, FORBIDDEN, TOO_MANY_GROUPS, UNAUTHORIZED, Address,
                        ProtocolError, Request, encode, error_frame, message_frame,
                        parse_request, reply_frame)
-from .routing import channels, check_client_send, recipients, worker_channel
+from .routing import (channels, check_client_send, recipients, session_channels,
+                      worker_channel)
 from .sessions import Session, SessionRegistry
 
 _log = Logger()
@@ -65,6 +67,9 @@ class Engine:
         self.clock = clock
         self.prepare = prepare
         self.registry = SessionRegistry(on_interest=self._interest)
+        # Subscriptions the broker has not confirmed yet, by channel: replies
+        # to a session wait for those of its channels (see ``reply``).
+        self._pending: dict[str, Deferred] = {}
         self.counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
         self._keepalive = LoopingCall(self._check_alive)
         self._keepalive.clock = clock
@@ -83,10 +88,19 @@ class Engine:
             self._keepalive.stop()
 
     def _interest(self, channel: str, wanted: bool) -> None:
-        if wanted:
-            self.broker.subscribe(channel)
-        else:
+        if not wanted:
             self.broker.unsubscribe(channel)
+            return
+        d = self.broker.subscribe(channel)
+        if d is not None and not d.called:
+            self._pending[channel] = d
+            d.addBoth(self._subscribed, channel, d)
+
+    def _subscribed(self, result, channel: str, d: Deferred) -> None:
+        if self._pending.get(channel) is d:
+            del self._pending[channel]
+        if isinstance(result, Failure):
+            _log.failure("subscribing to {channel} failed", result, channel=channel)
 
     def _check_alive(self) -> None:
         now = self.clock.seconds()
@@ -111,6 +125,29 @@ class Engine:
     def welcome(self, session: Session, ref: Any = None) -> bytes:
         return reply_frame("welcome", ref, session=session.id, user=session.user)
 
+    def reply(self, session: Session, frame: bytes) -> None:
+        """Send a frame to one session, after every subscription its channels
+        still wait for, and after the frames sent to it before.
+
+        So once a client has its ``ok`` to ``auth`` or ``join``, the broker
+        routes that user's or group's messages to this process: a push sent
+        after the ``ok`` reaches it.
+        """
+        waits = [self._pending[c] for c in session_channels(session) if c in self._pending]
+        if session.gate is not None:
+            waits.append(session.gate)
+        if not waits:
+            session.conn.send_frame(frame)
+            return
+        gate = session.gate = DeferredList(waits, consumeErrors=True)
+        gate.addCallback(self._release, session, gate, frame)
+
+    @staticmethod
+    def _release(_, session: Session, gate: Deferred, frame: bytes) -> None:
+        if session.gate is gate:
+            session.gate = None
+        session.conn.send_frame(frame)
+
     # -- client ops -------------------------------------------------------
 
     def handle(self, session: Session, text: bytes) -> None:
@@ -120,16 +157,16 @@ class Engine:
             request = parse_request(text, self.settings.max_targets)
             self._ops[request.op](session, request)
         except ProtocolError as e:
-            session.conn.send_frame(error_frame(e, e.ref if request is None else request.ref))
+            self.reply(session, error_frame(e, e.ref if request is None else request.ref))
             if e.code == UNAUTHORIZED:
                 session.conn.close(CLOSE_POLICY, e.message)
 
     def _ok(self, session: Session, request: Request, **fields: Any) -> None:
         if request.ref is not None:
-            session.conn.send_frame(reply_frame("ok", request.ref, **fields))
+            self.reply(session, reply_frame("ok", request.ref, **fields))
 
     def _ping(self, session: Session, request: Request) -> None:
-        session.conn.send_frame(reply_frame("pong", request.ref))
+        self.reply(session, reply_frame("pong", request.ref))
 
     def _auth(self, session: Session, request: Request) -> None:
         if request.token is not None:
@@ -138,7 +175,7 @@ class Engine:
         if session.user is not None and session.user != request.user:
             raise ProtocolError(FORBIDDEN, "this session is already bound to another user")
         self.registry.set_user(session, request.user)
-        session.conn.send_frame(self.welcome(session))
+        self.reply(session, self.welcome(session))
         self._ok(session, request)
 
     def _join(self, session: Session, request: Request) -> None:
@@ -203,8 +240,13 @@ class Engine:
         """Run ``command`` on every engine; the list of their results."""
         return self.broker.command(command)
 
-    def perform(self, command: Command) -> dict[str, Any]:
-        return getattr(self, f"_cmd_{command.name}")(**command.args)
+    def perform(self, command: Command) -> dict[str, Any] | Deferred:
+        """Run a command here; its result once the subscriptions it made stand."""
+        result = getattr(self, f"_cmd_{command.name}")(**command.args)
+        if not self._pending:
+            return result
+        d = DeferredList(list(self._pending.values()), consumeErrors=True)
+        return d.addCallback(lambda _: result)
 
     def _targets(self, user: str | None = None, session: str | None = None) -> list[Session]:
         if user is not None:
@@ -213,7 +255,7 @@ class Engine:
         return [found] if found is not None else []
 
     def _tell(self, session: Session, op: str, group: str, reason: str) -> None:
-        session.conn.send_frame(encode({"op": op, "group": group, "reason": reason}))
+        self.reply(session, encode({"op": op, "group": group, "reason": reason}))
 
     def _cmd_join(self, group: str, **target: str) -> dict[str, Any]:
         joined = refused = 0

@@ -36,6 +36,16 @@ def channels(address: Address) -> set[str]:
     return out
 
 
+def session_channels(session: Session) -> list[str]:
+    """The channels that carry messages to ``session`` (besides its worker's)."""
+    out = [ALL]
+    if session.user is not None:
+        out.append(f"user:{session.user}")
+    out.extend(f"group:{g}" for g in session.groups)
+    out.extend(f"tag:{t}" for t in session.tags)
+    return out
+
+
 def recipients(registry: SessionRegistry, address: Address) -> set[Session] | list[Session]:
     """The local sessions a message to ``address`` goes to, each once."""
     if address.all:

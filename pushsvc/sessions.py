@@ -19,7 +19,7 @@ ALL = "all"
 class Session:
     """One connected client: its id, user, groups and tags, and its connection."""
 
-    __slots__ = ("id", "user", "groups", "tags", "conn", "__weakref__")
+    __slots__ = ("id", "user", "groups", "tags", "conn", "gate", "__weakref__")
 
     def __init__(self, session_id: str, conn: Any = None):
         self.id = session_id
@@ -27,6 +27,7 @@ class Session:
         self.groups: set[str] = set()
         self.tags: set[str] = set()
         self.conn = conn
+        self.gate = None  # a Deferred while replies wait for subscriptions (engine)
 
     def describe(self) -> dict[str, Any]:
         """The session as the HTTP API and the console show it."""

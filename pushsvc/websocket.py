@@ -72,22 +72,24 @@ class PushServerProtocol(WebSocketServerProtocol):
         # twisted.web's HTTPChannel is the transport's producer until now.
         self.transport.unregisterProducer()
         self.transport.registerProducer(_FlowWatch(self), True)
-        self.send_frame(engine.welcome(self.session))
+        engine.reply(self.session, engine.welcome(self.session))
 
     def onMessage(self, payload, isBinary):
         if self.session is None:
             return
+        engine = self.factory.engine
         if isBinary:
-            self.send_frame(error_frame(ProtocolError(
+            engine.reply(self.session, error_frame(ProtocolError(
                 BAD_REQUEST, "binary frames are not supported; send JSON text")))
             return
         try:
-            self.factory.engine.handle(self.session, payload)
+            engine.handle(self.session, payload)
         except Exception:
             _log.failure("error serving a frame from session {session} (user {user})",
                          session=self.session.id, user=self.session.user)
-            self.send_frame(encode({"op": "error", "code": "internal",
-                                    "message": "internal error; the request was not done"}))
+            engine.reply(self.session, encode({
+                "op": "error", "code": "internal",
+                "message": "internal error; the request was not done"}))
 
     def onClose(self, wasClean, code, reason):
         self._leave_engine()

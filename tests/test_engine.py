@@ -2,6 +2,7 @@
 
 import json
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial import unittest
 from zope.interface import implementer
@@ -54,9 +55,9 @@ class EngineTestCase(unittest.TestCase):
     def setUp(self):
         self.start()
 
-    def start(self, **overrides):
+    def start(self, broker=None, **overrides):
         self.clock = Clock()
-        self.broker = LocalBroker()
+        self.broker = broker or LocalBroker()
         self.prepared = []
         self.engine = Engine(settings(**overrides), self.broker,
                              IdMaker("test", 0, incarnation="i"), self.clock,
@@ -430,3 +431,66 @@ class KeepaliveTests(EngineTestCase):
         self.assertEqual(a.conn.alive_checks, [])
         self.engine.stop()
 
+
+
+class SlowBroker(LocalBroker):
+    """A broker whose subscriptions stand only when the test confirms them."""
+
+    def __init__(self):
+        super().__init__()
+        self.waiting: dict[str, Deferred] = {}
+
+    def subscribe(self, channel):
+        super().subscribe(channel)
+        d = self.waiting[channel] = Deferred()
+        return d
+
+    def confirm(self, channel):
+        self.waiting.pop(channel).callback(None)
+
+
+class SubscriptionOrderTests(EngineTestCase):
+    """Replies wait until the broker routes the session's channels here."""
+
+    def setUp(self):
+        self.start(broker=SlowBroker())
+
+    def test_ok_to_auth_and_join_waits_for_the_subscription(self):
+        s = self.engine.open(FakeConnection())
+        self.broker.confirm("all")
+        self.engine.handle(s, b'{"op":"auth","user":"alice","ref":1}')
+        self.engine.handle(s, b'{"op":"ping","ref":2}')  # after, so it waits too
+        self.assertEqual(s.conn.take(), [])
+        self.broker.confirm("user:alice")
+        self.assertEqual(s.conn.take(), [
+            {"op": "welcome", "session": s.id, "user": "alice"},
+            {"op": "ok", "ref": 1}, {"op": "pong", "ref": 2}])
+
+        self.engine.handle(s, b'{"op":"join","group":"g","ref":3}')
+        self.assertEqual(s.conn.take(), [])
+        self.broker.confirm("group:g")
+        self.assertEqual(s.conn.take(), [{"op": "ok", "ref": 3}])
+        self.engine.handle(s, b'{"op":"ping","ref":4}')  # nothing pending: at once
+        self.assertEqual(s.conn.take(), [{"op": "pong", "ref": 4}])
+
+    def test_other_sessions_do_not_wait(self):
+        a, b = self.engine.open(FakeConnection()), self.engine.open(FakeConnection())
+        self.engine.handle(a, b'{"op":"join","group":"g","ref":1}')
+        self.engine.handle(b, b'{"op":"ping","ref":1}')
+        self.assertEqual((a.conn.take(), b.conn.take()), ([], []))  # both are in 'all'
+        self.broker.confirm("all")
+        self.assertEqual(b.conn.take(), [{"op": "pong", "ref": 1}])
+        self.assertEqual(a.conn.take(), [])
+        self.broker.confirm("group:g")
+        self.assertEqual(a.conn.take(), [{"op": "ok", "ref": 1}])
+
+    def test_server_side_join_answers_once_subscribed(self):
+        s = self.engine.open(FakeConnection())
+        self.broker.confirm("all")
+        self.engine.registry.set_user(s, "bob")
+        self.broker.confirm("user:bob")
+        d = self.engine.perform(make_command("join", {"user": "bob", "group": "g"}))
+        self.assertNoResult(d)
+        self.broker.confirm("group:g")
+        self.assertEqual(self.successResultOf(d), {"sessions": 1, "refused": 0})
+        self.assertEqual(s.conn.take(), [{"op": "joined", "group": "g", "reason": "server"}])

@@ -106,6 +106,20 @@ class PoolDeliveryTests(PoolTestCase):
             self.assertEqual([m["id"] for m in c.messages], expected(i, c), (i, c.session))
 
     @run
+    async def test_push_right_after_ok_arrives(self):
+        """Once auth (or join) is answered, the hub routes to the session's worker."""
+        await self.start_pool(2)
+        clients = []
+        for n in range(100):
+            clients.append(await self.client(user=f"fresh{n}", groups=(f"room{n}",)))
+            await self.push({"user": f"fresh{n}"}, n)
+            await self.push({"group": f"room{n}"}, n)
+        self.assertEqual(len({owner(c.session) for c in clients}), 2)
+        await self.settle(clients, 2)
+        for n, c in enumerate(clients):
+            self.assertEqual([m["data"] for m in c.messages], [n, n])
+
+    @run
     async def test_client_send_crosses_workers(self):
         await self.start_pool(2)
         clients, by_worker = await self.spread_clients(20, groups=("room",))

@@ -63,7 +63,7 @@ class AmpBroker:
 
     def subscribe(self, channel):
         self.subscriptions.add(channel)
-        self.hub.callRemote(Subscribe, channels=[channel])
+        return self.hub.callRemote(Subscribe, channels=[channel])
 
     def unsubscribe(self, channel):
         self.subscriptions.discard(channel)

@@ -51,7 +51,11 @@ class IBroker(Interface):
         """Hand future messages and commands to ``receiver`` (an IReceiver)."""
 
     def subscribe(channel):
-        """Ask for messages on ``channel``; called when its first local session appears."""
+        """Ask for messages on ``channel``; called when its first local session appears.
+
+        Returns None when the subscription stands at once, or a Deferred that
+        fires when messages published on ``channel`` from now on will arrive.
+        """
 
     def unsubscribe(channel):
         """Stop messages on ``channel``; called when its last local session leaves."""

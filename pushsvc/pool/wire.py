@@ -56,8 +56,9 @@ class Hello(amp.Command):
 
 
 class Subscribe(amp.Command):
+    """Answered once the hub routes ``channels`` to the worker."""
     arguments = [(b"channels", amp.ListOf(amp.Unicode()))]
-    requiresAnswer = False
+    response: list = []
 
 
 class Unsubscribe(amp.Command):
