@@ -86,7 +86,7 @@ class PushServer(MultiService):
         self.broker = broker or LocalBroker()
         self.engine = Engine(settings, self.broker, IdMaker(settings.node, worker),
                              clock or reactor, prepare=prepare_frame)
-        self.ws_factory = PushServerFactory(self.engine, settings)
+        self.ws_factory = PushServerFactory(self.engine, settings, reactor)
         self.site = build_site(self.engine, self.ws_factory, settings, reactor=clock)
         EngineService(self.engine, self.ws_factory).setServiceParent(self)
 

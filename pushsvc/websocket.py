@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -40,6 +41,8 @@ class PushServerProtocol(WebSocketServerProtocol):
     """One client connection."""
 
     session = None
+    _out = None           # frames queued in this reactor turn (see flush)
+    _socket = None        # the socket, when the transport is plain TCP
     last_seen = 0.0
     buffered = 0          # bytes written since the transport asked us to pause
     max_buffered = 0      # the most ``buffered`` has been (tests read it)
@@ -69,8 +72,11 @@ class PushServerProtocol(WebSocketServerProtocol):
         except Overloaded:
             self.close(CLOSE_TRY_AGAIN, "server is full, try again later")
             return
+        transport = self.transport
+        if isinstance(transport, tcp.Connection) and not transport.TLS:
+            self._socket = transport.socket
         # twisted.web's HTTPChannel is the transport's producer until now.
-        self.transport.unregisterProducer()
+        transport.unregisterProducer()
         self.transport.registerProducer(_FlowWatch(self), True)
         engine.reply(self.session, engine.welcome(self.session))
 
@@ -118,7 +124,37 @@ class PushServerProtocol(WebSocketServerProtocol):
             if self.buffered > self.factory.settings.max_buffered_bytes:
                 self._too_slow()
                 return
-        self.transport.write(frame)
+        if self._out is None:
+            self._out = [frame]
+            self.factory.flush_soon(self)
+        else:
+            self._out.append(frame)
+
+    def flush(self) -> None:
+        """Write the frames of this reactor turn: with one ``send()`` straight to
+        the socket when Twisted holds nothing for it (no epoll register and
+        unregister per write), else through the transport, which keeps order
+        and tells the flow watch when the client falls behind."""
+        frames, self._out = self._out, None
+        if not frames or self.transport is None:
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        transport, sock = self.transport, self._socket
+        if (sock is not None and transport.connected and not transport.disconnecting
+                and transport._tempDataLen == 0 and len(transport.dataBuffer) == transport.offset):
+            try:
+                sent = sock.send(data)
+            except OSError:  # EAGAIN, or an error the transport will find itself
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        transport.write(data)
+
+    def sendData(self, data, sync=False, chopsize=None):
+        # Autobahn's own frames (pong, ping, close) go after the queued ones.
+        self.flush()
+        super().sendData(data, sync, chopsize)
 
     def close(self, code: int, reason: str) -> None:
         """Start the close handshake with any code a server may send.
@@ -182,16 +218,20 @@ class PushServerFactory(WebSocketServerFactory):
 
     protocol = PushServerProtocol
 
-    def __init__(self, engine, settings):
+    def __init__(self, engine, settings, reactor):
         super().__init__()
         self.engine = engine
         self.settings = settings
+        self.reactor = reactor
         self.connections: set[PushServerProtocol] = set()
         self._close_waiters: dict[PushServerProtocol, list[Deferred]] = {}
+        self._unflushed: list[PushServerProtocol] = []
         self.setProtocolOptions(
             maxFramePayloadSize=settings.max_message_bytes,
             maxMessagePayloadSize=settings.max_message_bytes,
-            openHandshakeTimeout=settings.handshake_timeout,
+            # twisted.web has read the whole request before the protocol
+            # exists, and its own timeout (handshake_timeout) covers the wait.
+            openHandshakeTimeout=0,
             closeHandshakeTimeout=settings.close_timeout,
             autoPingInterval=0,
             echoCloseCodeReason=True,
@@ -201,6 +241,22 @@ class PushServerFactory(WebSocketServerFactory):
             # oversized frame would end in 1006; send the close code (1009) instead.
             failByDrop=False,
         )
+
+        # Autobahn copies every option into each connection unless its class
+        # has it: a subclass carrying them saves that memory per connection.
+        self.protocol = type("PushServerProtocol", (PushServerProtocol,), {
+            name: getattr(self, name) for name in PushServerProtocol.CONFIG_ATTRS})
+
+    def flush_soon(self, conn: PushServerProtocol) -> None:
+        """Have ``conn.flush()`` run at the end of this reactor turn."""
+        if not self._unflushed:
+            self.reactor.callLater(0, self._flush)
+        self._unflushed.append(conn)
+
+    def _flush(self) -> None:
+        conns, self._unflushed = self._unflushed, []
+        for conn in conns:
+            conn.flush()
 
     def pop_close_waiters(self, conn: PushServerProtocol) -> list[Deferred]:
         return self._close_waiters.pop(conn, [])
