@@ -30,6 +30,12 @@ _log = Logger()
 
 OPEN = WebSocketServerProtocol.STATE_OPEN
 
+# Handshake state Autobahn keeps for a connection's whole life but reads only
+# during the handshake: about 2 KB per idle connection.
+HANDSHAKE_ONLY = ("http_headers", "http_request_data", "http_response_data",
+                  "http_status_line", "http_request_params", "http_request_uri",
+                  "http_request_path", "http_request_host", "websocket_origin", "_wskey")
+
 
 def prepare_frame(frame: bytes) -> PreparedMessage:
     """Frame a text message once, for writing to many clients (never compressed)."""
@@ -72,6 +78,11 @@ class PushServerProtocol(WebSocketServerProtocol):
         except Overloaded:
             self.close(CLOSE_TRY_AGAIN, "server is full, try again later")
             return
+        for name in HANDSHAKE_ONLY:
+            setattr(self, name, None)
+        # Autobahn queues writes only for sync=True or chopsize, which pushsvc
+        # never uses; an empty tuple answers len() like the deque it replaces.
+        self.send_queue = ()
         transport = self.transport
         if isinstance(transport, tcp.Connection) and not transport.TLS:
             self._socket = transport.socket
