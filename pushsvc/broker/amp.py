@@ -4,6 +4,11 @@ A worker delivers its own publishes to its local sessions at once and sends
 them to the hub, which forwards them only to the *other* workers subscribed to
 one of their channels.  Commands go to the hub, which runs them on every worker
 (this one included) and returns each worker's result.
+
+Publishes leave in batches: the messages of one reactor turn go to the hub as
+one ``PublishBatch`` (an AMP box per message cost more than delivering it).
+Every other command to the hub sends the pending batch first, so the hub sees
+publishes, subscriptions and commands in the order the engine made them.
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ from twisted.internet.defer import maybeDeferred, succeed
 from twisted.protocols import amp
 from zope.interface import implementer
 
-from ..pool.wire import Deliver, Perform, Publish, RunCommand, Subscribe, Unsubscribe
+from ..pool.wire import (DeliverBatch, Outbox, Perform, PublishBatch, RunCommand, Subscribe,
+                         Unsubscribe, pack_publish, unpack_messages)
 from ..protocol import parse_address
 from .interface import Command, IBroker, Message
 
@@ -28,10 +34,11 @@ class WorkerProtocol(amp.AMP):
         self.broker = broker
         self.on_lost = on_lost
 
-    @Deliver.responder
-    def deliver(self, id, to, frame):
-        message = Message(id, parse_address(json.loads(to), sys.maxsize), frame)
-        self.broker.receiver.deliver(message)
+    @DeliverBatch.responder
+    def deliver(self, batch):
+        deliver = self.broker.receiver.deliver
+        for msg_id, to, frame in unpack_messages(batch):
+            deliver(Message(msg_id, parse_address(json.loads(to), sys.maxsize), frame))
         return {}
 
     @Perform.responder
@@ -47,12 +54,18 @@ class WorkerProtocol(amp.AMP):
 
 @implementer(IBroker)
 class AmpBroker:
-    """IBroker over AMP to the master's hub."""
+    """IBroker over AMP to the master's hub.
 
-    def __init__(self):
+    ``clock`` (default: the global reactor) schedules the flush of each batch.
+    """
+
+    def __init__(self, clock=None):
+        if clock is None:
+            from twisted.internet import reactor as clock
         self.receiver = None
         self.hub: amp.AMP | None = None
         self.subscriptions: set[str] = set()
+        self.outbox = Outbox(clock, self._send)
 
     def attach(self, receiver):
         self.receiver = receiver
@@ -63,25 +76,32 @@ class AmpBroker:
 
     def subscribe(self, channel):
         self.subscriptions.add(channel)
+        self.outbox.flush()
         return self.hub.callRemote(Subscribe, channels=[channel])
 
     def unsubscribe(self, channel):
         self.subscriptions.discard(channel)
+        self.outbox.flush()
         self.hub.callRemote(Unsubscribe, channels=[channel])
 
     def publish(self, channels, message):
         if not self.subscriptions.isdisjoint(channels):
             self.receiver.deliver(message)
-        self.hub.callRemote(Publish, channels=list(channels), id=message.id,
-                            to=json.dumps(message.to.to_json()).encode("utf-8"),
-                            frame=message.frame)
+        to = json.dumps(message.to.to_json(), separators=(",", ":")).encode("utf-8")
+        self.outbox.add(self.hub, pack_publish(channels, message.id, to, message.frame))
         return succeed(None)
 
+    @staticmethod
+    def _send(hub: amp.AMP, batch: bytes) -> None:
+        hub.callRemote(PublishBatch, batch=batch)
+
     def command(self, command):
+        self.outbox.flush()
         d = self.hub.callRemote(RunCommand, name=command.name, args=command.args)
         return d.addCallback(lambda answer: answer["results"])
 
     def close(self):
         if self.hub is not None and self.hub.transport is not None:
+            self.outbox.flush()
             self.hub.transport.loseConnection()
         return succeed(None)

@@ -30,7 +30,8 @@ from twisted.protocols import amp
 
 from ..server import exit_cannot_listen
 from .hub import SubscriptionTable
-from .wire import Deliver, Hello, Perform, Publish, RunCommand, Subscribe, Unsubscribe
+from .wire import (DeliverBatch, Hello, Outbox, Perform, PublishBatch, RunCommand,
+                   Subscribe, Unsubscribe, unpack_publishes)
 from .worker import AMP_IN, AMP_OUT, ENV, FIRST_SOCKET, describe
 
 _log = Logger()
@@ -135,9 +136,9 @@ class HubProtocol(amp.AMP):
         self.pool.table.unsubscribe(self.index, channels)
         return {}
 
-    @Publish.responder
-    def publish(self, channels, id, to, frame):
-        self.pool.forward(self.index, channels, id, to, frame)
+    @PublishBatch.responder
+    def publish(self, batch):
+        self.pool.forward(self.index, batch)
         return {}
 
     @RunCommand.responder
@@ -223,8 +224,9 @@ class WorkerProcess(ProcessProtocol):
 class Pool(Service):
     """Spawns and watches the workers, and is the hub between them.
 
-    ``clock`` (default: ``reactor``) times the restart delays, a worker's life
-    and the kill at shutdown; ``worker_argv`` is a worker's command line.
+    ``clock`` (default: ``reactor``) times the restart delays, a worker's life,
+    the kill at shutdown and the flush of the hub's batches; ``worker_argv`` is
+    a worker's command line.
     """
 
     def __init__(self, settings, reactor, count: int, sockets: ListeningSockets,
@@ -241,6 +243,7 @@ class Pool(Service):
         self.crashes: dict[int, int] = {}
         self.restarts = 0
         self._stopping = False
+        self.outbox = Outbox(self.clock, self._deliver)  # WorkerProcess -> records
 
     # -- spawning ---------------------------------------------------------
 
@@ -306,15 +309,31 @@ class Pool(Service):
 
     # -- the hub -------------------------------------------------------------
 
-    def forward(self, origin: int, channels, msg_id: str, to: bytes, frame: bytes) -> None:
-        """Send a published message to every other worker subscribed to it."""
-        for index in self.table.targets(channels, origin):
-            worker = self.workers.get(index)
-            if worker is not None:
-                worker.amp.callRemote(Deliver, id=msg_id, to=to, frame=frame)
+    def forward(self, origin: int, batch: bytes) -> None:
+        """Queue each message of a worker's PublishBatch for every other worker
+        subscribed to one of its channels; each worker gets its messages as one
+        DeliverBatch at the end of the turn.
+
+        Batching here too makes the hub's cost per AMP box, not per message;
+        each message's record goes on as the bytes it came in.
+        """
+        for channels, record in unpack_publishes(batch):
+            for index in self.table.targets(channels, origin):
+                worker = self.workers.get(index)
+                if worker is not None:
+                    self.outbox.add(worker, record)
+
+    def _deliver(self, worker: WorkerProcess, batch: bytes) -> None:
+        if self.workers.get(worker.index) is worker:  # it has not ended meanwhile
+            worker.amp.callRemote(DeliverBatch, batch=batch)
 
     def run_command(self, name: str, args) -> Deferred:
-        """Run a command on every ready worker; the results of those that answered."""
+        """Run a command on every ready worker; the results of those that answered.
+
+        The queued messages go first: a command never overtakes a message
+        published before it.
+        """
+        self.outbox.flush()
         calls = [self.workers[i].amp.callRemote(Perform, name=name, args=args)
                  for i in sorted(self.ready)]
         d = DeferredList(calls, consumeErrors=True)

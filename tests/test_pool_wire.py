@@ -1,0 +1,277 @@
+"""Message batches between the workers and the hub.
+
+- ``PackingTests``: the record packing of ``pool.wire`` (pure functions).
+- ``OutboxTests``, ``AmpBrokerBatchTests``, ``HubBatchTests``: one batch per
+  peer and reactor turn, in order, never overtaken by a later command; driven
+  by a ``task.Clock`` and fake AMP peers that record what they are sent.
+- ``PoolBatchTests``: a real pool; ``/api/batch`` crosses workers in order.
+"""
+
+from __future__ import annotations
+
+import json
+
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+from twisted.trial import unittest
+
+from pushsvc.broker.amp import AmpBroker, WorkerProtocol
+from pushsvc.broker.interface import Command, Message
+from pushsvc.pool.master import Pool
+from pushsvc.pool.wire import (CHUNK, DeliverBatch, Outbox, Perform, PublishBatch, RunCommand,
+                               Subscribe, Unsubscribe, pack_publish, unpack_messages,
+                               unpack_publishes)
+from pushsvc.protocol import Address
+from tests.helpers import eventually, run, settings
+from tests.test_pool import PoolTestCase
+
+
+def pack(records) -> bytes:
+    """A PublishBatch of (channels, id, to, frame) records."""
+    return b"".join(pack_publish(*r) for r in records)
+
+
+def relay(batch: bytes) -> bytes:
+    """What the hub makes of a PublishBatch for a worker that wants every message."""
+    return b"".join(record for _, record in unpack_publishes(batch))
+
+
+class PackingTests(unittest.TestCase):
+    def assertRoundTrip(self, records):
+        batch = pack(records)
+        self.assertEqual([channels for channels, _ in unpack_publishes(batch)],
+                         [list(r[0]) for r in records])
+        self.assertEqual(list(unpack_messages(relay(batch))), [r[1:] for r in records])
+
+    def test_round_trip(self):
+        self.assertRoundTrip([
+            (["user:alice"], "n.0.i.1", b'{"user":"alice"}', b'{"op":"msg","data":1}'),
+            (["group:a", "group:b", "tag:t"], "n.0.i.2", b'{"group":["a","b"],"tag":"t"}',
+             b'{"op":"msg","data":2}'),
+        ])
+
+    def test_empty_fields_and_empty_batch(self):
+        self.assertRoundTrip([([], "", b"", b""), ([""], "x", b"", b"")])
+        self.assertEqual(list(unpack_publishes(b"")), [])
+        self.assertEqual(list(unpack_messages(b"")), [])
+
+    def test_non_ascii(self):
+        self.assertRoundTrip([(["group:café", "user:日本語", "tag:\U0001f600", "group:\ud800"],
+                               "ü.0.ß.1", "{\"user\":\"日本語\"}".encode(),
+                               '{"data":"ünïcödé 😀"}'.encode())])
+
+    def test_frame_over_64_kib(self):
+        frame = bytes(range(256)) * 1000  # 256,000 bytes
+        self.assertRoundTrip([(["all"], "a", b'{"all":true}', frame),
+                              (["all"], "b", b'{"all":true}', b"small")])
+
+    def test_many_records(self):
+        self.assertRoundTrip([([f"user:u{i}"], f"id{i}", b'{"user":"u%d"}' % i,
+                               b"frame %d" % i) for i in range(10_000)])
+
+    def test_hub_passes_records_on_without_copying(self):
+        batch = pack([(["all"], "a", b"{}", b"frame")])
+        [(_, record)] = unpack_publishes(batch)
+        self.assertIsInstance(record, memoryview)
+        self.assertIs(record.obj, batch)
+
+    def test_truncated_batch_is_refused(self):
+        batch = pack([(["all"], "a", b"{}", b"frame")])
+        with self.assertRaises(ValueError):
+            list(unpack_publishes(batch[:-1]))
+        with self.assertRaises(ValueError):
+            list(unpack_messages(relay(batch)[:-1]))
+
+    def test_batch_over_64_kib_crosses_amp(self):
+        batch = pack([(["all"], str(i), b"{}", b"x" * 1000) for i in range(200)])
+        box = PublishBatch.makeArguments({"batch": batch}, None)
+        self.assertTrue(all(len(value) <= CHUNK for value in box.values()))
+        self.assertEqual(PublishBatch.parseArguments(box, None), {"batch": batch})
+
+
+class FakeAmp:
+    """An AMP peer that records each call: (command, arguments)."""
+
+    def __init__(self):
+        self.calls: list = []
+        self.transport = self
+        self.lost = False
+
+    def callRemote(self, command, **arguments):
+        assert not self.lost
+        self.calls.append((command, arguments))
+        return succeed({"results": []} if command is RunCommand else {"result": {}})
+
+    def loseConnection(self):
+        self.lost = True
+
+    def sent(self):
+        """The calls; a batch as the list of its messages, (id, to, frame) each."""
+        out = []
+        for command, arguments in self.calls:
+            if command is PublishBatch:
+                arguments = list(unpack_messages(relay(arguments["batch"])))
+            elif command is DeliverBatch:
+                arguments = list(unpack_messages(arguments["batch"]))
+            out.append((command, arguments))
+        return out
+
+
+class OutboxTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.sent = []
+        self.outbox = Outbox(self.clock, lambda peer, batch: self.sent.append((peer, batch)))
+
+    def test_one_batch_per_peer_at_the_end_of_the_turn(self):
+        for record in (b"1", b"2", b"3"):
+            self.outbox.add("a", record)
+        self.outbox.add("b", b"4")
+        self.assertEqual(self.sent, [])
+        self.clock.advance(0)
+        self.assertEqual(self.sent, [("a", b"123"), ("b", b"4")])
+        self.outbox.add("a", b"5")
+        self.clock.advance(0)
+        self.assertEqual(self.sent[2:], [("a", b"5")])
+
+    def test_flush_sends_at_once_and_cancels_the_turn(self):
+        self.outbox.add("a", b"1")
+        self.outbox.flush()
+        self.assertEqual(self.sent, [("a", b"1")])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.outbox.flush()  # nothing queued: nothing sent
+        self.assertEqual(len(self.sent), 1)
+
+
+class Receiver:
+    def __init__(self):
+        self.delivered: list[Message] = []
+
+    def deliver(self, message):
+        self.delivered.append(message)
+
+
+def message(n: int, to: Address = Address(user=("u",))) -> Message:
+    return Message(f"m{n}", to, b"frame %d" % n)
+
+
+class AmpBrokerBatchTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.broker = AmpBroker(self.clock)
+        self.receiver = Receiver()
+        self.broker.attach(self.receiver)
+        self.hub = FakeAmp()
+        self.broker.connect(self.hub)
+
+    def publish(self, *ns):
+        for n in ns:
+            self.broker.publish(["user:u"], message(n))
+
+    def test_delivers_locally_at_once_and_sends_one_batch_per_turn(self):
+        self.broker.subscribe("user:u")
+        self.publish(1, 2, 3)
+        self.assertEqual([m.id for m in self.receiver.delivered], ["m1", "m2", "m3"])
+        self.assertEqual(len(self.hub.calls), 1)  # the Subscribe only
+        self.clock.advance(0)
+        self.publish(4)
+        self.clock.advance(0)
+        self.assertEqual(self.hub.sent()[1:], [
+            (PublishBatch, [(f"m{n}", b'{"user":"u"}', b"frame %d" % n) for n in (1, 2, 3)]),
+            (PublishBatch, [("m4", b'{"user":"u"}', b"frame 4")])])
+
+    def test_no_command_overtakes_a_publish(self):
+        self.publish(1)
+        self.broker.subscribe("group:g")
+        self.publish(2)
+        self.broker.unsubscribe("group:g")
+        self.publish(3)
+        self.broker.command(Command("stats", {}))
+        self.publish(4)
+        self.broker.close()
+        self.assertEqual([(c, [m[0] for m in a] if isinstance(a, list) else a)
+                          for c, a in self.hub.sent()], [
+            (PublishBatch, ["m1"]), (Subscribe, {"channels": ["group:g"]}),
+            (PublishBatch, ["m2"]), (Unsubscribe, {"channels": ["group:g"]}),
+            (PublishBatch, ["m3"]), (RunCommand, {"name": "stats", "args": {}}),
+            (PublishBatch, ["m4"])])
+        self.assertTrue(self.hub.lost)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_deliver_batch_hands_each_message_over_in_order(self):
+        to = Address(group=("g",), tag=("t", "é"))
+        batch = relay(pack([(["group:g"], f"m{n}", json.dumps(to.to_json()).encode(),
+                             b"frame %d" % n) for n in range(3)]))
+        WorkerProtocol(self.broker).deliver(batch)
+        self.assertEqual(self.receiver.delivered,
+                         [Message(f"m{n}", to, b"frame %d" % n) for n in range(3)])
+
+
+class FakeWorker:
+    def __init__(self, index: int):
+        self.index = index
+        self.amp = FakeAmp()
+
+
+class HubBatchTests(unittest.TestCase):
+    def setUp(self):
+        self.clock = Clock()
+        self.pool = Pool(settings(), None, 3, None, clock=self.clock)
+        for index in range(3):
+            self.pool.workers[index] = FakeWorker(index)
+            self.pool.ready.add(index)
+        self.pool.table.subscribe(0, ["all"])
+        self.pool.table.subscribe(1, ["all", "user:u1"])
+        self.pool.table.subscribe(2, ["all", "user:u2"])
+
+    def received(self, index: int):
+        return self.pool.workers[index].amp.sent()
+
+    def test_one_deliver_batch_per_worker_and_turn(self):
+        batch = pack([(["user:u1"], "a", b"A", b"fa"), (["all"], "b", b"B", b"fb"),
+                      (["user:u2", "user:u1"], "c", b"C", b"fc"), (["user:u0"], "d", b"D", b"fd")])
+        self.pool.forward(0, batch)
+        self.pool.forward(1, pack([(["all"], "e", b"E", b"fe")]))
+        self.assertEqual([self.received(i) for i in range(3)], [[], [], []])
+        self.clock.advance(0)
+        self.assertEqual(self.received(0), [(DeliverBatch, [("e", b"E", b"fe")])])
+        self.assertEqual(self.received(1), [(DeliverBatch, [
+            ("a", b"A", b"fa"), ("b", b"B", b"fb"), ("c", b"C", b"fc")])])
+        self.assertEqual(self.received(2), [(DeliverBatch, [
+            ("b", b"B", b"fb"), ("c", b"C", b"fc"), ("e", b"E", b"fe")])])
+
+    def test_a_command_does_not_overtake_queued_messages(self):
+        self.pool.forward(0, pack([(["user:u1"], "a", b"A", b"fa")]))
+        self.pool.run_command("stats", {})
+        self.assertEqual([command for command, _ in self.received(1)], [DeliverBatch, Perform])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_worker_that_ended_meanwhile_gets_nothing(self):
+        self.pool.forward(0, pack([(["all"], "a", b"A", b"fa")]))
+        gone = self.pool.workers[1]
+        self.pool.workers[1] = FakeWorker(1)  # its replacement
+        self.clock.advance(0)
+        self.assertEqual((gone.amp.calls, self.received(1)), ([], []))
+        self.assertEqual(self.received(2), [(DeliverBatch, [("a", b"A", b"fa")])])
+
+
+class PoolBatchTests(PoolTestCase):
+    @run
+    async def test_api_batch_crosses_workers_in_order(self):
+        await self.start_pool(2)
+        clients, by_worker = await self.spread_clients(10, groups=("g",))
+        self.assertEqual(len(by_worker), 2)
+        for i, c in enumerate(clients):
+            await c.request("auth", user=f"u{i}")
+        pushes = [{"to": {"group": "g"} if n % 3 == 0 else {"user": f"u{n % 10}"}, "data": n}
+                  for n in range(60)]
+        status, body = await self.http("POST", "/api/batch", {"messages": pushes})
+        self.assertEqual(status, 202, body)
+        self.assertEqual(await self.http("POST", "/api/destroy", {"group": "g"}),
+                         (200, {"sessions": 10}))
+        await eventually(lambda: all(c.frames[-1]["op"] == "left" for c in clients))
+        for i, c in enumerate(clients):
+            expected = [n for n in range(60) if n % 3 == 0 or n % 10 == i]
+            self.assertEqual([m["data"] for m in c.messages], expected, c.session)
+            self.assertEqual([m["id"] for m in c.messages],
+                             [body["ids"][n] for n in expected])
