@@ -36,7 +36,8 @@ class EngineService(Service):
         count = len(self.ws_factory.connections)
         if count:
             _log.info("closing {count} client connections", count=count)
-        return self.ws_factory.close_all()
+        # The broker goes last: it may still carry what the closing sessions sent.
+        return self.ws_factory.close_all().addBoth(lambda _: self.engine.broker.close())
 
 
 def exit_cannot_listen(description: str, error: CannotListenError):

@@ -48,7 +48,7 @@ class WorkerProtocol(amp.AMP):
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
-        if self.on_lost is not None:
+        if self.on_lost is not None and not self.broker.closed:
             self.on_lost(reason)
 
 
@@ -66,6 +66,8 @@ class AmpBroker:
         self.hub: amp.AMP | None = None
         self.subscriptions: set[str] = set()
         self.outbox = Outbox(clock, self._send)
+        self._local: list[Message] = []  # this turn's publishes for local sessions
+        self.closed = False
 
     def attach(self, receiver):
         self.receiver = receiver
@@ -85,15 +87,24 @@ class AmpBroker:
         self.hub.callRemote(Unsubscribe, channels=[channel])
 
     def publish(self, channels, message):
-        if not self.subscriptions.isdisjoint(channels):
-            self.receiver.deliver(message)
         to = json.dumps(message.to.to_json(), separators=(",", ":")).encode("utf-8")
         self.outbox.add(self.hub, pack_publish(channels, message.id, to, message.frame))
+        if not self.subscriptions.isdisjoint(channels):
+            self._local.append(message)
         return succeed(None)
 
-    @staticmethod
-    def _send(hub: amp.AMP, batch: bytes) -> None:
+    def _send(self, hub: amp.AMP, batch: bytes) -> None:
+        """Hand a batch to the hub, then deliver its messages to local sessions.
+
+        In that order the pipe is written at the next poll, before the local
+        sockets are (their flush comes a turn later): the other workers start
+        writing their copies at the same time as this one, rather than after
+        it has written thousands of sockets of its own.
+        """
         hub.callRemote(PublishBatch, batch=batch)
+        local, self._local = self._local, []
+        for message in local:
+            self.receiver.deliver(message)
 
     def command(self, command):
         self.outbox.flush()
@@ -101,6 +112,7 @@ class AmpBroker:
         return d.addCallback(lambda answer: answer["results"])
 
     def close(self):
+        self.closed = True
         if self.hub is not None and self.hub.transport is not None:
             self.outbox.flush()
             self.hub.transport.loseConnection()
