@@ -79,9 +79,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                       help="messages per POST /api/batch in the batch workload (unicast "
                            "through the batch route, skipped if the server has none; "
                            "default %(default)s)")
-    load.add_argument("--settle", type=float, default=1.0,
-                      help="seconds to wait after the joins and logins before measuring "
-                           "(in the pool they reach the hub asynchronously) "
+    load.add_argument("--settle", type=float, default=0.0,
+                      help="seconds to wait after the joins and logins before measuring; "
+                           "0 checks that a push right after an ok is delivered "
                            "(default %(default)s)")
     load.add_argument("--sample-every", type=int, default=o.sample_every,
                       help="one client in N decodes its messages for latency "
