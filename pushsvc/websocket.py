@@ -5,8 +5,9 @@ writes what the engine sends; it owns three things the engine does not know:
 
 - the flow watch: a push producer on the transport.  Twisted buffers writes
   without limit, so while the transport says "pause" the connection counts the
-  bytes it still writes; past ``max_buffered_bytes`` it stops writing, leaves the
-  engine and closes with 1013.
+  bytes it still writes, as it counts the frames queued for the end of the
+  reactor turn; past ``max_buffered_bytes`` of either it stops writing, leaves
+  the engine and closes with 1013.
 - liveness: the time the client last sent anything; the engine's keepalive tick
   asks ``check_alive`` to ping it or drop it.
 - the close code mapping for limits Autobahn enforces itself (1009 for a frame
@@ -71,10 +72,11 @@ class PushServerProtocol(WebSocketServerProtocol):
 
     session = None
     _out = None           # frames queued in this reactor turn (see flush)
+    _queued = 0           # their bytes
     _socket = None        # the socket, when the transport is plain TCP
     last_seen = 0.0
     buffered = 0          # bytes written since the transport asked us to pause
-    max_buffered = 0      # the most ``buffered`` has been (tests read it)
+    max_buffered = 0      # the most bytes waiting at once (tests read it)
     _paused = False
 
     # -- Autobahn callbacks -----------------------------------------------
@@ -152,12 +154,16 @@ class PushServerProtocol(WebSocketServerProtocol):
         if self.state != OPEN or self.session is None:
             return
         frame = prepared.payloadHybi
+        size = len(frame)
         if self._paused:
-            self.buffered += len(frame)
-            self.max_buffered = max(self.max_buffered, self.buffered)
-            if self.buffered > self.factory.settings.max_buffered_bytes:
-                self._too_slow()
-                return
+            self.buffered += size
+        queued = self._queued + size
+        waiting = max(self.buffered, queued)
+        self.max_buffered = max(self.max_buffered, waiting)
+        if waiting > self.factory.settings.max_buffered_bytes:
+            self._too_slow()
+            return
+        self._queued = queued
         if self._out is None:
             self._out = [frame]
             self.factory.flush_soon(self)
@@ -169,7 +175,7 @@ class PushServerProtocol(WebSocketServerProtocol):
         the socket when Twisted holds nothing for it (no epoll register and
         unregister per write), else through the transport, which keeps order
         and tells the flow watch when the client falls behind."""
-        frames, self._out = self._out, None
+        frames, self._out, self._queued = self._out, None, 0
         if not frames or self.transport is None:
             return
         data = frames[0] if len(frames) == 1 else b"".join(frames)

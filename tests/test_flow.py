@@ -69,6 +69,32 @@ class SlowReaderTests(ServerTestCase):
         self.assertEqual([m["id"] for m in slow.messages], sent[:len(slow.messages)])
 
 
+class BurstTests(ServerTestCase):
+    def setUp(self):
+        self.start_server(max_buffered_bytes=100 * 1024, max_message_bytes=64 * 1024,
+                          max_batch_bytes=256 * 1024)
+
+    @run
+    async def test_more_than_the_cap_in_one_turn_closes_with_1013(self):
+        """Frames queued within one reactor turn count against the cap too."""
+        big = await self.client(user="big")
+        small = await self.client(user="small")
+        fits = [{"to": {"user": "big"}, "data": "x" * 40_000}] * 2
+        status, body = await self.http("POST", "/api/batch", {"messages": fits})
+        self.assertEqual(status, 202)
+        await big.wait_for_messages(2)
+        over = [{"to": {"user": "big"}, "data": "y" * 40_000}] * 3 + [
+            {"to": {"user": "small"}, "data": "z" * 40_000}]
+        status, body = await self.http("POST", "/api/batch", {"messages": over})
+        self.assertEqual(status, 202)
+        code, _ = await big.closed
+        self.assertEqual(code, 1013)
+        self.assertEqual([m["data"][0] for m in big.messages], ["x", "x", "y", "y"])
+        await small.barrier()
+        self.assertEqual([m["data"][0] for m in small.messages], ["z"])
+        self.assertEqual(self.engine.counters["dropped_slow"], 1)
+
+
 class LivenessTests(ServerTestCase):
     def setUp(self):
         self.clock = Clock()
