@@ -148,6 +148,18 @@ class Engine:
             session.gate = None
         session.conn.send_frame(frame)
 
+    @staticmethod
+    def _after_replies(session: Session, action, *args) -> None:
+        """Do ``action(*args)`` once the replies held for ``session`` are sent."""
+        if session.gate is None:
+            action(*args)
+            return
+
+        def then(result):
+            action(*args)
+            return result
+        session.gate.addCallback(then)
+
     # -- client ops -------------------------------------------------------
 
     def handle(self, session: Session, text: bytes) -> None:
@@ -159,7 +171,7 @@ class Engine:
         except ProtocolError as e:
             self.reply(session, error_frame(e, e.ref if request is None else request.ref))
             if e.code == UNAUTHORIZED:
-                session.conn.close(CLOSE_POLICY, e.message)
+                self._after_replies(session, session.conn.close, CLOSE_POLICY, e.message)
 
     def _ok(self, session: Session, request: Request, **fields: Any) -> None:
         if request.ref is not None:

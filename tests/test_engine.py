@@ -494,3 +494,14 @@ class SubscriptionOrderTests(EngineTestCase):
         self.broker.confirm("group:g")
         self.assertEqual(self.successResultOf(d), {"sessions": 1, "refused": 0})
         self.assertEqual(s.conn.take(), [{"op": "joined", "group": "g", "reason": "server"}])
+
+    def test_refused_auth_closes_after_its_error(self):
+        s = self.engine.open(FakeConnection())  # 'all' not confirmed yet
+        self.engine.handle(s, b'{"op":"auth","token":"t","ref":1}')
+        self.assertEqual((s.conn.take(), s.conn.closed), ([], []))
+        self.broker.confirm("all")
+        self.assertEqual(s.conn.take(), [{"op": "error", "code": "unauthorized", "ref": 1,
+                                          "message": "token authentication is not "
+                                                     "configured on this server"}])
+        self.assertEqual(s.conn.closed, [(1008, "token authentication is not configured "
+                                                "on this server")])
