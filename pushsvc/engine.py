@@ -80,8 +80,9 @@ class Engine:
 
     def start(self) -> None:
         self.broker.attach(self)
-        self.broker.subscribe(worker_channel(self.ids.owner))
-        self._keepalive.start(self.settings.ping_interval, now=False)
+        self._interest(worker_channel(self.ids.owner), True)
+        self._keepalive.start(self.settings.ping_interval, now=False).addErrback(
+            lambda f: _log.failure("the keepalive loop stopped", f))
 
     def stop(self) -> None:
         if self._keepalive.running:
@@ -92,9 +93,11 @@ class Engine:
             self.broker.unsubscribe(channel)
             return
         d = self.broker.subscribe(channel)
-        if d is not None and not d.called:
+        if d is None:
+            return
+        if not d.called:
             self._pending[channel] = d
-            d.addBoth(self._subscribed, channel, d)
+        d.addBoth(self._subscribed, channel, d)
 
     def _subscribed(self, result, channel: str, d: Deferred) -> None:
         if self._pending.get(channel) is d:
@@ -105,7 +108,11 @@ class Engine:
     def _check_alive(self) -> None:
         now = self.clock.seconds()
         for session in list(self.registry.everyone()):
-            session.conn.check_alive(now)
+            try:
+                session.conn.check_alive(now)
+            except Exception:  # one connection must not stop the loop for all
+                _log.failure("liveness check of session {session} failed",
+                             session=session.id)
 
     # -- sessions ---------------------------------------------------------
 
@@ -134,6 +141,9 @@ class Engine:
         after the ``ok`` reaches it.
         """
         waits = [self._pending[c] for c in session_channels(session) if c in self._pending]
+        own = self._pending.get(worker_channel(self.ids.owner))  # session-addressed
+        if own is not None:
+            waits.append(own)
         if session.gate is not None:
             waits.append(session.gate)
         if not waits:

@@ -5,9 +5,9 @@ writes what the engine sends; it owns three things the engine does not know:
 
 - the flow watch: a push producer on the transport.  Twisted buffers writes
   without limit, so while the transport says "pause" the connection counts the
-  bytes it still writes, as it counts the frames queued for the end of the
-  reactor turn; past ``max_buffered_bytes`` of either it stops writing, leaves
-  the engine and closes with 1013.
+  bytes it still writes; past ``max_buffered_bytes`` it stops writing, leaves
+  the engine and closes with 1013.  Frames wait for the end of the reactor
+  turn (one ``send()`` for all of them), or at most ``FLUSH_AT`` bytes.
 - liveness: the time the client last sent anything; the engine's keepalive tick
   asks ``check_alive`` to ping it or drop it.
 - the close code mapping for limits Autobahn enforces itself (1009 for a frame
@@ -53,6 +53,9 @@ class _LazyPformat:
 autobahn.websocket.protocol.pformat = _LazyPformat
 
 OPEN = WebSocketServerProtocol.STATE_OPEN
+
+# Frames queued for the end of the turn are written at once past this many bytes.
+FLUSH_AT = 64 * 1024
 
 # Handshake state Autobahn keeps for a connection's whole life but reads only
 # during the handshake: about 2 KB per idle connection.
@@ -137,9 +140,11 @@ class PushServerProtocol(WebSocketServerProtocol):
         self._leave_engine()
 
     def _leave_engine(self):
-        if self.session is not None:
-            self.factory.engine.close(self.session)
-            self.session = None
+        # Forget the session first: closing it in the engine may deliver
+        # (a broker flush), and nothing must be written to it by then.
+        session, self.session = self.session, None
+        if session is not None:
+            self.factory.engine.close(session)
 
     # -- IConnection --------------------------------------------------------
 
@@ -154,21 +159,23 @@ class PushServerProtocol(WebSocketServerProtocol):
         if self.state != OPEN or self.session is None:
             return
         frame = prepared.payloadHybi
-        size = len(frame)
         if self._paused:
-            self.buffered += size
-        queued = self._queued + size
-        waiting = max(self.buffered, queued)
-        self.max_buffered = max(self.max_buffered, waiting)
-        if waiting > self.factory.settings.max_buffered_bytes:
-            self._too_slow()
-            return
-        self._queued = queued
+            self.buffered += len(frame)
+            self.max_buffered = max(self.max_buffered, self.buffered)
+            if self.buffered > self.factory.settings.max_buffered_bytes:
+                self._too_slow()
+                return
         if self._out is None:
             self._out = [frame]
+            self._queued = len(frame)
             self.factory.flush_soon(self)
         else:
             self._out.append(frame)
+            self._queued += len(frame)
+        if self._queued >= FLUSH_AT:
+            # Hand a big turn's frames on now: what the kernel does not take
+            # fills Twisted's buffer, whose pause signal starts the counting.
+            self.flush()
 
     def flush(self) -> None:
         """Write the frames of this reactor turn: with one ``send()`` straight to
@@ -296,7 +303,11 @@ class PushServerFactory(WebSocketServerFactory):
     def _flush(self) -> None:
         conns, self._unflushed = self._unflushed, []
         for conn in conns:
-            conn.flush()
+            try:
+                conn.flush()
+            except Exception:
+                _log.failure("writing to a client failed; dropping it")
+                conn.dropConnection(abort=True)
 
     def pop_close_waiters(self, conn: PushServerProtocol) -> list[Deferred]:
         return self._close_waiters.pop(conn, [])

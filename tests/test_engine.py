@@ -454,6 +454,16 @@ class SubscriptionOrderTests(EngineTestCase):
 
     def setUp(self):
         self.start(broker=SlowBroker())
+        self.broker.confirm("worker:test.0")
+
+    def test_replies_wait_for_the_workers_own_channel(self):
+        self.start(broker=SlowBroker())  # a fresh engine: nothing confirmed
+        s = self.engine.open(FakeConnection())
+        self.broker.confirm("all")
+        self.engine.handle(s, b'{"op":"ping","ref":1}')
+        self.assertEqual(s.conn.take(), [])
+        self.broker.confirm("worker:test.0")
+        self.assertEqual(s.conn.take(), [{"op": "pong", "ref": 1}])
 
     def test_ok_to_auth_and_join_waits_for_the_subscription(self):
         s = self.engine.open(FakeConnection())

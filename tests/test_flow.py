@@ -72,27 +72,45 @@ class SlowReaderTests(ServerTestCase):
 class BurstTests(ServerTestCase):
     def setUp(self):
         self.start_server(max_buffered_bytes=100 * 1024, max_message_bytes=64 * 1024,
-                          max_batch_bytes=256 * 1024)
+                          max_batch_bytes=1024 * 1024)
 
     @run
-    async def test_more_than_the_cap_in_one_turn_closes_with_1013(self):
-        """Frames queued within one reactor turn count against the cap too."""
-        big = await self.client(user="big")
-        small = await self.client(user="small")
-        fits = [{"to": {"user": "big"}, "data": "x" * 40_000}] * 2
-        status, body = await self.http("POST", "/api/batch", {"messages": fits})
+    async def test_reader_that_stops_is_closed_within_one_turn(self):
+        """One batch (one reactor turn) of 400 KB for a client that reads nothing:
+        memory stays bounded and it is closed with 1013; a reading client in
+        the same batch gets everything."""
+        slow = await self.client(user="slow")
+        fast = await self.client(user="fast")
+        slow_conn = self.engine.registry.get(slow.session).conn
+        resize(slow_conn.transport, socket.SO_SNDBUF)
+        slow.transport.pauseProducing()
+        batch = [{"to": {"user": ["slow", "fast"]}, "data": str(n) * 40_000}
+                 for n in range(10)]
+        status, body = await self.http("POST", "/api/batch", {"messages": batch})
         self.assertEqual(status, 202)
-        await big.wait_for_messages(2)
-        over = [{"to": {"user": "big"}, "data": "y" * 40_000}] * 3 + [
-            {"to": {"user": "small"}, "data": "z" * 40_000}]
-        status, body = await self.http("POST", "/api/batch", {"messages": over})
-        self.assertEqual(status, 202)
-        code, _ = await big.closed
-        self.assertEqual(code, 1013)
-        self.assertEqual([m["data"][0] for m in big.messages], ["x", "x", "y", "y"])
-        await small.barrier()
-        self.assertEqual([m["data"][0] for m in small.messages], ["z"])
+        await fast.wait_for_messages(10)
+        self.assertEqual([m["id"] for m in fast.messages], body["ids"])
+        self.assertIsNone(self.engine.registry.get(slow.session))
         self.assertEqual(self.engine.counters["dropped_slow"], 1)
+        self.assertLessEqual(slow_conn.max_buffered, 100 * 1024 + 40_100)
+        slow.transport.resumeProducing()
+        self.assertEqual((await slow.closed)[0], 1013)
+
+
+
+class SmallCapTests(ServerTestCase):
+    def setUp(self):
+        self.start_server(max_buffered_bytes=8192)
+
+    @run
+    async def test_one_message_over_the_cap_reaches_a_reading_client(self):
+        c = await self.client(user="u")
+        msg_id = await self.push({"user": "u"}, "x" * 10_000)
+        await c.wait_for_messages(1)
+        await c.barrier()
+        self.assertEqual([m["id"] for m in c.messages], [msg_id])
+        self.assertIsNone(c.close_code)
+        self.assertEqual(self.engine.counters["dropped_slow"], 0)
 
 
 class LivenessTests(ServerTestCase):

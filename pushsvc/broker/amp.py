@@ -17,6 +17,7 @@ import json
 import sys
 
 from twisted.internet.defer import maybeDeferred, succeed
+from twisted.logger import Logger
 from twisted.protocols import amp
 from zope.interface import implementer
 
@@ -24,6 +25,8 @@ from ..pool.wire import (DeliverBatch, Outbox, Perform, PublishBatch, RunCommand
                          Unsubscribe, pack_publish, unpack_messages)
 from ..protocol import parse_address
 from .interface import Command, IBroker, Message
+
+_log = Logger()
 
 
 class WorkerProtocol(amp.AMP):
@@ -36,9 +39,18 @@ class WorkerProtocol(amp.AMP):
 
     @DeliverBatch.responder
     def deliver(self, batch):
+        # An exception out of a responder makes AMP drop the pipe, and the
+        # worker would take that for the master going away: contain it.
         deliver = self.broker.receiver.deliver
-        for msg_id, to, frame in unpack_messages(batch):
-            deliver(Message(msg_id, parse_address(json.loads(to), sys.maxsize), frame))
+        try:
+            for msg_id, to, frame in unpack_messages(batch):
+                try:
+                    deliver(Message(msg_id, parse_address(json.loads(to), sys.maxsize),
+                                    frame))
+                except Exception:
+                    _log.failure("delivering message {id} failed", id=msg_id)
+        except ValueError:
+            _log.failure("a DeliverBatch from the hub is malformed")
         return {}
 
     @Perform.responder
@@ -65,6 +77,7 @@ class AmpBroker:
         self.receiver = None
         self.hub: amp.AMP | None = None
         self.subscriptions: set[str] = set()
+        self.clock = clock
         self.outbox = Outbox(clock, self._send)
         self._local: list[Message] = []  # this turn's publishes for local sessions
         self.closed = False
@@ -90,21 +103,31 @@ class AmpBroker:
         to = json.dumps(message.to.to_json(), separators=(",", ":")).encode("utf-8")
         self.outbox.add(self.hub, pack_publish(channels, message.id, to, message.frame))
         if not self.subscriptions.isdisjoint(channels):
+            if not self._local:
+                self.clock.callLater(0, self._deliver_local)
             self._local.append(message)
         return succeed(None)
 
-    def _send(self, hub: amp.AMP, batch: bytes) -> None:
-        """Hand a batch to the hub, then deliver its messages to local sessions.
-
-        In that order the pipe is written at the next poll, before the local
-        sockets are (their flush comes a turn later): the other workers start
-        writing their copies at the same time as this one, rather than after
-        it has written thousands of sockets of its own.
-        """
+    @staticmethod
+    def _send(hub: amp.AMP, batch: bytes) -> None:
         hub.callRemote(PublishBatch, batch=batch)
+
+    def _deliver_local(self) -> None:
+        """Deliver this turn's publishes to local sessions.
+
+        Scheduled after the outbox's flush, so the batch is handed to the hub
+        first: the pipe is written at the next poll, before the local sockets
+        are (their flush comes a turn later), and the other workers write their
+        copies of a broadcast at the same time as this one.  (Never from a
+        flush forced by subscribe or unsubscribe, which may run in the middle
+        of a change to the session maps.)
+        """
         local, self._local = self._local, []
         for message in local:
-            self.receiver.deliver(message)
+            try:
+                self.receiver.deliver(message)
+            except Exception:
+                _log.failure("delivering message {id} failed", id=message.id)
 
     def command(self, command):
         self.outbox.flush()

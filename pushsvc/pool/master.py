@@ -66,7 +66,7 @@ def bind(reactor, description: str, copies: int) -> list:
                                 "supported yet; use --workers 0 for ssl: endpoints")
     else:
         ports = []
-        endpoint.listen(factory).addCallback(ports.append)
+        endpoint.listen(factory).addCallbacks(ports.append, lambda f: f.raiseException())
     for port in ports:
         port.stopReading()
     return ports
@@ -138,7 +138,11 @@ class HubProtocol(amp.AMP):
 
     @PublishBatch.responder
     def publish(self, batch):
-        self.pool.forward(self.index, batch)
+        # An exception out of a responder would make AMP drop this worker's pipe.
+        try:
+            self.pool.forward(self.index, batch)
+        except ValueError:
+            _log.failure("worker {index} sent a malformed PublishBatch", index=self.index)
         return {}
 
     @RunCommand.responder
@@ -154,10 +158,13 @@ class _PipeTransport:
         self.process = process_transport
 
     def write(self, data):
-        self.process.writeToChild(AMP_IN, data)
+        try:
+            self.process.writeToChild(AMP_IN, data)
+        except KeyError:  # the pipe is gone; processEnded follows
+            pass
 
     def writeSequence(self, seq):
-        self.process.writeToChild(AMP_IN, b"".join(seq))
+        self.write(b"".join(seq))
 
     def loseConnection(self):
         self.process.closeChildFD(AMP_IN)

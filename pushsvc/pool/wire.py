@@ -22,9 +22,12 @@ import json
 import struct
 from typing import Iterable, Iterator
 
+from twisted.logger import Logger
 from twisted.protocols import amp
 
 CHUNK = amp.MAX_VALUE_LENGTH
+
+_log = Logger()
 
 
 def _put(name: bytes, strings, value: bytes) -> None:
@@ -160,7 +163,11 @@ class Outbox:
             self._call = None
         queued, self.queued = self.queued, {}
         for peer, records in queued.items():
-            self.send(peer, b"".join(records))
+            try:
+                self.send(peer, b"".join(records))
+            except Exception:  # one peer's failure must not cost the others theirs
+                _log.failure("sending a batch of {count} messages failed",
+                             count=len(records))
 
 
 # -- worker -> master ------------------------------------------------------

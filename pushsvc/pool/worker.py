@@ -66,7 +66,8 @@ def main() -> None:
     for offset, family in enumerate(spec["families"]):
         server.adopt(reactor, FIRST_SOCKET + offset, family)
     server.startService()
-    hub.callRemote(Hello, index=index, owner=server.engine.ids.owner)
+    hub.callRemote(Hello, index=index, owner=server.engine.ids.owner).addErrback(
+        lambda f: _log.failure("could not greet the master", f))
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.addSystemEventTrigger("after", "startup", stop_on_signals, reactor)
     reactor.run()
