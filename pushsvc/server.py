@@ -40,10 +40,14 @@ class EngineService(Service):
         return self.ws_factory.close_all().addBoth(lambda _: self.engine.broker.close())
 
 
-def exit_cannot_listen(description: str, error: CannotListenError):
+LISTEN_ERRORS = (CannotListenError, OSError)
+
+
+def exit_cannot_listen(description: str, error: Exception):
     """End start-up with one line on the real stderr (twistd has taken over
     sys.stderr by the time ports are bound)."""
-    sys.__stderr__.write(f"pushsvc: cannot listen on {description}: {error.socketError}\n")
+    reason = getattr(error, "socketError", None) or error
+    sys.__stderr__.write(f"pushsvc: cannot listen on {description}: {reason}\n")
     raise SystemExit(1)
 
 
@@ -60,7 +64,7 @@ class ListenerService(StreamServerEndpointService):
         # twistd binds here, before startService.
         try:
             super().privilegedStartService()
-        except CannotListenError as e:
+        except LISTEN_ERRORS as e:
             exit_cannot_listen(self.description, e)
 
     def startService(self):

@@ -28,7 +28,7 @@ from twisted.internet.tcp import makeBinding
 from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
 
-from ..server import exit_cannot_listen
+from ..server import LISTEN_ERRORS, exit_cannot_listen
 from .hub import SubscriptionTable
 from .wire import (DeliverBatch, Hello, Outbox, Perform, PublishBatch, RunCommand,
                    Subscribe, Unsubscribe, unpack_publishes)
@@ -65,8 +65,10 @@ def bind(reactor, description: str, copies: int) -> list:
         raise CannotListenError(None, description, "TLS with the worker pool is not "
                                 "supported yet; use --workers 0 for ssl: endpoints")
     else:
-        ports = []
-        endpoint.listen(factory).addCallbacks(ports.append, lambda f: f.raiseException())
+        ports, failures = [], []
+        endpoint.listen(factory).addCallbacks(ports.append, failures.append)
+        if failures:  # listening is synchronous for these endpoints
+            failures[0].raiseException()
     for port in ports:
         port.stopReading()
     return ports
@@ -86,7 +88,7 @@ class ListeningSockets(Service):
         for description in self.descriptions:
             try:
                 ports = bind(self.reactor, description, self.copies)
-            except CannotListenError as e:
+            except LISTEN_ERRORS as e:
                 exit_cannot_listen(description, e)
             host = ports[0].getHost()
             _log.info("listening on {endpoint} ({host}:{port}, {count} socket(s))",
