@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .broker.interface import Command
-from .protocol import BAD_REQUEST, ProtocolError, name
+from .protocol import BAD_REQUEST, ProtocolError, name, valid_unicode
 
 # command -> (required name arguments, whether it takes a user-or-session
 # target, optional text arguments)
@@ -44,7 +44,8 @@ def make_command(command: str, body: Any) -> Command:
     args = {key: name(body.get(key), key) for key in needed}
     for key in optional:
         if key in body:
-            if not isinstance(body[key], str) or len(body[key].encode()) > MAX_REASON:
+            if (not isinstance(body[key], str) or not valid_unicode(body[key])
+                    or len(body[key].encode()) > MAX_REASON):
                 raise ProtocolError(BAD_REQUEST, f"'{key}' must be a string of at most "
                                                  f"{MAX_REASON} bytes")
             args[key] = body[key]

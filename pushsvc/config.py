@@ -162,9 +162,6 @@ SPECS: tuple[Spec, ...] = (
          "address, or 'none'"),
 )
 
-SPECS_BY_KEY = {spec.key: spec for spec in SPECS}
-
-
 @dataclass(frozen=True)
 class Settings:
     """The validated settings of one pushsvc process."""

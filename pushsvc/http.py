@@ -31,16 +31,21 @@ STATUS = {BAD_REQUEST: 400, UNAUTHORIZED: 401, FORBIDDEN: 403, NOT_FOUND: 404,
 
 
 class LimitedRequest(Request):
-    """A request whose body is dropped, not stored, once it passes the limit."""
+    """A request whose body is dropped, not stored, once it passes the limit.
+
+    The body is kept in memory whatever its size: it is at most ``max_body``
+    bytes, and Twisted would put a large or chunked one in a temporary file.
+    """
 
     max_body = 65536
     too_large = False
     _received = 0
 
     def gotLength(self, length):
+        # Instead of Request.gotLength, which only picks where the body goes.
         if length is not None and length > self.max_body:
             self.too_large = True
-        super().gotLength(None if self.too_large else length)
+        self.content = io.BytesIO()
 
     def handleContentChunk(self, data):
         if self.too_large:

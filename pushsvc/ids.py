@@ -7,6 +7,10 @@ An id reads ``NODE.WORKER.INCARNATION.COUNTER``:
 - INCARNATION is new each time a process starts (start time in milliseconds and
   random bits, base 36), so ids never repeat after a restart;
 - COUNTER counts up without bound, so ids never collide within a process.
+
+A message id has the same four parts, but its COUNTER starts with ``M``
+(``NODE.WORKER.INCARNATION.MCOUNTER``; base 36 is lower case), so no message id
+is ever a session id.
 """
 
 from __future__ import annotations
@@ -56,4 +60,4 @@ class IdMaker:
 
     def message_id(self) -> str:
         self._messages += 1
-        return self.prefix + base36(self._messages)
+        return f"{self.prefix}M{base36(self._messages)}"

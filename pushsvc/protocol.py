@@ -102,12 +102,26 @@ class Request:
     data: Any = None
 
 
+def valid_unicode(text: str) -> bool:
+    """False when ``text`` holds a lone surrogate (a JSON escape such as
+    ``"\\ud800"`` decodes to one), which has no UTF-8 form."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def name(value: Any, what: str) -> str:
-    """Check a user, group, tag or session name: a non-empty string, not too long."""
+    """Check a user, group, tag or session name: a non-empty string of valid
+    Unicode, not too long."""
     if not isinstance(value, str) or not value:
         raise ProtocolError(BAD_REQUEST, f"'{what}' must be a non-empty string")
     if len(value) > MAX_NAME:
         raise ProtocolError(BAD_REQUEST, f"'{what}' is longer than {MAX_NAME} characters")
+    if not valid_unicode(value):
+        raise ProtocolError(BAD_REQUEST, f"'{what}' must be valid Unicode "
+                                         f"(it holds a lone surrogate)")
     return value
 
 
@@ -208,9 +222,19 @@ def parse_request(text: str | bytes, max_targets: int = 100) -> Request:
         raise
 
 
-def encode(frame: dict[str, Any]) -> bytes:
-    """One server frame as compact UTF-8 JSON."""
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+def encode(frame: Any) -> bytes:
+    """One server frame (or any JSON value) as compact UTF-8 JSON.
+
+    Strings with a lone surrogate (from an escape such as ``"\\ud800"`` in
+    what a client or backend sent) have no UTF-8 form; then the whole value is
+    encoded as ASCII, with every non-ASCII character escaped, which is the same
+    JSON.
+    """
+    text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(frame, separators=(",", ":")).encode("ascii")
 
 
 def error_frame(error: ProtocolError, ref: Any = None) -> bytes:

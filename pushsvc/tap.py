@@ -58,7 +58,12 @@ def check_endpoint(description: str) -> None:
     from twisted.internet import reactor
     try:
         serverFromString(reactor, description)
-    except (ValueError, TypeError, KeyError) as e:
+    except Exception as e:
+        # Parsing reads the files an endpoint names (ssl: keys and
+        # certificates), so besides ValueError, TypeError and KeyError it
+        # raises OSError, OpenSSL's errors, VerifyError (key and certificate
+        # do not match), IndexError, AttributeError (a bad sslmethod): all of
+        # them mean the description is wrong.
         raise ConfigError("--listen", f"bad endpoint {description!r}: {e}")
 
 

@@ -238,9 +238,9 @@ class ClientOpTests(EngineTestCase):
         sender, bob = self.open(), self.open(user="bob")
         written = self.handle(sender, {"op": "send", "to": {"user": "bob"}, "data": "hi",
                                        "ref": 7})
-        self.assertEqual(written, [{"op": "ok", "ref": 7, "id": "test.0.i.1"}])
+        self.assertEqual(written, [{"op": "ok", "ref": 7, "id": "test.0.i.M1"}])
         self.assertEqual([self.msg(m) for m in bob.conn.take()],
-                         [{"op": "msg", "id": "test.0.i.1", "to": {"user": "bob"},
+                         [{"op": "msg", "id": "test.0.i.M1", "to": {"user": "bob"},
                            "data": "hi", "from": {"session": sender.id, "user": None}}])
 
     def test_send_to_joined_group(self):
@@ -249,11 +249,11 @@ class ClientOpTests(EngineTestCase):
         outsider = self.open(user="carol", groups=("other",))
         written = self.handle(alice, {"op": "send", "to": {"group": "g"},
                                       "data": {"t": 1}, "ref": "s1"})
-        expected = {"op": "msg", "id": "test.0.i.1", "to": {"group": "g"}, "data": {"t": 1},
+        expected = {"op": "msg", "id": "test.0.i.M1", "to": {"group": "g"}, "data": {"t": 1},
                     "from": {"session": alice.id, "user": "alice"}}
         self.assertEqual(len(written), 2)
         self.assertEqual(self.msg(written[0]), expected)
-        self.assertEqual(written[1], {"op": "ok", "ref": "s1", "id": "test.0.i.1"})
+        self.assertEqual(written[1], {"op": "ok", "ref": "s1", "id": "test.0.i.M1"})
         self.assertEqual([self.msg(m) for m in bob.conn.take()], [expected])
         self.assertEqual(outsider.conn.take(), [])
         self.assertEqual(len(self.prepared), 1)
@@ -278,7 +278,7 @@ class DeliveryTests(EngineTestCase):
         self.engine.registry.tag(by_tag, "t")
         nobody = self.open(user="zed", groups=("z",))
         msg_id = self.publish({"n": 1}, user=("alice",), group=("g",), tag=("t",))
-        self.assertEqual(msg_id, "test.0.i.1")
+        self.assertEqual(msg_id, "test.0.i.M1")
         self.assertEqual(len(self.prepared), 1)
         prepared = self.prepared[0]
         self.assertEqual(prepared.frame, encode({"op": "msg", "id": msg_id, "to": {
@@ -293,7 +293,7 @@ class DeliveryTests(EngineTestCase):
     def test_one_prepare_per_message(self):
         sessions = [self.open(groups=("g",)) for _ in range(20)]
         ids = [self.publish(i, group=("g",)) for i in range(3)]
-        self.assertEqual(ids, ["test.0.i.1", "test.0.i.2", "test.0.i.3"])
+        self.assertEqual(ids, ["test.0.i.M1", "test.0.i.M2", "test.0.i.M3"])
         self.assertEqual(len(self.prepared), 3)
         for session in sessions:
             self.assertEqual([p for _, p in session.conn.take()], self.prepared)
@@ -315,7 +315,7 @@ class DeliveryTests(EngineTestCase):
 
     def test_nobody_subscribed_nothing_prepared(self):
         self.open(groups=("g",))
-        self.assertEqual(self.publish(group=("elsewhere",)), "test.0.i.1")
+        self.assertEqual(self.publish(group=("elsewhere",)), "test.0.i.M1")
         self.assertEqual(self.prepared, [])
         self.assertEqual(self.engine.counters["published"], 1)
 

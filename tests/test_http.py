@@ -5,12 +5,14 @@ Every answer is checked whole: status code and the full JSON body.
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
+import twisted.web.http
 from twisted.internet import reactor
 from twisted.internet.defer import succeed
-from twisted.web.client import Agent, readBody
+from twisted.web.client import Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
@@ -145,6 +147,8 @@ class PushTests(HttpTestCase):
             ({"tag": []}, error("bad_request", "'to.tag' is an empty list")),
             ({"session": "x" * 201},
              error("bad_request", "'to.session' is longer than 200 characters")),
+            ({"group": ["g", "\ud800"]},  # a lone surrogate: a str with no UTF-8 form
+             error("bad_request", "'to.group' must be valid Unicode (it holds a lone surrogate)")),
         ]
         for to, answer in cases:
             await self.assertBadPush(to, 400, answer)
@@ -204,6 +208,48 @@ class PushTests(HttpTestCase):
         await self.assertAnswer("POST", "/api/join", None, 413,
                                 error("too_large", "the body is larger than 1024 bytes"),
                                 raw=b" " * 1025)
+
+
+class LargeBodyTests(HttpTestCase):
+    """Bodies larger than Twisted keeps in memory by itself (100 KB), up to the limit."""
+
+    def setUp(self):
+        self.start_server(max_batch_bytes=256 * 1024)
+        # Twisted's own choice of where a body goes: a temporary file when it is
+        # chunked or 100 KB and more.  LimitedRequest must never ask it.
+        self.asked = []
+        self.patch(twisted.web.http, "_getContentFile", self.ask)
+
+    def ask(self, length):
+        self.asked.append(length)
+        return io.BytesIO()
+
+    @staticmethod
+    def batch(size: int) -> bytes:
+        """A batch of four 50,000-character pushes to everyone, padded with
+        spaces to ``size`` bytes."""
+        body = json.dumps({"messages": [{"to": {"all": True}, "data": "x" * 50000}] * 4})
+        return body.encode() + b" " * (size - len(body))
+
+    @run
+    async def test_large_bodies_are_kept_in_memory(self):
+        c = await self.client()
+        body = self.batch(200 * 1024)
+        response, answer = await self.exchange("POST", "/api/batch",
+                                               FileBodyProducer(io.BytesIO(body)))
+        self.assertEqual((response.code, len(answer["ids"])), (202, 4))
+        response, answer = await self.exchange(
+            "POST", "/api/batch", ChunkedBody([body[i:i + 8192]
+                                               for i in range(0, len(body), 8192)]))
+        self.assertEqual((response.code, len(answer["ids"])), (202, 4))
+        too_large = (413, error("too_large", f"the body is larger than {256 * 1024} bytes"))
+        for producer in (FileBodyProducer(io.BytesIO(self.batch(256 * 1024 + 1))),
+                         ChunkedBody([self.batch(256 * 1024 + 1)])):
+            response, answer = await self.exchange("POST", "/api/batch", producer)
+            self.assertEqual((response.code, answer), too_large)
+        await c.barrier()
+        self.assertEqual([m["data"] for m in c.messages], ["x" * 50000] * 8)
+        self.assertEqual(self.asked, [])
 
 
 class BatchTests(HttpTestCase):
@@ -302,6 +348,17 @@ class ApiKeyTests(HttpTestCase):
             (200, {"sessions": 0, "users": 0, "groups": 0, **dict.fromkeys(COUNTERS, 0),
                    "workers": [{"worker": "test.0", "sessions": 0, "users": 0, "groups": 0,
                                 **dict.fromkeys(COUNTERS, 0)}]}))
+
+    @run
+    async def test_a_wrong_path_below_a_route_needs_a_key(self):
+        # The key is checked first, so only with one does the path get its 404.
+        for path in ("/api/users", "/api/users/u/x", "/api/push/x"):
+            await self.assertAnswer(
+                "GET", path, None, 401,
+                error("unauthorized", "send 'Authorization: Bearer <api key>'"))
+            await self.assertAnswer("GET", path, None, 404,
+                                    error("not_found", f"no such route: {path}"),
+                                    headers={"Authorization": "Bearer k1"})
 
     @run
     async def test_healthz_and_unknown_routes_need_no_key(self):
@@ -533,7 +590,13 @@ class CommandTests(HttpTestCase):
                      ({"user": None, "group": "g"},
                       error("bad_request", "'user' must be a non-empty string")),
                      ({"session": 7, "group": "g"},
-                      error("bad_request", "'session' must be a non-empty string"))],
+                      error("bad_request", "'session' must be a non-empty string")),
+                     ({"user": "u", "group": "\ud800"},  # a lone surrogate: no UTF-8 form
+                      error("bad_request",
+                            "'group' must be valid Unicode (it holds a lone surrogate)")),
+                     ({"session": "s\udfff", "group": "g"},
+                      error("bad_request",
+                            "'session' must be valid Unicode (it holds a lone surrogate)"))],
             "leave": [({"user": "u", "session": "s", "group": "g"}, BAD_TARGET),
                       ({"session": "s"}, error("bad_request",
                                                "'group' must be a non-empty string"))],
@@ -543,6 +606,8 @@ class CommandTests(HttpTestCase):
             "untag": [({"user": "u", "session": "s", "tag": "t"}, BAD_TARGET),
                       ({"user": "u", "tag": ""},
                        error("bad_request", "'tag' must be a non-empty string"))],
+            "kick": [({"user": "u", "reason": "\ud800"},
+                      error("bad_request", "'reason' must be a string of at most 120 bytes"))],
             "destroy": [({}, error("bad_request", "'group' must be a non-empty string")),
                         ({"group": ["g"]},
                          error("bad_request", "'group' must be a non-empty string"))],

@@ -30,8 +30,18 @@ class IdMakerTests(unittest.TestCase):
         ids = IdMaker("n1", 4, incarnation="inc")
         self.assertEqual([ids.session_id() for _ in range(3)],
                          ["n1.4.inc.1", "n1.4.inc.2", "n1.4.inc.3"])
-        self.assertEqual(ids.message_id(), "n1.4.inc.1")
+        self.assertEqual([ids.message_id() for _ in range(2)], ["n1.4.inc.M1", "n1.4.inc.M2"])
         self.assertEqual(ids.owner, "n1.4")
+
+    def test_message_ids_are_never_session_ids(self):
+        ids = IdMaker("n", 0)
+        self.assertNotEqual(ids.session_id(), ids.message_id())  # the first of each
+        sessions = [ids.session_id() for _ in range(5000)]
+        messages = [ids.message_id() for _ in range(5000)]
+        self.assertEqual(len(set(sessions)), 5000)
+        self.assertEqual(len(set(messages)), 5000)
+        self.assertEqual(set(sessions) & set(messages), set())
+        self.assertEqual({owner(i) for i in sessions}, {"n.0"})
 
     def test_counter_past_old_limit(self):
         ids = IdMaker("n", 0, incarnation="i")

@@ -99,6 +99,27 @@ class ParseRequestTests(unittest.TestCase):
         e = self.refused({"op": "auth", "user": "u" * (MAX_NAME + 1)})
         self.assertEqual(e.message, f"'user' is longer than {MAX_NAME} characters")
 
+    def test_names_with_a_lone_surrogate(self):
+        # json.dumps writes "\ud800" as an escape, which decodes to a str that
+        # has no UTF-8 form.
+        for frame, what in (({"op": "join", "group": "g\ud800"}, "group"),
+                            ({"op": "leave", "group": "\udfff"}, "group"),
+                            ({"op": "auth", "user": "\ud800u"}, "user"),
+                            ({"op": "send", "to": {"tag": ["t", "\ud800"]}, "data": 1},
+                             "to.tag")):
+            e = self.refused(dict(frame, ref=2))
+            self.assertEqual((e.message, e.ref),
+                             (f"'{what}' must be valid Unicode (it holds a lone surrogate)", 2))
+        # A pair of surrogate escapes is one character, and valid.
+        self.assertEqual(parse_request('{"op":"join","group":"\\ud83d\\ude00"}').group,
+                         "\U0001f600")
+
+    def test_unknown_op_with_a_lone_surrogate(self):
+        e = self.refused({"op": "\ud800", "ref": 1}, code=UNKNOWN_OP)
+        self.assertEqual(json.loads(error_frame(e, e.ref)),
+                         {"op": "error", "code": "unknown_op", "message": "unknown op '\ud800'",
+                          "ref": 1})
+
     def test_auth_mistyped(self):
         self.assertEqual(self.refused({"op": "auth"}).message,
                          "'user' must be a non-empty string")
@@ -191,6 +212,8 @@ class ParseAddressTests(unittest.TestCase):
     def test_bad_names(self):
         self.assertEqual(self.refused({"tag": ["ok", 3]}),
                          "'to.tag' must be a non-empty string")
+        self.assertEqual(self.refused({"session": "n.0.i.\ud800"}),
+                         "'to.session' must be valid Unicode (it holds a lone surrogate)")
         self.assertEqual(self.refused({"session": ""}),
                          "'to.session' must be a non-empty string")
         self.assertEqual(self.refused({"group": [["g"]]}),
@@ -221,6 +244,18 @@ class EncodeTests(unittest.TestCase):
     def test_encode_is_compact_utf8(self):
         self.assertEqual(encode({"op": "msg", "data": {"a": [1, 2]}, "t": "\u00e9"}),
                          '{"op":"msg","data":{"a":[1,2]},"t":"\u00e9"}'.encode("utf-8"))
+
+    def test_encode_escapes_when_a_string_has_no_utf8_form(self):
+        frame = {"op": "msg", "data": ["\ud800", "\u00e9"], "ref": "\udfff"}
+        self.assertEqual(encode(frame),
+                         b'{"op":"msg","data":["\\ud800","\\u00e9"],"ref":"\\udfff"}')
+        self.assertEqual(json.loads(encode(frame)), frame)
+
+    def test_message_frame_with_a_lone_surrogate_in_data(self):
+        frame = message_frame("i", Address(group=("g\u00e9",)), {"t": "a\ud800"}, max_data=20)
+        self.assertEqual(frame, '{"op":"msg","id":"i","to":{"group":"g\u00e9"},'
+                                '"data":{"t":"a\\ud800"}}'.encode("utf-8"))
+        self.assertEqual(json.loads(frame)["data"], {"t": "a\ud800"})
 
     def test_message_frame(self):
         self.assertEqual(message_frame("id1", Address(group=("g",)), {"k": "v"}),

@@ -116,6 +116,17 @@ class StartupTests(ChildTestCase):
         await self.check_refused("--listen", "--listen", "nonsense:endpoint")
 
     @run
+    async def test_ssl_endpoint_with_a_bad_key_file(self):
+        """A key file that is missing (OSError) or not a key (OpenSSL's error)."""
+        not_a_key = os.path.join(self.cwd, "key.pem")
+        with open(not_a_key, "w") as f:
+            f.write("not a key\n")
+        line = await self.check_refused("--listen", "--listen", "ssl:0:privateKey=missing.pem")
+        self.assertRegex(line, r"No such file or directory: '.*missing\.pem'")
+        line = await self.check_refused("--listen", "--listen", f"ssl:0:privateKey={not_a_key}")
+        self.assertIn(f"bad endpoint 'ssl:0:privateKey={not_a_key}'", line)
+
+    @run
     async def test_missing_config_file(self):
         await self.check_refused("--config", "--config", "missing.toml")
 
@@ -141,6 +152,13 @@ class StartupTests(ChildTestCase):
     @run
     async def test_twist_bad_option(self):
         await self.check_refused("--port", "--port", "abc", script="twist")
+
+    @run
+    async def test_unix_socket_in_a_missing_folder(self):
+        for workers in ("0", "1"):
+            await self.check_refused("cannot listen on unix:/nonexistent/pushsvc/s",
+                                     "--workers", workers,
+                                     "--listen", "unix:/nonexistent/pushsvc/s")
 
     @run
     async def test_port_in_use(self):

@@ -21,6 +21,7 @@ from pushsvc.client import ConnectionClosed, ServerError, connect
 from tests.helpers import ServerTestCase, run
 
 SESSION_ID = re.compile(r"^test\.0\.[0-9a-z]+\.[0-9a-z]+$")
+MESSAGE_ID = re.compile(r"^test\.0\.[0-9a-z]+\.M[0-9a-z]+$")
 
 
 def without_message(test, frame: dict[str, Any]) -> dict[str, Any]:
@@ -180,6 +181,38 @@ class SessionTests(WebSocketTestCase):
         self.assertDelivered(c, [(msg_id, {"group": "lobby"}, "after")])
 
     @run
+    async def test_lone_surrogates_are_answered_and_the_session_keeps_working(self):
+        # The JSON escape "\ud800" decodes to a str that has no UTF-8 form.
+        c = await self.client(user="alice", groups=("lobby",))
+        with self.assertRaises(ServerError) as caught:
+            await c.request("join", group="\ud800")
+        self.assertEqual(caught.exception.frame, {
+            "op": "error", "ref": 3, "code": "bad_request",
+            "message": "'group' must be valid Unicode (it holds a lone surrogate)"})
+        cases = [
+            (rb'{"op": "leave", "group": "g\udfff", "ref": 1}',
+             {"op": "error", "code": "bad_request", "ref": 1}),
+            (rb'{"op": "auth", "user": "\ud800", "ref": 2}',
+             {"op": "error", "code": "bad_request", "ref": 2}),
+            (rb'{"op": "send", "to": {"group": ["lobby", "\ud800"]}, "data": 1, "ref": 3}',
+             {"op": "error", "code": "bad_request", "ref": 3}),
+            (rb'{"op": "\ud800", "ref": 4}', {"op": "error", "code": "unknown_op", "ref": 4}),
+            (rb'{"op": "dance", "ref": "\ud800"}',
+             {"op": "error", "code": "unknown_op", "ref": "\ud800"}),
+            (rb'{"op": "ping", "ref": "\udfff"}', {"op": "pong", "ref": "\udfff"}),
+        ]
+        for payload, expected in cases:
+            self.assertEqual(await self.exchange(c, payload), [expected], payload)
+        self.assertEqual([f["message"] for f in c.frames if f.get("code") == "unknown_op"],
+                         ["unknown op '\ud800'", "unknown op 'dance'"])
+        self.assertEqual(c.close_code, None)
+        self.assertEqual(self.engine.registry.get(c.session).groups, {"lobby"})
+        self.assertEqual(self.engine.registry.get(c.session).user, "alice")
+        msg_id = await self.push({"group": "lobby"}, "after")
+        await c.barrier()
+        self.assertDelivered(c, [(msg_id, {"group": "lobby"}, "after")])
+
+    @run
     async def test_binary_frame_is_a_bad_request(self):
         c = await self.client(user="alice", groups=("lobby",))
         frames = await self.exchange(c, b'{"op":"ping"}', is_binary=True)
@@ -256,6 +289,17 @@ class DeliveryTests(WebSocketTestCase):
         await self.settle(c, other)
         self.assertDelivered(c, [(msg_id, {"session": c.session}, {"n": 1})])
         self.assertDelivered(other, [])
+
+    @run
+    async def test_data_with_a_lone_surrogate_is_delivered(self):
+        # It goes out escaped ("\\ud800"), which is the same JSON.
+        c = await self.client(user="u", groups=("g",))
+        data = {"text": "a\ud800b", "caf\u00e9": ["\udfff"]}
+        msg_id = await self.push({"user": "u"}, data)
+        ok = await c.request("send", to={"group": "g"}, data="\ud800")
+        await c.barrier()
+        self.assertDelivered(c, [(msg_id, {"user": "u"}, data),
+                                 (ok["id"], {"group": "g"}, "\ud800")])
 
     @run
     async def test_to_unknown_session_reaches_nobody(self):
@@ -350,7 +394,8 @@ class DeliveryTests(WebSocketTestCase):
         ids = [msg_id for msg_id, _, _ in sent]
         self.assertEqual(len(set(ids)), 5)
         for msg_id in ids:
-            self.assertRegex(msg_id, SESSION_ID)
+            self.assertRegex(msg_id, MESSAGE_ID)
+        self.assertNotIn(c.session, ids)
 
 
 class ClientSendTests(WebSocketTestCase):
