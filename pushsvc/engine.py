@@ -200,9 +200,13 @@ class Engine:
         self.reply(session, self.welcome(session))
         self._ok(session, request)
 
+    def _may_join(self, session: Session, group: str) -> bool:
+        """False when joining ``group`` would pass max_groups_per_session."""
+        return (group in session.groups
+                or len(session.groups) < self.settings.max_groups_per_session)
+
     def _join(self, session: Session, request: Request) -> None:
-        if (request.group not in session.groups
-                and len(session.groups) >= self.settings.max_groups_per_session):
+        if not self._may_join(session, request.group):
             raise ProtocolError(TOO_MANY_GROUPS, "a session may be in at most "
                                 f"{self.settings.max_groups_per_session} groups")
         self.registry.join(session, request.group)
@@ -284,7 +288,7 @@ class Engine:
         for session in self._targets(**target):
             if group in session.groups:
                 continue
-            if len(session.groups) >= self.settings.max_groups_per_session:
+            if not self._may_join(session, group):
                 refused += 1
                 continue
             self.registry.join(session, group)

@@ -21,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from .broker.interface import Command
 from .commands import make_command, merge
 from .protocol import (BAD_REQUEST, FORBIDDEN, NOT_FOUND, TOO_LARGE, UNAUTHORIZED,
-                       ProtocolError, decode_json, parse_address)
+                       ProtocolError, decode_json, parse_push)
 
 _log = Logger()
 
@@ -65,15 +65,6 @@ def json_body(request: LimitedRequest, limit: int) -> Any:
     if request.too_large or len(body) > limit:
         raise ProtocolError(TOO_LARGE, f"the body is larger than {limit} bytes")
     return decode_json(body)
-
-
-def push_args(body: Any, max_targets: int, where: str = "the body") -> tuple[Any, Any]:
-    """Check one push ``{"to": ADDRESS, "data": ANY}``: its (address, data)."""
-    if not isinstance(body, dict):
-        raise ProtocolError(BAD_REQUEST, f"{where} must be a JSON object")
-    if "data" not in body:
-        raise ProtocolError(BAD_REQUEST, f"{where} needs 'data'")
-    return parse_address(body.get("to"), max_targets), body["data"]
 
 
 def respond(request, status: int, body: Any) -> None:
@@ -154,7 +145,7 @@ class Push(JsonResource):
     def POST(self, request):
         settings = self.api.settings
         body = json_body(request, settings.max_message_bytes)
-        to, data = push_args(body, settings.max_targets)
+        to, data = parse_push(body, settings.max_targets)
         d = self.api.engine.publish(to, data)
         return d.addCallback(lambda msg_id: (202, {"id": msg_id}))
 
@@ -177,7 +168,7 @@ class Batch(JsonResource):
         for i, item in enumerate(items):
             where = f"messages[{i}]"
             try:
-                messages.append(engine.message(*push_args(item, settings.max_targets, where)))
+                messages.append(engine.message(*parse_push(item, settings.max_targets, where)))
             except ProtocolError as e:
                 raise ProtocolError(e.code, e.message if e.message.startswith(where)
                                     else f"{where}: {e.message}")

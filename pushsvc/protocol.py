@@ -166,6 +166,16 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def parse_push(body: Any, max_targets: int, where: str = "the body") -> tuple[Address, Any]:
+    """Check one message ``{"to": ADDRESS, "data": ANY}`` (a client's ``send``,
+    an HTTP push): its (address, data).  ``where`` names it in errors."""
+    if not isinstance(body, dict):
+        raise ProtocolError(BAD_REQUEST, f"{where} must be a JSON object")
+    if "data" not in body:
+        raise ProtocolError(BAD_REQUEST, f"{where} needs 'data'")
+    return parse_address(body.get("to"), max_targets), body["data"]
+
+
 def decode_json(text: str | bytes) -> Any:
     """``json.loads`` with every way it can fail turned into ProtocolError.
 
@@ -212,10 +222,8 @@ def parse_request(text: str | bytes, max_targets: int = 100) -> Request:
                 return Request(op, ref, token=frame["token"])
             return Request(op, ref, user=name(frame.get("user"), "user"))
         if op == "send":
-            if "data" not in frame:
-                raise ProtocolError(BAD_REQUEST, "'send' needs 'data'")
-            return Request(op, ref, to=parse_address(frame.get("to"), max_targets),
-                           data=frame["data"])
+            to, data = parse_push(frame, max_targets, "'send'")
+            return Request(op, ref, to=to, data=data)
         raise ProtocolError(UNKNOWN_OP, f"unknown op '{op[:MAX_NAME]}'")
     except ProtocolError as e:
         e.ref = ref

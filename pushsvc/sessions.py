@@ -19,7 +19,7 @@ ALL = "all"
 class Session:
     """One connected client: its id, user, groups and tags, and its connection."""
 
-    __slots__ = ("id", "user", "groups", "tags", "conn", "gate", "__weakref__")
+    __slots__ = ("id", "user", "groups", "tags", "conn", "gate")
 
     def __init__(self, session_id: str, conn: Any = None):
         self.id = session_id

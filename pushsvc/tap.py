@@ -6,13 +6,10 @@ import os
 import sys
 
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
 from twisted.python import usage
 
 from .config import SPECS, ConfigError, Settings, build_settings
 from .signals import stop_on_signals
-
-_log = Logger()
 
 
 class Options(usage.Options):

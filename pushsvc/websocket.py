@@ -28,7 +28,7 @@ from zope.interface import implementer
 
 from .engine import IConnection, Overloaded
 from .protocol import (BAD_REQUEST, CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN, ProtocolError,
-                       encode, error_frame)
+                       error_frame)
 
 _log = Logger()
 
@@ -132,9 +132,8 @@ class PushServerProtocol(WebSocketServerProtocol):
         except Exception:
             _log.failure("error serving a frame from session {session} (user {user})",
                          session=self.session.id, user=self.session.user)
-            engine.reply(self.session, encode({
-                "op": "error", "code": "internal",
-                "message": "internal error; the request was not done"}))
+            engine.reply(self.session, error_frame(ProtocolError(
+                "internal", "internal error; the request was not done")))
 
     def onClose(self, wasClean, code, reason):
         self._leave_engine()

@@ -185,7 +185,6 @@ class WorkerProcess(ProcessProtocol):
         self.pool = pool
         self.index = index
         self.amp = HubProtocol(pool, index)
-        self.owner: str | None = None
         self.started = pool.clock.seconds()
         self.ended: Deferred = Deferred()
         self.last_lines: deque[str] = deque(maxlen=8)
@@ -276,7 +275,6 @@ class Pool(Service):
 
     def worker_ready(self, index: int, owner: str) -> None:
         worker = self.workers[index]
-        worker.owner = owner
         self.ready.add(index)
         _log.info("worker {index} ready (pid {pid}, {owner})", index=index,
                   pid=worker.pid, owner=owner)
