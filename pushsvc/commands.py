@@ -15,7 +15,7 @@ from .broker.interface import Command
 from .protocol import BAD_REQUEST, ProtocolError, name, valid_unicode
 
 # command -> (required name arguments, whether it takes a user-or-session
-# target, optional text arguments)
+# target, optional arguments: a reason is text, anything else a name)
 COMMANDS: dict[str, tuple[tuple[str, ...], bool, tuple[str, ...]]] = {
     "join": (("group",), True, ()),
     "leave": (("group",), True, ()),
@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], bool, tuple[str, ...]]] = {
     "user": (("user",), False, ()),
     "groups": ((), False, ()),
     "stats": ((), False, ()),
+    "sessions": ((), False, ("user",)),
 }
 MAX_REASON = 120  # a close reason must fit a close frame (123 bytes)
 
@@ -43,7 +44,9 @@ def make_command(command: str, body: Any) -> Command:
     needed, targeted, optional = COMMANDS[command]
     args = {key: name(body.get(key), key) for key in needed}
     for key in optional:
-        if key in body:
+        if key in body and key != "reason":
+            args[key] = name(body[key], key)
+        elif key in body:
             if (not isinstance(body[key], str) or not valid_unicode(body[key])
                     or len(body[key].encode()) > MAX_REASON):
                 raise ProtocolError(BAD_REQUEST, f"'{key}' must be a string of at most "

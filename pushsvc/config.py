@@ -32,6 +32,12 @@ class ConfigError(Exception):
 DEFAULT_BACKLOG = 1024
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+LOOPBACK_RE = re.compile(r":interface=(127\.\d+\.\d+\.\d+|\\:\\:1|localhost)(:|$)")
+
+# The admin console's socket: in the run directory, for this user only; the
+# lock file makes a second server refuse to start on a live one.
+DEFAULT_ADMIN = "unix:pushsvc-admin.sock:mode=600:lockfile=1"
 
 
 def _int(low: int, high: int | None = None) -> Callable[[Any], int]:
@@ -91,6 +97,31 @@ def _strings(value: Any) -> list[str]:
     return list(value)
 
 
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {value!r}")
+    return value
+
+
+def _app(value: Any) -> str:
+    value = _text(value)
+    if value and not (value.endswith(".py") or MODULE_RE.match(value)):
+        raise ValueError(f"must be a dotted module name or a .py file, got {value!r}")
+    return value
+
+
+def _admin_endpoint(value: Any) -> str:
+    """An endpoint string, or '' for no admin console; TCP only on loopback."""
+    value = _text(value)
+    kind = value.split(":", 1)[0]
+    if value and kind not in ("unix", "tcp", "tcp6"):
+        raise ValueError(f"must be a unix: or tcp: endpoint, got {value!r}")
+    if kind in ("tcp", "tcp6") and not LOOPBACK_RE.search(value):
+        raise ValueError("a tcp: admin endpoint must set interface=127.0.0.1 "
+                         "(or ::1): the console is for this machine only")
+    return value
+
+
 def _node(value: Any) -> str:
     if value == "":
         return default_node_name()
@@ -130,6 +161,13 @@ SPECS: tuple[Spec, ...] = (
          "worker processes: 'auto' = one per CPU, 0 = one process", flag="workers"),
     Spec("server", "node", "", _node,
          "this machine's name in session ids (default: host name)", flag="node"),
+    Spec("server", "app", "", _app,
+         "application module with hooks: a dotted module name or a .py file; "
+         "'' = none", flag="app"),
+    Spec("server", "admin", DEFAULT_ADMIN, _admin_endpoint,
+         "endpoint of the admin console (pushsvc-admin); '' = none", flag="admin"),
+    Spec("server", "admin_secret", "", _text,
+         "secret the admin console must give; required for a tcp: admin endpoint"),
     Spec("limits", "max_message_bytes", 65536, _int(64, 16 * 1024 * 1024),
          "largest WebSocket message or HTTP body accepted, in bytes"),
     Spec("limits", "max_connections", 10000, _int(1),
@@ -143,6 +181,9 @@ SPECS: tuple[Spec, ...] = (
          "names in one address (e.g. a list of groups)"),
     Spec("limits", "max_batch_messages", 1000, _int(1),
          "messages in one POST /api/batch"),
+    Spec("limits", "max_worker_backlog", 64 * 1024 * 1024, _int(64 * 1024),
+         "bytes the master may hold for one worker that does not read its pipe; "
+         "past it the worker is restarted"),
     Spec("limits", "max_batch_bytes", 1024 * 1024, _int(1024, 256 * 1024 * 1024),
          "largest POST /api/batch body, in bytes"),
     Spec("timeouts", "ping_interval", 25.0, _seconds(0.1),
@@ -169,12 +210,16 @@ class Settings:
     listen: list[str] = field(default_factory=list)
     workers: int | None = None
     node: str = "node"
+    app: str = ""
+    admin: str = DEFAULT_ADMIN
+    admin_secret: str = ""
     max_message_bytes: int = 65536
     max_connections: int = 10000
     max_groups_per_session: int = 100
     max_buffered_bytes: int = 4 * 1024 * 1024
     max_targets: int = 100
     max_batch_messages: int = 1000
+    max_worker_backlog: int = 64 * 1024 * 1024
     max_batch_bytes: int = 1024 * 1024
     ping_interval: float = 25.0
     ping_timeout: float = 60.0
@@ -238,6 +283,9 @@ def build_settings(config_path: str | None = None,
             values[spec.key] = spec.check(raw)
         except ValueError as e:
             raise ConfigError(name, str(e))
+    if values["admin"].startswith("tcp") and not values["admin_secret"]:
+        raise ConfigError("server.admin_secret",
+                          "must be set when the admin endpoint is tcp:")
     if values["ping_timeout"] < values["ping_interval"]:
         raise ConfigError("timeouts.ping_timeout",
                           "must be at least timeouts.ping_interval")

@@ -23,7 +23,7 @@ from .broker.interface import Command, IReceiver, Message
 from .ids import IdMaker
 from .protocol import (CLOSE_KICKED, CLOSE_POLICY, FORBIDDEN, TOO_MANY_GROUPS, UNAUTHORIZED, Address,
                        ProtocolError, Request, encode, error_frame, message_frame,
-                       parse_request, reply_frame)
+                       parse_push, parse_request, reply_frame)
 from .routing import (channels, check_client_send, recipients, session_channels,
                       worker_channel)
 from .sessions import Session, SessionRegistry
@@ -48,6 +48,9 @@ class IConnection(Interface):
 
 
 # What the engine counts (``stats`` shows them, all from zero).
+# How many sessions one engine lists at most for ``sessions``.
+SESSIONS_SHOWN = 1000
+
 COUNTERS = ("published", "delivered", "sent_by_clients", "dropped_slow", "refused_full")
 
 
@@ -323,6 +326,19 @@ class Engine:
 
     def _cmd_user(self, user: str) -> dict[str, Any]:
         return {"sessions": [s.describe() for s in self.registry.user_sessions(user)]}
+
+    def _cmd_sessions(self, user: str | None = None, limit: int = SESSIONS_SHOWN
+                      ) -> dict[str, Any]:
+        """Up to ``limit`` sessions (of ``user``, or of everyone) and how many there are."""
+        found = (self.registry.user_sessions(user) if user is not None
+                 else self.registry.sessions.values())
+        return {"sessions": [s.describe() for s, _ in zip(found, range(limit))],
+                "total": len(found)}
+
+    def _cmd_publish(self, to: Any, data: Any) -> Deferred:
+        """Publish one message from here (the console's ``push``): ``{"id": ...}``."""
+        address, data = parse_push({"to": to, "data": data}, self.settings.max_targets)
+        return self.publish(address, data).addCallback(lambda msg_id: {"id": msg_id})
 
     def _cmd_groups(self) -> dict[str, Any]:
         return {"groups": {g: len(m) for g, m in self.registry.groups.members.items()}}
