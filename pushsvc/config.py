@@ -14,7 +14,7 @@ import os
 import re
 import socket
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 
@@ -203,6 +203,10 @@ SPECS: tuple[Spec, ...] = (
          "address, or 'none'"),
 )
 
+# Settings a reload leaves as they are: only a restart of the server applies them.
+RESTART_ONLY = ("port", "listen", "workers", "node", "admin", "admin_secret")
+
+
 @dataclass(frozen=True)
 class Settings:
     """The validated settings of one pushsvc process."""
@@ -228,6 +232,20 @@ class Settings:
     api_keys: list[str] = field(default_factory=list)
     client_send: str = "joined"
     config_path: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)  # the command line's, by key
+
+    def reread(self) -> "Settings":
+        """The settings the config file holds now, with the same command line
+        (a reload); raises ConfigError like start-up."""
+        return build_settings(self.config_path, self.overrides)
+
+    def reloaded(self, new: "Settings") -> "Settings":
+        """``new``, but with this one's RESTART_ONLY settings (a reload keeps them)."""
+        return replace(new, **{key: getattr(self, key) for key in RESTART_ONLY})
+
+    def needs_restart(self, new: "Settings") -> list[str]:
+        """The RESTART_ONLY settings that ``new`` changes."""
+        return [key for key in RESTART_ONLY if getattr(self, key) != getattr(new, key)]
 
     def to_json(self) -> dict[str, Any]:
         """The settings as JSON values (how the master hands them to workers)."""
@@ -290,4 +308,5 @@ def build_settings(config_path: str | None = None,
         raise ConfigError("timeouts.ping_timeout",
                           "must be at least timeouts.ping_interval")
     return Settings(config_path=os.path.abspath(config_path) if config_path else None,
+                    overrides={k: v for k, v in overrides.items() if v is not None},
                     **values)

@@ -91,6 +91,11 @@ class Engine:
         if self._keepalive.running:
             self._keepalive.stop()
 
+    def configure(self, settings) -> None:
+        """Use ``settings`` from now on (a reload): limits, policy, timeouts."""
+        self.settings = settings
+        self._keepalive.interval = settings.ping_interval
+
     def _interest(self, channel: str, wanted: bool) -> None:
         if not wanted:
             self.broker.unsubscribe(channel)

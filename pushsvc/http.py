@@ -236,6 +236,10 @@ class HttpApi:
 
     def __init__(self, engine, settings):
         self.engine = engine
+        self.configure(settings)
+
+    def configure(self, settings) -> None:
+        """Use ``settings`` from now on (a reload)."""
         self.settings = settings
         self._keys = [k.encode("utf-8") for k in settings.api_keys]
 
@@ -271,14 +275,26 @@ class _Folder(Resource):
         return self.not_found.render(request)
 
 
-class _QuietSite(Site):
-    """No access log line per request: a push API serves thousands a second."""
+class PushSite(Site):
+    """The site of ``/ws``, the HTTP API and ``/healthz``.
+
+    It logs no access line per request: a push API serves thousands a second.
+    """
+
+    api: HttpApi
 
     def log(self, request):
         pass
 
+    def configure(self, settings) -> None:
+        """Use ``settings`` from now on (a reload); timeouts apply to new connections."""
+        self.api.configure(settings)
+        self.requestFactory.max_body = max(settings.max_message_bytes,
+                                           settings.max_batch_bytes)
+        self.timeOut = settings.handshake_timeout
 
-def build_site(engine, ws_factory, settings, reactor=None) -> Site:
+
+def build_site(engine, ws_factory, settings, reactor=None) -> PushSite:
     """The twisted.web site serving ``/ws``, the HTTP API and ``/healthz``."""
     api = HttpApi(engine, settings)
     not_found = NotFound(api)
@@ -297,13 +313,11 @@ def build_site(engine, ws_factory, settings, reactor=None) -> Site:
         }),
     })
 
-    class _Request(LimitedRequest):
-        max_body = max(settings.max_message_bytes, settings.max_batch_bytes)
-
     # Bodies are JSON whatever their Content-Type: never parse them as a form.
-    site = _QuietSite(root, timeout=settings.handshake_timeout, reactor=reactor,
-                      parsePOSTFormSubmission=False)
-    site.requestFactory = _Request
+    site = PushSite(root, reactor=reactor, parsePOSTFormSubmission=False)
+    site.api = api
+    site.requestFactory = type("Request", (LimitedRequest,), {})  # its own max_body
     site.displayTracebacks = False
     site.noisy = False
+    site.configure(settings)
     return site

@@ -8,6 +8,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from .broker.local import LocalBroker
@@ -94,6 +95,34 @@ class PushServer(MultiService):
         self.ws_factory = PushServerFactory(self.engine, settings, reactor)
         self.site = build_site(self.engine, self.ws_factory, settings, reactor=clock)
         EngineService(self.engine, self.ws_factory).setServiceParent(self)
+
+    def reload(self, settings) -> str | None:
+        """Use ``settings`` and a freshly loaded application module, keeping
+        every connection; None, or why nothing changed (the module did not load).
+
+        Settings that only a restart can change (the listeners, the workers,
+        the node name, the admin endpoint) are kept as they are.
+        """
+        from .app import AppError, load_app  # TEMP until app.py lands
+        try:
+            app = load_app(settings.app)
+        except AppError as e:
+            return str(e)
+        settings = self.settings.reloaded(settings)
+        self.settings = settings
+        self.engine.configure(settings)
+        self.ws_factory.configure(settings)
+        self.site.configure(settings)
+        self.engine.set_app(app)
+        return None
+
+    def retire(self, code: int, reason: str) -> Deferred:
+        """Stop accepting, then close every client with ``code``; fires when
+        all are gone (a rolling restart's old worker)."""
+        stops = [service.stopService() for service in self
+                 if isinstance(service, ListenerService) and service.running]
+        d = DeferredList([s for s in stops if isinstance(s, Deferred)])
+        return d.addCallback(lambda _: self.ws_factory.close_all(code, reason))
 
     def listen(self, reactor, description: str) -> ListenerService:
         """Add a listener on a Twisted endpoint string; it starts with the service."""

@@ -267,18 +267,14 @@ class PushServerFactory(WebSocketServerFactory):
     def __init__(self, engine, settings, reactor):
         super().__init__()
         self.engine = engine
-        self.settings = settings
         self.reactor = reactor
         self.connections: set[PushServerProtocol] = set()
         self._close_waiters: dict[PushServerProtocol, list[Deferred]] = {}
         self._unflushed: list[PushServerProtocol] = []
         self.setProtocolOptions(
-            maxFramePayloadSize=settings.max_message_bytes,
-            maxMessagePayloadSize=settings.max_message_bytes,
             # twisted.web has read the whole request before the protocol
             # exists, and its own timeout (handshake_timeout) covers the wait.
             openHandshakeTimeout=0,
-            closeHandshakeTimeout=settings.close_timeout,
             autoPingInterval=0,
             echoCloseCodeReason=True,
             # No HTML status page on a plain GET /ws (it also offers ?redirect=).
@@ -287,11 +283,19 @@ class PushServerFactory(WebSocketServerFactory):
             # oversized frame would end in 1006; send the close code (1009) instead.
             failByDrop=False,
         )
-
         # Autobahn copies every option into each connection unless its class
         # has it: a subclass carrying them saves that memory per connection.
-        self.protocol = type("PushServerProtocol", (PushServerProtocol,), {
-            name: getattr(self, name) for name in PushServerProtocol.CONFIG_ATTRS})
+        self.protocol = type("PushServerProtocol", (PushServerProtocol,), {})
+        self.configure(settings)
+
+    def configure(self, settings) -> None:
+        """Use ``settings`` from now on, for open connections too (a reload)."""
+        self.settings = settings
+        self.setProtocolOptions(maxFramePayloadSize=settings.max_message_bytes,
+                                maxMessagePayloadSize=settings.max_message_bytes,
+                                closeHandshakeTimeout=settings.close_timeout)
+        for name in PushServerProtocol.CONFIG_ATTRS:
+            setattr(self.protocol, name, getattr(self, name))
 
     def flush_soon(self, conn: PushServerProtocol) -> None:
         """Have ``conn.flush()`` run at the end of this reactor turn."""

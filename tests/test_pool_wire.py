@@ -214,6 +214,7 @@ class FakeWorker:
     def __init__(self, index: int):
         self.index = index
         self.amp = FakeAmp()
+        self.ready = True
 
 
 class HubBatchTests(unittest.TestCase):
@@ -222,10 +223,10 @@ class HubBatchTests(unittest.TestCase):
         self.pool = Pool(settings(), None, 3, None, clock=self.clock)
         for index in range(3):
             self.pool.workers[index] = FakeWorker(index)
-            self.pool.ready.add(index)
-        self.pool.table.subscribe(0, ["all"])
-        self.pool.table.subscribe(1, ["all", "user:u1"])
-        self.pool.table.subscribe(2, ["all", "user:u2"])
+            self.pool.live.add(self.pool.workers[index])
+        self.pool.table.subscribe(self.pool.workers[0], ["all"])
+        self.pool.table.subscribe(self.pool.workers[1], ["all", "user:u1"])
+        self.pool.table.subscribe(self.pool.workers[2], ["all", "user:u2"])
 
     def received(self, index: int):
         return self.pool.workers[index].amp.sent()
@@ -233,8 +234,8 @@ class HubBatchTests(unittest.TestCase):
     def test_one_deliver_batch_per_worker_and_turn(self):
         batch = pack([(["user:u1"], "a", b"A", b"fa"), (["all"], "b", b"B", b"fb"),
                       (["user:u2", "user:u1"], "c", b"C", b"fc"), (["user:u0"], "d", b"D", b"fd")])
-        self.pool.forward(0, batch)
-        self.pool.forward(1, pack([(["all"], "e", b"E", b"fe")]))
+        self.pool.forward(self.pool.workers[0], batch)
+        self.pool.forward(self.pool.workers[1], pack([(["all"], "e", b"E", b"fe")]))
         self.assertEqual([self.received(i) for i in range(3)], [[], [], []])
         self.clock.advance(0)
         self.assertEqual(self.received(0), [(DeliverBatch, [("e", b"E", b"fe")])])
@@ -244,14 +245,15 @@ class HubBatchTests(unittest.TestCase):
             ("b", b"B", b"fb"), ("c", b"C", b"fc"), ("e", b"E", b"fe")])])
 
     def test_a_command_does_not_overtake_queued_messages(self):
-        self.pool.forward(0, pack([(["user:u1"], "a", b"A", b"fa")]))
+        self.pool.forward(self.pool.workers[0], pack([(["user:u1"], "a", b"A", b"fa")]))
         self.pool.run_command("stats", {})
         self.assertEqual([command for command, _ in self.received(1)], [DeliverBatch, Perform])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_a_worker_that_ended_meanwhile_gets_nothing(self):
-        self.pool.forward(0, pack([(["all"], "a", b"A", b"fa")]))
+        self.pool.forward(self.pool.workers[0], pack([(["all"], "a", b"A", b"fa")]))
         gone = self.pool.workers[1]
+        self.pool.live.discard(gone)  # it ended
         self.pool.workers[1] = FakeWorker(1)  # its replacement
         self.clock.advance(0)
         self.assertEqual((gone.amp.calls, self.received(1)), ([], []))

@@ -22,8 +22,8 @@ from twisted.protocols import amp
 from zope.interface import implementer
 
 from ..pool.wire import (DeliverBatch, Outbox, Perform, PublishBatch, RunCommand, Subscribe,
-                         Unsubscribe, pack_publish, unpack_messages)
-from ..protocol import parse_address
+                         Unsubscribe, pack_publish, refused, unpack_messages)
+from ..protocol import ProtocolError, parse_address
 from .interface import Command, IBroker, Message
 
 _log = Logger()
@@ -56,12 +56,19 @@ class WorkerProtocol(amp.AMP):
     @Perform.responder
     def perform(self, name, args):
         d = maybeDeferred(self.broker.receiver.perform, Command(name, args))
-        return d.addCallback(lambda result: {"result": result})
+        return d.addCallbacks(lambda result: {"result": result}, _refuse)
 
     def connectionLost(self, reason):
         super().connectionLost(reason)
         if self.on_lost is not None and not self.broker.closed:
             self.on_lost(reason)
+
+
+def _refuse(failure):
+    """A ProtocolError goes back to the hub as Refused (AMP carries only the
+    errors a command declares)."""
+    failure.trap(ProtocolError)
+    raise refused(failure.value)
 
 
 @implementer(IBroker)

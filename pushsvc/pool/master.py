@@ -20,18 +20,25 @@ import sys
 from collections import deque
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.endpoints import SSL4ServerEndpoint, _TCPServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError, ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.tcp import makeBinding
 from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from ..config import ConfigError
+from ..control import IControl
+from ..protocol import CLOSE_RESTART
 from ..server import LISTEN_ERRORS, exit_cannot_listen
 from .hub import SubscriptionTable
-from .wire import (DeliverBatch, Hello, Outbox, Perform, PublishBatch, RunCommand,
-                   Subscribe, Unsubscribe, unpack_publishes)
+from .wire import (DeliverBatch, Hello, Outbox, Perform, PublishBatch, Refused, Reload,
+                   Retire, RunCommand, Subscribe, Unsubscribe, protocol_error,
+                   unpack_publishes)
 from .worker import AMP_IN, AMP_OUT, ENV, FIRST_SOCKET, describe
 
 _log = Logger()
@@ -39,6 +46,8 @@ _log = Logger()
 QUICK_EXIT = 5.0        # a worker that dies sooner than this counts as crashing at start
 MAX_BACKOFF = 30.0      # the longest wait before restarting a crashing worker
 STOP_GRACE = 5.0        # seconds a worker gets beyond close_timeout to exit at shutdown
+COMMAND_TIMEOUT = 10.0  # seconds a worker has to answer a command
+START_TIMEOUT = 30.0    # seconds a rolling restart waits for a new worker to accept
 _LOG_LINE = re.compile(r"^(?P<level>debug|info|warn|error|critical) (?P<namespace>\S+) "
                        r"(?P<text>.*)$", re.S)
 
@@ -118,33 +127,34 @@ class ListeningSockets(Service):
 class HubProtocol(amp.AMP):
     """The master's end of one worker's AMP pipe."""
 
-    def __init__(self, pool: "Pool", index: int):
+    def __init__(self, pool: "Pool", worker: "WorkerProcess"):
         super().__init__()
         self.pool = pool
-        self.index = index
+        self.worker = worker
 
     @Hello.responder
     def hello(self, index, owner):
-        self.pool.worker_ready(self.index, owner)
+        self.pool.worker_ready(self.worker, owner)
         return {}
 
     @Subscribe.responder
     def subscribe(self, channels):
-        self.pool.table.subscribe(self.index, channels)
+        self.pool.table.subscribe(self.worker, channels)
         return {}
 
     @Unsubscribe.responder
     def unsubscribe(self, channels):
-        self.pool.table.unsubscribe(self.index, channels)
+        self.pool.table.unsubscribe(self.worker, channels)
         return {}
 
     @PublishBatch.responder
     def publish(self, batch):
         # An exception out of a responder would make AMP drop this worker's pipe.
         try:
-            self.pool.forward(self.index, batch)
+            self.pool.forward(self.worker, batch)
         except ValueError:
-            _log.failure("worker {index} sent a malformed PublishBatch", index=self.index)
+            _log.failure("worker {index} sent a malformed PublishBatch",
+                         index=self.worker.index)
         return {}
 
     @RunCommand.responder
@@ -153,15 +163,52 @@ class HubProtocol(amp.AMP):
             lambda results: {"results": results})
 
 
+@implementer(IPushProducer)
+class Backlog:
+    """What the master holds for one worker that is not reading its pipe.
+
+    The pipe's writer pauses this producer when its own buffer is full (the
+    kernel's pipe buffer is full too by then) and resumes it once it has
+    drained; ``write`` counts the bytes written while paused and says False
+    once they pass ``limit``.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.paused = False
+        self.held = 0
+
+    def pauseProducing(self):
+        self.paused = True
+
+    def resumeProducing(self):
+        self.paused = False
+        self.held = 0
+
+    def stopProducing(self):
+        pass
+
+    def write(self, size: int) -> bool:
+        if self.paused:
+            self.held += size
+        return self.held <= self.limit
+
+
 class _PipeTransport:
     """What a HubProtocol writes to: the worker's descriptor 3."""
 
-    def __init__(self, process_transport):
-        self.process = process_transport
+    def __init__(self, worker: "WorkerProcess"):
+        self.worker = worker
 
     def write(self, data):
+        worker = self.worker
+        if worker.overflowed:
+            return
+        if not worker.backlog.write(len(data)):
+            worker.overflow()
+            return
         try:
-            self.process.writeToChild(AMP_IN, data)
+            worker.transport.writeToChild(AMP_IN, data)
         except KeyError:  # the pipe is gone; processEnded follows
             pass
 
@@ -169,7 +216,7 @@ class _PipeTransport:
         self.write(b"".join(seq))
 
     def loseConnection(self):
-        self.process.closeChildFD(AMP_IN)
+        self.worker.transport.closeChildFD(AMP_IN)
 
     def getPeer(self):
         return ("worker",)
@@ -179,22 +226,59 @@ class _PipeTransport:
 
 
 class WorkerProcess(ProcessProtocol):
-    """One worker as the master sees it: process, AMP connection, log lines."""
+    """One worker as the master sees it: process, AMP connection, log lines.
+
+    ``index`` is its slot (which sockets it gets, the WORKER of its session
+    ids); during a rolling restart two workers share a slot for a moment.
+    """
 
     def __init__(self, pool: "Pool", index: int):
         self.pool = pool
         self.index = index
-        self.amp = HubProtocol(pool, index)
+        self.amp = HubProtocol(pool, self)
+        self.backlog = Backlog(pool.settings.max_worker_backlog)
         self.started = pool.clock.seconds()
         self.ended: Deferred = Deferred()
+        self.ready = False        # it has said Hello: it accepts clients
+        self.retiring = False     # a rolling restart is replacing it
+        self.overflowed = False   # killed for not reading its pipe
+        self.owner: str | None = None
         self.last_lines: deque[str] = deque(maxlen=8)
         self._partial = {1: b"", 2: b""}
+        self._up: list[Deferred] = []
 
     pid: int | None = None  # kept after the process ends (Twisted's transport forgets it)
 
     def connectionMade(self):
         self.pid = self.transport.pid
-        self.amp.makeConnection(_PipeTransport(self.transport))
+        self.transport.pipes[AMP_IN].registerProducer(self.backlog, True)
+        self.amp.makeConnection(_PipeTransport(self))
+
+    def up(self) -> Deferred:
+        """Fires with True once the worker accepts clients, False if it ends first."""
+        if self.ready or self.ended.called:
+            return succeed(self.ready)
+        d = Deferred()
+        self._up.append(d)
+        return d
+
+    def _fire_up(self, result: bool) -> None:
+        waiting, self._up = self._up, []
+        for d in waiting:
+            d.callback(result)
+
+    def hello(self, owner: str) -> None:
+        self.ready, self.owner = True, owner
+        self._fire_up(True)
+
+    def overflow(self) -> None:
+        """The worker holds more than ``max_worker_backlog`` unread: kill it
+        (the pool restarts it, its clients reconnect to the others)."""
+        self.overflowed = True
+        _log.error("worker {index} (pid {pid}) has not read {held} bytes of its pipe "
+                   "(limit: {limit}); killing it", index=self.index, pid=self.pid,
+                   held=self.backlog.held, limit=self.backlog.limit)
+        _signal(self, "KILL")
 
     def childDataReceived(self, fd, data):
         if fd == AMP_OUT:
@@ -224,9 +308,16 @@ class WorkerProcess(ProcessProtocol):
         for fd in (1, 2):
             if self._partial.get(fd):
                 self._relay(self._partial[fd].decode("utf-8", "replace"))
+        self.ready = False
         self.amp.connectionLost(reason)
         self.pool.worker_ended(self, reason)
+        self._fire_up(False)
         self.ended.callback(None)
+
+    def describe(self) -> dict:
+        return {"worker": self.index, "pid": self.pid, "owner": self.owner,
+                "ready": self.ready, "retiring": self.retiring,
+                "uptime": round(self.pool.clock.seconds() - self.started, 1)}
 
 
 class Pool(Service):
@@ -245,13 +336,19 @@ class Pool(Service):
         self.worker_argv = worker_argv or [sys.executable, "-m", "pushsvc.pool.worker"]
         self.count = count
         self.sockets = sockets
-        self.table = SubscriptionTable()
-        self.workers: dict[int, WorkerProcess] = {}
-        self.ready: set[int] = set()
+        self.table = SubscriptionTable()           # channel <-> WorkerProcess
+        self.workers: dict[int, WorkerProcess] = {}  # the current worker of each slot
+        self.live: set[WorkerProcess] = set()      # every running worker, retiring ones too
         self.crashes: dict[int, int] = {}
         self.restarts = 0
         self._stopping = False
+        self._replacing = False
         self.outbox = Outbox(self.clock, self._deliver)  # WorkerProcess -> records
+
+    @property
+    def ready(self) -> set[int]:
+        """The slots whose current worker accepts clients."""
+        return {index for index, worker in self.workers.items() if worker.ready}
 
     # -- spawning ---------------------------------------------------------
 
@@ -269,23 +366,23 @@ class Pool(Service):
             child_fds[FIRST_SOCKET + offset] = fd
         worker = WorkerProcess(self, index)
         self.workers[index] = worker
+        self.live.add(worker)
         self.reactor.spawnProcess(worker, self.worker_argv[0], self.worker_argv,
                                   env=env, childFDs=child_fds)
         return worker
 
-    def worker_ready(self, index: int, owner: str) -> None:
-        worker = self.workers[index]
-        self.ready.add(index)
-        _log.info("worker {index} ready (pid {pid}, {owner})", index=index,
+    def worker_ready(self, worker: WorkerProcess, owner: str) -> None:
+        worker.hello(owner)
+        _log.info("worker {index} ready (pid {pid}, {owner})", index=worker.index,
                   pid=worker.pid, owner=owner)
 
     def worker_ended(self, worker: WorkerProcess, reason) -> None:
         index = worker.index
-        self.table.remove_worker(index)
-        self.ready.discard(index)
+        self.table.remove_worker(worker)
+        self.live.discard(worker)
         if self.workers.get(index) is worker:
             del self.workers[index]
-        if self._stopping:
+        if self._stopping or worker.retiring:
             return
         lived = self.clock.seconds() - worker.started
         self.crashes[index] = self.crashes.get(index, 0) + 1 if lived < QUICK_EXIT else 0
@@ -305,7 +402,7 @@ class Pool(Service):
     def stopService(self):
         super().stopService()
         self._stopping = True
-        workers = list(self.workers.values())
+        workers = list(self.live)
         for worker in workers:
             _signal(worker, "TERM")
         kill = self.clock.callLater(self.settings.close_timeout + STOP_GRACE,
@@ -316,7 +413,7 @@ class Pool(Service):
 
     # -- the hub -------------------------------------------------------------
 
-    def forward(self, origin: int, batch: bytes) -> None:
+    def forward(self, origin: WorkerProcess, batch: bytes) -> None:
         """Queue each message of a worker's PublishBatch for every other worker
         subscribed to one of its channels; each worker gets its messages as one
         DeliverBatch at the end of the turn.
@@ -325,27 +422,108 @@ class Pool(Service):
         each message's record goes on as the bytes it came in.
         """
         for channels, record in unpack_publishes(batch):
-            for index in self.table.targets(channels, origin):
-                worker = self.workers.get(index)
-                if worker is not None:
-                    self.outbox.add(worker, record)
+            for worker in self.table.targets(channels, origin):
+                self.outbox.add(worker, record)
 
     def _deliver(self, worker: WorkerProcess, batch: bytes) -> None:
-        if self.workers.get(worker.index) is worker:  # it has not ended meanwhile
+        if worker in self.live:  # it has not ended meanwhile
             worker.amp.callRemote(DeliverBatch, batch=batch)
 
-    def run_command(self, name: str, args) -> Deferred:
-        """Run a command on every ready worker; the results of those that answered.
-
-        The queued messages go first: a command never overtakes a message
-        published before it.
-        """
-        self.outbox.flush()
-        calls = [self.workers[i].amp.callRemote(Perform, name=name, args=args)
-                 for i in sorted(self.ready)]
+    def ask_all(self, command, **args) -> Deferred:
+        """``command`` to every ready worker (retiring ones too: they still hold
+        sessions), in slot order; the answers of those that gave one within
+        COMMAND_TIMEOUT, each as (worker, answer or Failure)."""
+        self.outbox.flush()  # a command never overtakes a message published before it
+        workers = sorted((w for w in self.live if w.ready), key=lambda w: w.index)
+        calls = [w.amp.callRemote(command, **args).addTimeout(COMMAND_TIMEOUT, self.clock)
+                 for w in workers]
         d = DeferredList(calls, consumeErrors=True)
-        return d.addCallback(
-            lambda answers: [r["result"] for ok, r in answers if ok])
+        return d.addCallback(lambda answers: [(w, answer) for w, (_, answer)
+                                              in zip(workers, answers)])
+
+    def run_command(self, name: str, args) -> Deferred:
+        """Run a command on every ready worker; the results of those that answered."""
+        d = self.ask_all(Perform, name=name, args=args)
+        return d.addCallback(lambda answers: [a["result"] for _, a in answers
+                                              if not isinstance(a, Failure)])
+
+
+    def reload(self, settings) -> Deferred:
+        """Hand ``settings`` to every worker, which applies them and reloads the
+        application module; one ``{"worker", "pid", "ok", "error"}`` each.
+
+        Workers started from now on start with them.
+        """
+        skipped = self.settings.needs_restart(settings)
+        if skipped:
+            _log.warn("reload: {names} changed in the config file; only a restart "
+                      "applies them", names=", ".join(skipped))
+        settings = self.settings = self.settings.reloaded(settings)
+        for worker in self.live:
+            worker.backlog.limit = settings.max_worker_backlog
+        d = self.ask_all(Reload, settings=settings.to_json())
+        return d.addCallback(lambda answers: [
+            {"worker": w.index, "pid": w.pid, "ok": not _error_of(a), "error": _error_of(a)}
+            for w, a in answers])
+
+    async def restart_workers(self) -> dict:
+        """Replace each worker in turn by a new one: the new one accepts on
+        the slot's sockets before the old one stops accepting and closes its
+        clients with 1012 (they reconnect at once and are served).
+
+        A replacement that does not come up leaves the old worker serving and
+        ends the restart with RestartFailed.
+        """
+        if self._replacing:
+            raise RestartFailed("a rolling restart is already running")
+        self._replacing = True
+        replaced = []
+        try:
+            for index in sorted(self.workers):
+                old = self.workers[index]
+                new = self.spawn(index)
+                up = new.up().addTimeout(START_TIMEOUT, self.clock)
+                if not await up.addErrback(lambda _: False):
+                    _signal(new, "KILL")
+                    if old in self.live:
+                        self.workers[index] = old
+                    last = new.last_lines[-1].strip() if new.last_lines else "no output"
+                    raise RestartFailed(f"worker {index}'s replacement did not start "
+                                        f"(last output: {last}); the old one keeps serving"
+                                        f"{_after(replaced)}")
+                await self.retire(old)
+                replaced.append({"worker": index, "old_pid": old.pid, "new_pid": new.pid})
+                _log.info("worker {index} replaced (pid {old} -> {new})", index=index,
+                          old=old.pid, new=new.pid)
+        finally:
+            self._replacing = False
+        return {"replaced": replaced}
+
+    def retire(self, worker: WorkerProcess) -> Deferred:
+        """Have ``worker`` close its clients with 1012 and exit; fires when it has
+        (killed if it takes longer than close_timeout + STOP_GRACE)."""
+        worker.retiring = True
+        worker.amp.callRemote(Retire, code=CLOSE_RESTART,
+                              reason="server restarting, reconnect")
+        kill = self.clock.callLater(self.settings.close_timeout + STOP_GRACE,
+                                    _signal, worker, "KILL")
+        return worker.ended.addBoth(lambda _: kill.active() and kill.cancel())
+
+
+class RestartFailed(Exception):
+    """A rolling restart stopped; the text says where and why."""
+
+
+def _after(replaced: list[dict]) -> str:
+    done = ", ".join(str(r["worker"]) for r in replaced)
+    return f" (replaced before it: worker {done})" if done else ""
+
+
+def _error_of(answer) -> str | None:
+    """The error text of a Reload answer (or of its failure), None if it worked."""
+    if isinstance(answer, Failure):
+        return f"no answer: {answer.getErrorMessage()}"
+    return answer["error"] or None
 
 
 def _signal(worker: WorkerProcess, name: str) -> None:
@@ -362,6 +540,54 @@ def _how_it_ended(reason) -> str:
     return f"exited with status {getattr(value, 'exitCode', '?')}"
 
 
+@implementer(IControl)
+class PoolControl:
+    """The console's view of a pool (``IControl``): the master asks the workers."""
+
+    def __init__(self, pool: Pool):
+        self.pool = pool
+
+    def run(self, name, args):
+        return self.pool.run_command(name, args)
+
+    def push(self, to, data):
+        ready = [w for w in self.pool.workers.values() if w.ready]
+        if not ready:
+            return fail(RuntimeError("no worker is ready"))
+        d = ready[0].amp.callRemote(Perform, name="publish", args={"to": to, "data": data})
+        return d.addCallbacks(lambda answer: answer["result"]["id"], _unrefuse)
+
+    def workers(self):
+        d = self.pool.ask_all(Perform, name="stats", args={})
+        stats = {}
+
+        def listed(answers):
+            for worker, answer in answers:
+                if not isinstance(answer, Failure):
+                    stats[worker] = answer["result"]["sessions"]
+            return [{**w.describe(), "sessions": stats.get(w), "restarts": self.pool.restarts}
+                    for w in sorted(self.pool.live, key=lambda w: (w.index, w.started))]
+        return d.addCallback(listed)
+
+    def reload(self):
+        try:
+            settings = self.pool.settings.reread()
+        except ConfigError as e:
+            return fail(e)
+        return self.pool.reload(settings)
+
+    def restart_workers(self):
+        return ensureDeferred(self.pool.restart_workers())
+
+    def set_log_level(self, level):
+        raise NotImplementedError
+
+
+def _unrefuse(failure):
+    failure.trap(Refused)
+    raise protocol_error(failure.value)
+
+
 class Master(MultiService):
     """The master process of ``--workers N`` (``pool_options``: Pool's ``clock``
     and ``worker_argv``)."""
@@ -372,3 +598,4 @@ class Master(MultiService):
         self.sockets.setServiceParent(self)
         self.pool = Pool(settings, reactor, count, self.sockets, **pool_options)
         self.pool.setServiceParent(self)
+        self.control = PoolControl(self.pool)

@@ -25,6 +25,8 @@ from typing import Iterable, Iterator
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from ..protocol import ProtocolError
+
 CHUNK = amp.MAX_VALUE_LENGTH
 
 _log = Logger()
@@ -211,7 +213,37 @@ class DeliverBatch(amp.Command):
     requiresAnswer = False
 
 
+class Refused(Exception):
+    """A worker refused a command's arguments (a ProtocolError there); the
+    text is ``[code, message]`` as JSON (see ``refused``/``protocol_error``)."""
+
+
+def refused(error) -> Refused:
+    """The Refused to send for a worker's ProtocolError."""
+    return Refused(json.dumps([error.code, error.message]))
+
+
+def protocol_error(error: Refused):
+    """The ProtocolError a Refused came from."""
+    return ProtocolError(*json.loads(str(error)))
+
+
 class Perform(amp.Command):
     """Run a command on this worker's sessions."""
     arguments = [(b"name", amp.Unicode()), (b"args", Json())]
     response = [(b"result", Json())]
+    errors = {Refused: b"REFUSED"}
+
+
+class Reload(amp.Command):
+    """Apply these settings and reload the application module; ``error`` is
+    "" when it worked, else why nothing changed."""
+    arguments = [(b"settings", Json())]
+    response = [(b"error", amp.Unicode())]
+
+
+class Retire(amp.Command):
+    """Stop accepting, close every client with ``code`` and ``reason``, exit
+    (a rolling restart has started this worker's replacement)."""
+    arguments = [(b"code", amp.Integer()), (b"reason", amp.Unicode())]
+    requiresAnswer = False

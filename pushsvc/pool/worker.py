@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 
 from twisted.internet.stdio import StandardIO
@@ -19,7 +20,7 @@ from ..broker.amp import AmpBroker, WorkerProtocol
 from ..config import Settings
 from ..server import PushServer
 from ..signals import stop_on_signals
-from .wire import Hello
+from .wire import Hello, Reload, Retire
 
 ENV = "PUSHSVC_WORKER"
 AMP_IN, AMP_OUT = 3, 4
@@ -44,6 +45,32 @@ def log_to_master(event) -> None:
     sys.stdout.flush()
 
 
+class WorkerEnd(WorkerProtocol):
+    """The worker's end of the AMP pipe: the broker's traffic, and the
+    master's orders for this process (reload, retire)."""
+
+    def __init__(self, broker: AmpBroker, server: PushServer, reactor, on_lost=None):
+        super().__init__(broker, on_lost)
+        self.server = server
+        self.reactor = reactor
+
+    @Reload.responder
+    def reload(self, settings):
+        error = self.server.reload(Settings.from_json(settings))
+        if error:
+            _log.error("reload failed, the old code and settings stay: {error}", error=error)
+        else:
+            _log.info("reloaded the settings and the application")
+        return {"error": error or ""}
+
+    @Retire.responder
+    def retire(self, code, reason):
+        _log.info("retiring: closing {count} clients with {code}",
+                  count=len(self.server.ws_factory.connections), code=code)
+        self.server.retire(code, reason).addBoth(lambda _: self.reactor.stop())
+        return {}
+
+
 def main() -> None:
     spec = json.loads(os.environ.pop(ENV))
     settings = Settings.from_json(spec["settings"])
@@ -60,7 +87,7 @@ def main() -> None:
             _log.warn("the master is gone; worker {index} stops", index=index)
             reactor.stop()
 
-    hub = WorkerProtocol(broker, on_lost=master_gone)
+    hub = WorkerEnd(broker, server, reactor, on_lost=master_gone)
     StandardIO(hub, stdin=AMP_IN, stdout=AMP_OUT, reactor=reactor)
     broker.connect(hub)
     for offset, family in enumerate(spec["families"]):
@@ -70,6 +97,7 @@ def main() -> None:
         lambda f: _log.failure("could not greet the master", f))
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.addSystemEventTrigger("after", "startup", stop_on_signals, reactor)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the master's to order
     reactor.run()
 
 

@@ -1,0 +1,126 @@
+"""Controlling a running pool: a worker that stops reading its pipe, reload,
+rolling restart.  A Master in the test process, real workers, real sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from twisted.internet.defer import ensureDeferred
+from twisted.logger import globalLogPublisher
+
+from pushsvc.client import connect
+from pushsvc.ids import owner
+from tests.helpers import eventually, run
+from tests.test_pool import PoolTestCase
+
+
+class ControlTestCase(PoolTestCase):
+    def setUp(self):
+        self.events: list[dict] = []
+        globalLogPublisher.addObserver(self.events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+
+class BacklogTests(ControlTestCase):
+    @run
+    async def test_worker_that_stops_reading_is_restarted_past_the_cap(self):
+        events = self.events
+        await self.start_pool(2, max_worker_backlog=64 * 1024, client_send="any")
+        clients, by_worker = await self.spread_clients(20, groups=("g",))
+        stopped_owner, kept_owner = sorted(by_worker)
+        index = int(stopped_owner.split(".")[1])
+        stopped = self.pool.workers[index]
+        await eventually(lambda: self.subscribers("group:g") == {0, 1})
+        os.kill(stopped.pid, signal.SIGSTOP)
+        self.addCleanup(lambda: stopped.ended.called or os.kill(stopped.pid, signal.SIGKILL))
+
+        # ~1.2 MB for a worker that reads nothing: past the pipe, the writer's
+        # buffer and the 64 KiB cap.
+        sender, kept = by_worker[kept_owner][0], by_worker[kept_owner]
+        big = "x" * 60_000
+        ids = [(await sender.request("send", to={"group": "g"}, data=[n, big]))["id"]
+               for n in range(20)]
+        await eventually(lambda: self.pool.workers.get(index) not in (None, stopped)
+                         and index in self.pool.ready, what="the stopped worker replaced")
+        self.assertTrue(stopped.overflowed)
+        said = [e for e in events if e.get("held") is not None]
+        self.assertEqual([(e["index"], e["limit"]) for e in said], [(index, 64 * 1024)])
+        self.assertGreater(said[0]["held"], 64 * 1024)
+
+        # Nothing was lost on the worker that kept reading.
+        await eventually(lambda: all(len(c.messages) == 20 for c in kept))
+        for c in kept:
+            self.assertEqual([m["id"] for m in c.messages], ids)
+        for c in by_worker[stopped_owner]:
+            await c.closed
+        self.assertNotIn(stopped, self.pool.live)
+        self.assertEqual(self.subscribers("group:g"), {1 - index})
+
+
+class Reconnecting:
+    """A user's client that reconnects at once whenever the server closes it,
+    and authenticates and joins its groups again."""
+
+    def __init__(self, case: PoolTestCase, user: str, groups: tuple[str, ...]):
+        self.case, self.user, self.groups = case, user, groups
+        self.closes: list[int] = []
+        self.received: list = []   # every message, over every connection
+        self.conn = None
+        self.serving = None        # fires when the current connection is set up
+
+    async def start(self):
+        self.conn = await self.case.client(self.user, self.groups)
+        self.conn.closed.addCallback(self._closed)
+
+    def _closed(self, code_reason):
+        self.received += self.conn.messages
+        self.closes.append(code_reason[0])
+        if code_reason[0] == 1012:
+            self.serving = ensureDeferred(self.start())
+
+    def messages(self) -> list:
+        return self.received + (self.conn.messages if self.conn.close_code is None else [])
+
+
+class RollingRestartTests(ControlTestCase):
+    @run
+    async def test_restart_workers_keeps_accepting_and_serves_who_reconnects(self):
+        await self.start_pool(2)
+        users = [Reconnecting(self, f"u{i}", ("g",)) for i in range(40)]
+        for u in users:
+            await u.start()
+        self.assertEqual({owner(u.conn.session) for u in users}, {"test.0", "test.1"})
+        before = [await self.push({"group": "g"}, f"before {n}") for n in range(3)]
+        old = {index: w.pid for index, w in self.pool.workers.items()}
+
+        # While the workers are replaced, connect again and again: no attempt
+        # may be refused.
+        restarting = ensureDeferred(self.pool.restart_workers())
+        probes = 0
+        while not restarting.called:
+            probe = await connect(self.url)
+            probes += 1
+            probe.dropConnection(abort=True)
+        result = await restarting
+
+        self.assertEqual(sorted((r["worker"], r["old_pid"]) for r in result["replaced"]),
+                         sorted(old.items()))
+        self.assertEqual(self.pool.ready, {0, 1})
+        self.assertTrue(all(w.pid not in old.values() for w in self.pool.live))
+        self.assertGreater(probes, 0)
+        # In each slot the new worker accepted before the old one stopped.
+        order = [(e["index"], "ready" if "owner" in e else "retiring") for e in self.events
+                 if "owner" in e and e["pid"] not in old.values()
+                 or e.get("text", "").startswith("retiring")]
+        self.assertEqual(order, [(0, "ready"), (0, "retiring"), (1, "ready"), (1, "retiring")])
+        for u in users:
+            await u.serving  # every client reconnected at once and was served
+        self.assertTrue(all(u.closes and set(u.closes) == {1012} for u in users),
+                        [u.closes for u in users])
+
+        after = [await self.push({"group": "g"}, f"after {n}") for n in range(3)]
+        await eventually(lambda: all(len(u.conn.messages) == 3 for u in users))
+        for u in users:
+            ids = [m["id"] for m in u.messages()]
+            self.assertEqual(ids, before + after, u.user)
