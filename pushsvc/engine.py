@@ -9,21 +9,23 @@ a connection is any object with the ``IConnection`` methods.
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Any, Callable
+from collections import Counter, deque
+from typing import Any, Callable, NoReturn
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
 from . import commands
+from .app import API, Answer, App, Deliver, Refused, SessionInfo
 from .broker.interface import Command, IReceiver, Message
 from .ids import IdMaker
-from .protocol import (CLOSE_KICKED, CLOSE_POLICY, FORBIDDEN, TOO_MANY_GROUPS, UNAUTHORIZED, Address,
-                       ProtocolError, Request, encode, error_frame, message_frame,
-                       parse_push, parse_request, reply_frame)
+from .protocol import (CLOSE_KICKED, CLOSE_POLICY, FORBIDDEN, RATE_LIMITED, TOO_MANY_GROUPS,
+                       UNAUTHORIZED, Address, ProtocolError, Request, encode, error_frame,
+                       message_frame, name, parse_address, parse_push, parse_request,
+                       reply_frame)
 from .routing import (channels, check_client_send, recipients, session_channels,
                       worker_channel)
 from .sessions import Session, SessionRegistry
@@ -53,6 +55,11 @@ SESSIONS_SHOWN = 1000
 
 COUNTERS = ("published", "delivered", "sent_by_clients", "dropped_slow", "refused_full")
 
+# A session's frames that may wait while the application handles an earlier one.
+MAX_WAITING = 100
+
+INTERNAL = "internal"  # the error code of a hook that failed
+
 
 class Overloaded(Exception):
     """The process holds as many sessions as it may."""
@@ -78,6 +85,11 @@ class Engine:
         self._keepalive.clock = clock
         self._ops = {"ping": self._ping, "auth": self._auth, "join": self._join,
                      "leave": self._leave, "send": self._send}
+        self.app: App | None = None
+        self.api = API(self)
+        # The frames of sessions whose earlier request (or connect) is in the
+        # application's hands: they are served in order once it is done.
+        self._waiting: dict[Session, deque[bytes]] = {}
 
     # -- life cycle -------------------------------------------------------
 
@@ -131,11 +143,76 @@ class Engine:
             raise Overloaded()
         session = Session(self.ids.session_id(), conn)
         self.registry.add(session)
+        if self._hook("on_connect") is not None:
+            # After the welcome the caller sends; its frames wait meanwhile.
+            self._waiting[session] = deque()
+            self.clock.callLater(0, self._connect, session)
         return session
 
     def close(self, session: Session) -> None:
         """Forget a session: it leaves every group, tag and user map."""
+        hook = self._hook("on_disconnect")
+        info = None if hook is None else SessionInfo.of(session)
         self.registry.remove(session)
+        self._waiting.pop(session, None)
+        if info is not None:
+            # _hook_failed has logged a failure; nobody is left to answer.
+            self._call("on_disconnect", hook, info).addErrback(lambda _: None)
+
+    def _connect(self, session: Session) -> None:
+        if self._gone(session):
+            return
+        hook = self._hook("on_connect")
+        if hook is None:  # the app changed meanwhile
+            self._resume(None, session)
+            return
+        d = self._call("on_connect", hook, SessionInfo.of(session))
+        d.addErrback(self._request_failed, session, None).addCallback(self._resume, session)
+
+    def _gone(self, session: Session) -> bool:
+        return self.registry.get(session.id) is not session
+
+    # -- application hooks ------------------------------------------------
+
+    def set_app(self, app: App | None) -> None:
+        """Use ``app``'s hooks (None: none) for every event from now on.
+
+        Sessions keep their state; a hook already running finishes with the
+        code it started with.
+        """
+        self.app = app
+
+    def _hook(self, hook_name: str) -> Callable[..., Any] | None:
+        return None if self.app is None else getattr(self.app, hook_name)
+
+    def _call(self, hook_name: str, hook: Callable[..., Any], info: SessionInfo,
+              *args: Any, result: Callable[[Any], Any] | None = None) -> Deferred:
+        """Call ``hook``; a Deferred with its outcome, read by ``result``.
+
+        A ``Refused`` fails it with the matching ProtocolError; any other
+        failure (of the hook or of ``result``) is logged and fails it with
+        an ``internal`` one.
+        """
+        d = maybeDeferred(hook, info, self.api, *args)
+        if result is not None:
+            d.addCallback(result)
+        return d.addErrback(self._hook_failed, hook_name, info)
+
+    @staticmethod
+    def _hook_failed(failure: Failure, hook_name: str, info: SessionInfo) -> NoReturn:
+        if failure.check(Refused):
+            raise ProtocolError(UNAUTHORIZED if hook_name == "on_auth" else FORBIDDEN,
+                                failure.value.message)
+        _log.failure("application hook {hook} failed for session {session} (user {user})",
+                     failure, hook=hook_name, session=info.id, user=info.user)
+        raise ProtocolError(INTERNAL, "internal error in the application")
+
+    def answer(self, session: Session, data: Any) -> str:
+        """Write ``data`` to ``session`` alone as a ``msg`` from the server, in
+        order with the replies to its requests; the message id."""
+        message = self.message(Address(session=(session.id,)), data)
+        self.reply(session, message.frame)
+        return message.id
 
     def welcome(self, session: Session, ref: Any = None) -> bytes:
         return reply_frame("welcome", ref, session=session.id, user=session.user)
@@ -181,15 +258,69 @@ class Engine:
     # -- client ops -------------------------------------------------------
 
     def handle(self, session: Session, text: bytes) -> None:
-        """Serve one client text frame; every reply goes to ``session.conn``."""
+        """Serve one client text frame; every reply goes to ``session.conn``.
+
+        While the application handles a request of the session, its next
+        frames wait (up to MAX_WAITING), so they are served in order.
+        """
+        waiting = self._waiting.get(session)
+        if waiting is None:
+            d = self._serve(session, text)
+            if d is not None:
+                self._waiting[session] = deque()
+                d.addCallback(self._resume, session)
+        elif len(waiting) < MAX_WAITING:
+            waiting.append(text)
+        else:
+            self._too_many(session, text)
+
+    def _serve(self, session: Session, text: bytes) -> Deferred | None:
+        """Serve one frame; a Deferred while the application still has it."""
         request = None
         try:
             request = parse_request(text, self.settings.max_targets)
-            self._ops[request.op](session, request)
+            d = self._ops[request.op](session, request)
         except ProtocolError as e:
-            self.reply(session, error_frame(e, e.ref if request is None else request.ref))
-            if e.code == UNAUTHORIZED:
-                self._after_replies(session, session.conn.close, CLOSE_POLICY, e.message)
+            self._refuse(session, e, e.ref if request is None else request.ref)
+            return None
+        if d is None:
+            return None
+        done: list[Any] = []
+        d.addErrback(self._request_failed, session, request.ref).addCallback(done.append)
+        return None if done else d
+
+    def _resume(self, _, session: Session) -> None:
+        """Serve the frames that waited, until one is in the application's hands."""
+        waiting = self._waiting.pop(session, None)  # None: the session has closed
+        while waiting:
+            d = self._serve(session, waiting.popleft())
+            if d is not None:
+                self._waiting[session] = waiting
+                d.addCallback(self._resume, session)
+                return
+
+    def _too_many(self, session: Session, text: bytes) -> None:
+        try:
+            ref = parse_request(text, self.settings.max_targets).ref
+        except ProtocolError as e:
+            ref = e.ref
+        self.reply(session, error_frame(ProtocolError(
+            RATE_LIMITED, f"more than {MAX_WAITING} requests wait for the application"), ref))
+
+    def _refuse(self, session: Session, error: ProtocolError, ref: Any) -> None:
+        """Answer a request with ``error``; ``unauthorized`` also closes."""
+        self.reply(session, error_frame(error, ref))
+        if error.code == UNAUTHORIZED:
+            self._after_replies(session, session.conn.close, CLOSE_POLICY, error.message)
+
+    def _request_failed(self, failure: Failure, session: Session, ref: Any) -> None:
+        """Answer a request that failed after its op returned (in or after a hook)."""
+        error = failure.value
+        if not failure.check(ProtocolError):
+            _log.failure("serving a request of session {session} (user {user}) failed",
+                         failure, session=session.id, user=session.user)
+            error = ProtocolError(INTERNAL, "internal error; the request was not done")
+        self._refuse(session, error, ref)
 
     def _ok(self, session: Session, request: Request, **fields: Any) -> None:
         if request.ref is not None:
@@ -198,13 +329,35 @@ class Engine:
     def _ping(self, session: Session, request: Request) -> None:
         self.reply(session, reply_frame("pong", request.ref))
 
-    def _auth(self, session: Session, request: Request) -> None:
-        if request.token is not None:
+    def _auth(self, session: Session, request: Request) -> Deferred | None:
+        hook = self._hook("on_auth")
+        if hook is None:
+            self._bind(session, request, request.user)
+            return None
+
+        def chosen(outcome: Any) -> str | None:
+            if outcome is None or outcome is True:
+                return request.user
+            if outcome is False:
+                raise Refused()
+            if isinstance(outcome, str):
+                return name(outcome, "user")
+            raise TypeError(f"on_auth returned {outcome!r}; expected None, True, False "
+                            "or a user name")
+        return self._call("on_auth", hook, SessionInfo.of(session), request.user,
+                          request.token, result=chosen).addCallback(
+            lambda user: self._bind(session, request, user))
+
+    def _bind(self, session: Session, request: Request, user: str | None) -> None:
+        """Bind ``session`` to ``user`` (None: a token nobody verified)."""
+        if self._gone(session):  # it closed while the application decided
+            return
+        if user is None:
             raise ProtocolError(UNAUTHORIZED,
                                 "token authentication is not configured on this server")
-        if session.user is not None and session.user != request.user:
+        if session.user is not None and session.user != user:
             raise ProtocolError(FORBIDDEN, "this session is already bound to another user")
-        self.registry.set_user(session, request.user)
+        self.registry.set_user(session, user)
         self.reply(session, self.welcome(session))
         self._ok(session, request)
 
@@ -224,11 +377,46 @@ class Engine:
         self.registry.leave(session, request.group)
         self._ok(session, request)
 
-    def _send(self, session: Session, request: Request) -> None:
+    def _send(self, session: Session, request: Request) -> Deferred | None:
         check_client_send(self.settings.client_send, session, request.to)
         self.counters["sent_by_clients"] += 1
+        hook = self._hook("on_message")
+        if hook is None:
+            self._pass_on(session, request, request.to, request.data)
+            return None
+
+        def outcome(result: Any) -> Answer | tuple[Address, Any]:
+            if result is None or result is True:
+                return request.to, request.data
+            if result is False:
+                raise Refused()
+            if isinstance(result, Answer):
+                return result
+            if isinstance(result, Deliver):
+                to = (request.to if result.to is None
+                      else parse_address(result.to, self.settings.max_targets))
+                return to, result.data
+            raise TypeError(f"on_message returned {result!r}; expected None, True, "
+                            "False, Deliver or Answer")
+        return self._call("on_message", hook, SessionInfo.of(session), request.to.to_json(),
+                          request.data, result=outcome).addCallback(
+            self._sent, session, request)
+
+    def _sent(self, outcome: Answer | tuple[Address, Any], session: Session,
+              request: Request) -> Deferred | None:
+        if not isinstance(outcome, Answer):
+            return self._pass_on(session, request, *outcome)
+        if outcome.silent:
+            self._ok(session, request)
+        else:
+            self._ok(session, request, id=self.answer(session, outcome.data))
+        return None
+
+    def _pass_on(self, session: Session, request: Request, to: Address, data: Any
+                 ) -> Deferred:
+        """Publish what a client sent; ``ok`` it with the message id."""
         sender = {"session": session.id, "user": session.user}
-        self.publish(request.to, request.data, sender).addCallback(
+        return self.publish(to, data, sender).addCallback(
             lambda msg_id: self._ok(session, request, id=msg_id))
 
     # -- messages ---------------------------------------------------------

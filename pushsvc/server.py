@@ -11,6 +11,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
+from .app import AppError, load_app
 from .broker.local import LocalBroker
 from .engine import Engine
 from .http import build_site
@@ -92,6 +93,7 @@ class PushServer(MultiService):
         self.broker = broker or LocalBroker()
         self.engine = Engine(settings, self.broker, IdMaker(settings.node, worker),
                              clock or reactor, prepare=prepare_frame)
+        self.engine.set_app(load_app(settings.app))  # AppError when it cannot load
         self.ws_factory = PushServerFactory(self.engine, settings, reactor)
         self.site = build_site(self.engine, self.ws_factory, settings, reactor=clock)
         EngineService(self.engine, self.ws_factory).setServiceParent(self)
@@ -103,7 +105,6 @@ class PushServer(MultiService):
         Settings that only a restart can change (the listeners, the workers,
         the node name, the admin endpoint) are kept as they are.
         """
-        from .app import AppError, load_app  # TEMP until app.py lands
         try:
             app = load_app(settings.app)
         except AppError as e:

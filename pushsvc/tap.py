@@ -8,6 +8,7 @@ import sys
 from twisted.internet.endpoints import serverFromString
 from twisted.python import usage
 
+from .app import AppError, load_app
 from .config import SPECS, ConfigError, Settings, build_settings
 from .signals import stop_on_signals
 
@@ -48,6 +49,10 @@ class Options(usage.Options):
         self.settings = build_settings(self["config"], overrides)
         for description in self.settings.endpoints:
             check_endpoint(description)
+        try:  # here, so a module that cannot load stops start-up in one line
+            load_app(self.settings.app)
+        except AppError as e:
+            raise ConfigError("--app", str(e))
 
 
 def check_endpoint(description: str) -> None:

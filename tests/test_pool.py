@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+from dataclasses import replace
 
 from twisted.internet import reactor
 from twisted.web.client import Agent, HTTPConnectionPool
@@ -16,9 +17,11 @@ from tests.helpers import ServerTestCase, eventually, run, settings
 class PoolTestCase(ServerTestCase):
     """Runs a Master with ``count`` workers on 127.0.0.1 (port 0)."""
 
-    async def start_pool(self, count: int = 2, **overrides) -> Master:
-        self.master = Master(settings(listen=["tcp:0:interface=127.0.0.1"],
-                                      workers=count, **overrides), reactor, count)
+    async def start_pool(self, count: int = 2, base=None, **overrides) -> Master:
+        """``base`` (default: the test settings) with ``overrides``."""
+        base = settings() if base is None else base
+        self.master = Master(replace(base, listen=["tcp:0:interface=127.0.0.1"],
+                                     workers=count, **overrides), reactor, count)
         self.master.startService()
         self.addCleanup(self.master.stopService)
         self.use_port(self.master.sockets.address().port)

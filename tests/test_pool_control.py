@@ -9,7 +9,8 @@ import signal
 from twisted.internet.defer import ensureDeferred
 from twisted.logger import globalLogPublisher
 
-from pushsvc.client import connect
+from pushsvc.client import ServerError, connect
+from pushsvc.config import ConfigError, build_settings
 from pushsvc.ids import owner
 from tests.helpers import eventually, run
 from tests.test_pool import PoolTestCase
@@ -124,3 +125,87 @@ class RollingRestartTests(ControlTestCase):
         for u in users:
             ids = [m["id"] for m in u.messages()]
             self.assertEqual(ids, before + after, u.user)
+
+
+APP = '''
+from pushsvc.app import Deliver
+
+def on_message(session, api, to, data):
+    return Deliver("{version}: " + data)
+'''
+
+
+class ReloadTests(ControlTestCase):
+    def write(self, path: str, text: str) -> None:
+        with open(path, "w") as f:
+            f.write(text)
+
+    async def said(self, speaker, listener, text: str):
+        """What ``listener`` receives when ``speaker`` says ``text`` to group g0."""
+        count = len(listener.messages)
+        await speaker.request("send", to={"group": "g0"}, data=text)
+        await eventually(lambda: len(listener.messages) > count)
+        return listener.messages[-1]["data"]
+
+    @run
+    async def test_reload_keeps_every_client_and_applies_the_new_code(self):
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        app, config = os.path.join(folder, "app.py"), os.path.join(folder, "pushsvc.toml")
+        self.write(app, APP.format(version="v1"))
+        self.write(config, f'[server]\nnode = "test"\napp = "{app}"\nadmin = ""\n')
+        await self.start_pool(2, base=build_settings(config))
+        clients, by_worker = await self.spread_clients(200)
+        self.assertEqual(len(by_worker), 2)
+        for i, c in enumerate(clients):
+            await c.request("auth", user=f"u{i}")
+            await c.request("join", group=f"g{i % 10}")
+        speaker, listener = by_worker["test.0"][0], by_worker["test.1"][0]
+        for c in (speaker, listener):
+            await c.request("join", group="g0")
+        self.assertEqual(await self.said(speaker, listener, "hi"), "v1: hi")
+
+        async def all_still_served(expected: int):
+            self.assertEqual([c.close_code for c in clients], [None] * len(clients))
+            for group in range(10):
+                await self.push({"group": f"g{group}"}, f"after reload {group}")
+            await eventually(lambda: all(len(c.messages) >= expected for c in clients))
+            for i, c in enumerate(clients):
+                self.assertEqual(c.messages[-1]["data"], f"after reload {i % 10}")
+
+        # Reload twice: new code, then new code and a changed setting.
+        self.write(app, APP.format(version="v2"))
+        ok = [{"worker": w.index, "pid": w.pid, "ok": True, "error": None}
+              for w in sorted(self.pool.live, key=lambda w: w.index)]
+        self.assertEqual(await self.master.control.reload(), ok)
+        await all_still_served(1)
+        self.assertEqual(await self.said(speaker, listener, "hi"), "v2: hi")
+
+        self.write(app, APP.format(version="v3"))
+        self.write(config, f'[server]\nnode = "test"\napp = "{app}"\nadmin = ""\n'
+                           f'[limits]\nmax_groups_per_session = 3\n')
+        self.assertEqual(await self.master.control.reload(), ok)
+        await all_still_served(2)
+        self.assertEqual(await self.said(speaker, listener, "hi"), "v3: hi")
+        with self.assertRaises(ServerError) as refused:
+            for group in ("x", "y", "z"):
+                await speaker.request("join", group=group)
+        self.assertEqual(refused.exception.frame["code"], "too_many_groups")
+
+        # A module that does not load: every worker says so and keeps the old code.
+        self.write(app, "def on_message(session, api, to, data:\n")
+        results = await self.master.control.reload()
+        self.assertEqual([(r["worker"], r["ok"]) for r in results], [(0, False), (1, False)])
+        for r in results:
+            self.assertIn("app.py, line 1: SyntaxError", r["error"])
+        self.assertEqual(await self.said(speaker, listener, "hi"), "v3: hi")
+
+        # A config file that does not validate changes nothing anywhere.
+        self.write(app, APP.format(version="v4"))
+        self.write(config, f'[server]\nnode = "test"\napp = "{app}"\nadmin = ""\n'
+                           f'[limits]\nmax_groups_per_session = 0\n')
+        with self.assertRaises(ConfigError) as bad:
+            await self.master.control.reload()
+        self.assertIn("limits.max_groups_per_session", str(bad.exception))
+        self.assertEqual(await self.said(speaker, listener, "hi"), "v3: hi")
+        await all_still_served(3)

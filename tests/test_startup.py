@@ -146,6 +146,15 @@ class StartupTests(ChildTestCase):
         await self.check_refused("--config", "--config", path)
 
     @run
+    async def test_application_module_that_does_not_load(self):
+        path = os.path.join(self.cwd, "broken.py")
+        with open(path, "w") as f:
+            f.write("def on_message(:\n")
+        for workers in ("0", "1"):
+            line = await self.check_refused("--app", "--workers", workers, "--app", path)
+            self.assertIn("broken.py, line 1: SyntaxError", line)
+
+    @run
     async def test_unknown_option(self):
         await self.check_refused("--bogus", "--bogus")
 
