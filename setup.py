@@ -19,6 +19,7 @@ setup(
         "bench": ["py-spy>=0.3"],  # pushsvc-bench --profile
     },
     entry_points={
-        "console_scripts": ["pushsvc-bench = pushsvc.bench.cli:main"],
+        "console_scripts": ["pushsvc-bench = pushsvc.bench.cli:main",
+                            "pushsvc-admin = pushsvc.admin.cli:main"],
     },
 )

@@ -5,12 +5,22 @@ and by the master of a worker pool (``pushsvc.pool.master.PoolControl``).  The
 admin endpoint (``pushsvc.admin``) only ever talks to an ``IControl``.
 
 Every method returns a Deferred.  A result that concerns workers is a list
-with one entry per worker, each naming its ``worker`` (the index).
+with one entry per worker, each naming its ``worker`` (the index).  A failure
+the operator should read (a refused argument, a config file that does not
+validate, an operation this server cannot do) is a ProtocolError, ConfigError
+or ControlError; the console shows its message.
 """
 
 from __future__ import annotations
 
-from zope.interface import Interface
+import os
+
+from twisted.internet.defer import fail, maybeDeferred, succeed
+from zope.interface import Interface, implementer
+
+from . import loglevel
+from .broker.interface import Command
+from .commands import make_command
 
 
 class IControl(Interface):
@@ -45,4 +55,46 @@ class IControl(Interface):
 
     def set_log_level(level):
         """Log events below ``level`` (debug, info, warn, error, critical)
-        are dropped from now on, in the master and every worker."""
+        are dropped from now on, in the master and every worker
+        (``pushsvc.loglevel.set_level``)."""
+
+
+class ControlError(Exception):
+    """A control operation this server cannot do; ``str()`` says why."""
+
+
+@implementer(IControl)
+class LocalControl:
+    """``IControl`` for one process (``--workers 0``): ``server`` is its
+    ``PushServer``, the one worker, number 0."""
+
+    def __init__(self, server):
+        self.server = server
+        self.started = server.engine.clock.seconds()
+
+    def run(self, name, args):
+        return maybeDeferred(lambda: self.server.engine.run_each(make_command(name, args)))
+
+    def push(self, to, data):
+        command = Command("publish", {"to": to, "data": data})
+        return maybeDeferred(self.server.engine.perform, command).addCallback(
+            lambda result: result["id"])
+
+    def workers(self):
+        engine = self.server.engine
+        return succeed([{"worker": 0, "pid": os.getpid(), "owner": engine.ids.owner,
+                         "uptime": engine.clock.seconds() - self.started,
+                         "sessions": len(engine.registry), "ready": True, "restarts": 0}])
+
+    def reload(self):
+        def reload():
+            error = self.server.reload(self.server.settings.reread())
+            return [{"worker": 0, "pid": os.getpid(), "ok": error is None, "error": error}]
+        return maybeDeferred(reload)
+
+    def restart_workers(self):
+        return fail(ControlError("restart-workers needs a worker pool; this server "
+                                 "runs in one process (--workers 0)"))
+
+    def set_log_level(self, level):
+        return maybeDeferred(loglevel.set_level, level)

@@ -109,8 +109,11 @@ class PushServer(MultiService):
             app = load_app(settings.app)
         except AppError as e:
             return str(e)
-        settings = self.settings.reloaded(settings)
-        self.settings = settings
+        skipped = self.settings.needs_restart(settings)
+        if skipped:
+            _log.warn("reload: {names} changed in the config file; only a restart "
+                      "applies that", names=", ".join(skipped))
+        settings = self.settings = self.settings.reloaded(settings)
         self.engine.configure(settings)
         self.ws_factory.configure(settings)
         self.site.configure(settings)

@@ -10,7 +10,9 @@ from twisted.python import usage
 
 from .app import AppError, load_app
 from .config import SPECS, ConfigError, Settings, build_settings
-from .signals import stop_on_signals
+from . import loglevel
+from .admin.service import admin_service
+from .signals import reload_on_hangup, stop_on_signals
 
 
 class Options(usage.Options):
@@ -77,12 +79,22 @@ def makeService(options: Options):
     settings = options.settings
     count = os.cpu_count() or 1 if settings.workers is None else settings.workers
     if count == 0:
+        from .control import LocalControl
         from .server import PushServer
         service = PushServer(settings, reactor)
         for description in settings.endpoints:
             service.listen(reactor, description)
+        control = LocalControl(service)
     else:
         from .pool.master import Master
         service = Master(settings, reactor, count)
+        control = service.control
+    admin = admin_service(settings, control, reactor)
+    if admin is not None:
+        admin.setServiceParent(service)
     reactor.addSystemEventTrigger("after", "startup", stop_on_signals, reactor)
+    reactor.addSystemEventTrigger("after", "startup", reload_on_hangup, reactor, control)
+    runner = getattr(options, "parent", None)  # twistd's or twist's options
+    if runner is not None:  # filter their log by the console's level
+        return loglevel.under_runner(service, runner)
     return service

@@ -32,12 +32,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..config import ConfigError
-from ..control import IControl
+from .. import loglevel
+from ..control import ControlError, IControl
 from ..protocol import CLOSE_RESTART
 from ..server import LISTEN_ERRORS, exit_cannot_listen
 from .hub import SubscriptionTable
 from .wire import (DeliverBatch, Hello, Outbox, Perform, PublishBatch, Refused, Reload,
-                   Retire, RunCommand, Subscribe, Unsubscribe, protocol_error,
+                   Retire, RunCommand, SetLogLevel, Subscribe, Unsubscribe, protocol_error,
                    unpack_publishes)
 from .worker import AMP_IN, AMP_OUT, ENV, FIRST_SOCKET, describe
 
@@ -454,11 +455,7 @@ class Pool(Service):
 
         Workers started from now on start with them.
         """
-        skipped = self.settings.needs_restart(settings)
-        if skipped:
-            _log.warn("reload: {names} changed in the config file; only a restart "
-                      "applies them", names=", ".join(skipped))
-        settings = self.settings = self.settings.reloaded(settings)
+        self.settings = self.settings.reloaded(settings)
         for worker in self.live:
             worker.backlog.limit = settings.max_worker_backlog
         d = self.ask_all(Reload, settings=settings.to_json())
@@ -553,7 +550,7 @@ class PoolControl:
     def push(self, to, data):
         ready = [w for w in self.pool.workers.values() if w.ready]
         if not ready:
-            return fail(RuntimeError("no worker is ready"))
+            return fail(ControlError("no worker is ready; try again in a moment"))
         d = ready[0].amp.callRemote(Perform, name="publish", args={"to": to, "data": data})
         return d.addCallbacks(lambda answer: answer["result"]["id"], _unrefuse)
 
@@ -580,7 +577,12 @@ class PoolControl:
         return ensureDeferred(self.pool.restart_workers())
 
     def set_log_level(self, level):
-        raise NotImplementedError
+        """The master's level, then every worker's (a new worker starts with it)."""
+        try:
+            loglevel.set_level(level)
+        except ValueError as e:
+            return fail(ControlError(str(e)))
+        return self.pool.ask_all(SetLogLevel, level=level).addCallback(lambda _: None)
 
 
 def _unrefuse(failure):

@@ -242,6 +242,12 @@ class Reload(amp.Command):
     response = [(b"error", amp.Unicode())]
 
 
+class SetLogLevel(amp.Command):
+    """Drop log events below ``level`` from now on (``pushsvc.loglevel``)."""
+    arguments = [(b"level", amp.Unicode())]
+    response: list = []
+
+
 class Retire(amp.Command):
     """Stop accepting, close every client with ``code`` and ``reason``, exit
     (a rolling restart has started this worker's replacement)."""

@@ -16,11 +16,12 @@ import sys
 from twisted.internet.stdio import StandardIO
 from twisted.logger import Logger, eventAsText, globalLogBeginner
 
+from .. import loglevel
 from ..broker.amp import AmpBroker, WorkerProtocol
 from ..config import Settings
 from ..server import PushServer
 from ..signals import stop_on_signals
-from .wire import Hello, Reload, Retire
+from .wire import Hello, Reload, Retire, SetLogLevel
 
 ENV = "PUSHSVC_WORKER"
 AMP_IN, AMP_OUT = 3, 4
@@ -32,7 +33,7 @@ _log = Logger()
 def describe(settings: Settings, index: int, families: list[int]) -> str:
     """The ``PUSHSVC_WORKER`` value for worker ``index`` (the master's side)."""
     return json.dumps({"settings": settings.to_json(), "index": index,
-                       "families": families})
+                       "families": families, "log_level": loglevel.current()})
 
 
 def log_to_master(event) -> None:
@@ -63,6 +64,11 @@ class WorkerEnd(WorkerProtocol):
             _log.info("reloaded the settings and the application")
         return {"error": error or ""}
 
+    @SetLogLevel.responder
+    def set_log_level(self, level):
+        loglevel.set_level(level)
+        return {}
+
     @Retire.responder
     def retire(self, code, reason):
         _log.info("retiring: closing {count} clients with {code}",
@@ -75,7 +81,9 @@ def main() -> None:
     spec = json.loads(os.environ.pop(ENV))
     settings = Settings.from_json(spec["settings"])
     index = spec["index"]
-    globalLogBeginner.beginLoggingTo([log_to_master], redirectStandardIO=False)
+    loglevel.set_level(spec["log_level"])
+    globalLogBeginner.beginLoggingTo([loglevel.filtered(log_to_master)],
+                                     redirectStandardIO=False)
 
     from twisted.internet import reactor
 

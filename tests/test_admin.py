@@ -1,0 +1,569 @@
+"""The admin endpoint, ``LocalControl``, ``pushsvc-admin`` (run as a real child
+process against a real server) and the process-wide log level."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import stat
+import sys
+from dataclasses import replace
+
+from twisted.application.service import Application, Service
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred, gatherResults
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
+from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
+from twisted.protocols import amp
+from twisted.trial import unittest
+
+from pushsvc import loglevel
+from pushsvc.admin import cli
+from pushsvc.admin.service import admin_service
+from pushsvc.admin.wire import AdminError, Authenticate, Run, SetLogLevel
+from pushsvc.config import ConfigError
+from pushsvc.control import ControlError, IControl, LocalControl
+from pushsvc.protocol import CLOSE_KICKED, ProtocolError
+from zope.interface.verify import verifyObject
+
+from pushsvc.ids import owner
+
+from .helpers import Child, ChildTestCase, ServerTestCase, eventually, free_port, run
+
+SECRET = "s3cret"
+
+
+class AdminTestCase(ServerTestCase):
+    """A one-process server with its admin endpoint on a unix socket in a temp
+    folder (a relative path: a socket path holds at most 107 bytes)."""
+
+    def start_admin(self, endpoint: str | None = None, secret: str = "", **overrides):
+        if not hasattr(self, "server"):
+            self.start_server(**overrides)
+        folder = self.mktemp()
+        os.makedirs(folder)
+        self.socket = os.path.join(folder, "admin.sock")
+        endpoint = endpoint or f"unix:{self.socket}:mode=600:lockfile=1"
+        settings = replace(self.server.settings, admin=endpoint, admin_secret=secret)
+        self.control = LocalControl(self.server)
+        service = admin_service(settings, self.control, reactor)
+        service.startService()
+        self.addCleanup(service.stopService)
+        return service
+
+    def console(self, *args: str, stdin: bytes | None = None,
+                connect: str | None = None) -> Child:
+        """``pushsvc-admin ARGS`` as a child process, at this server's socket."""
+        child = Child()
+        argv = [sys.executable, "-m", "pushsvc.admin.cli",
+                "--connect", connect or getattr(self, "socket", "none.sock"), *args]
+        env = {**os.environ, "HOME": os.path.abspath(self.mktemp())}
+        env.pop(cli.SECRET_ENV, None)
+        reactor.spawnProcess(child, sys.executable, argv, env=env, path=os.getcwd())
+        child.pid = child.transport.pid  # the transport forgets it at the end
+        if stdin is not None:
+            child.transport.write(stdin)
+            child.transport.closeStdin()
+        self.addCleanup(child.kill)
+        return child
+
+    async def finished(self, child: Child) -> tuple[int, str, str]:
+        status = await child.exited()
+        out, err = child.stdout.decode(), child.stderr.decode()
+        self.assertNotIn("Traceback", out + err)
+        return status, out, err
+
+    def capture_log(self) -> list[dict]:
+        events: list[dict] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        return events
+
+
+class ConsoleTests(AdminTestCase):
+    """The console against a running server."""
+
+    @run
+    async def test_stats_as_a_table_and_as_json(self):
+        self.start_admin()
+        await self.client("u1", groups=("lobby",))
+        table, as_json = self.console("stats"), self.console("--json", "stats")
+        status, out, _ = await self.finished(table)
+        self.assertEqual(status, 0)
+        self.assertIn("sessions         1\n", out)
+        self.assertIn("groups           1\n", out)
+        status, out, _ = await self.finished(as_json)
+        self.assertEqual(status, 0)
+        self.assertEqual(json.loads(out)["sessions"], 1)
+
+    @run
+    async def test_push_reaches_a_client(self):
+        self.start_admin()
+        c = await self.client("u1", groups=("lobby",))
+        status, out, _ = await self.finished(
+            self.console("push", "group:lobby", '{"text":"hi"}'))
+        self.assertEqual(status, 0)
+        [message] = await c.wait_for_messages(1)
+        self.assertEqual((message["to"], message["data"]), ({"group": "lobby"}, {"text": "hi"}))
+        self.assertEqual(out, f"sent message {message['id']}\n")
+
+    @run
+    async def test_join_then_kick_logged_with_who_and_what(self):
+        self.start_admin()
+        events = self.capture_log()
+        c = await self.client("u1")
+        join = self.console("join", "u1", "lobby")
+        status, out, _ = await self.finished(join)
+        self.assertEqual((status, out), (0, "joined 1 session\n"))
+        self.assertEqual(self.engine.registry.get(c.session).groups, {"lobby"})
+        kick = self.console("kick", f"session:{c.session}", "go away")
+        status, out, _ = await self.finished(kick)
+        self.assertEqual((status, out), (0, "kicked 1 session\n"))
+        self.assertEqual(await c.closed, (CLOSE_KICKED, "go away"))
+        audit = [e for e in events if "admin_command" in e]
+        self.assertEqual([(e["admin_command"], e["admin_args"]) for e in audit],
+                         [("join", {"user": "u1", "group": "lobby"}),
+                          ("kick", {"session": c.session, "reason": "go away"})])
+        self.assertEqual([e["admin_peer"] for e in audit],
+                         [{"pid": child.pid, "uid": os.getuid(), "gid": os.getgid()}
+                          for child in (join, kick)])
+
+    @run
+    async def test_refusals_are_one_line_and_status_1(self):
+        self.start_admin()
+        cases = [self.console("restart-workers"), self.console("join", "u1", "x" * 300)]
+        results = await gatherResults([ensureDeferred(self.finished(c)) for c in cases])
+        self.assertEqual(results, [
+            (1, "", "restart-workers needs a worker pool; this server runs in one "
+                    "process (--workers 0)\n"),
+            (1, "", "'group' is longer than 200 characters\n")])
+
+    @run
+    async def test_interactive(self):
+        self.start_admin()
+        await self.client("u1", groups=("lobby",))
+        child = self.console(stdin=b'groups\nhelp push\nbogus\n'
+                                   b'push group:lobby {"text": "hi there"}\n'
+                                   b'loglevel\nquit\n')
+        status, out, err = await self.finished(child)
+        self.assertEqual(status, 0)
+        self.assertIn("GROUP  SESSIONS\nlobby         1\n", out)
+        self.assertIn("usage: pushsvc-admin push TARGET JSON\n", out)
+        self.assertIn("sent message ", out)
+        self.assertIn("unknown command 'bogus'", err)
+        self.assertIn("usage: pushsvc-admin loglevel LEVEL\n", err)
+
+    @run
+    async def test_a_failed_reload_says_which_worker(self):
+        self.start_admin()
+        self.server.reload = lambda settings: "app.py: no module named app"
+        status, out, err = await self.finished(self.console("reload"))
+        self.assertEqual((status, out, err),
+                         (1, "", "worker 0: reload failed: app.py: no module named app\n"))
+
+    @run
+    async def test_bad_command_lines_answer_usage_without_the_server(self):
+        cases = [self.console("bogus"), self.console("push", "group:lobby", "{nope"),
+                 self.console("push", "lobby", "1"), self.console("kick")]
+        results = await gatherResults([ensureDeferred(self.finished(c)) for c in cases])
+        self.assertEqual([status for status, _, _ in results], [2, 2, 2, 2])
+        errors = [err for _, _, err in results]
+        self.assertIn("unknown command 'bogus'", errors[0])
+        self.assertEqual(errors[1], "usage: pushsvc-admin push TARGET JSON\n"
+                                    "JSON is not valid JSON: {nope\n")
+        self.assertIn("bad TARGET 'lobby'", errors[2])
+        self.assertTrue(errors[3].startswith("usage: pushsvc-admin kick USER|session:ID"))
+
+    @run
+    async def test_no_server(self):
+        status, out, err = await self.finished(self.console("stats", connect="gone.sock"))
+        self.assertEqual((status, out, err),
+                         (1, "", "cannot connect to gone.sock — is pushsvc running?\n"))
+
+    @run
+    async def test_tcp_with_secret(self):
+        service = self.start_admin("tcp:0:interface=127.0.0.1", secret=SECRET)
+        port = service._waitingForPort.result.getHost().port
+        status, out, _ = await self.finished(self.console(
+            "--secret", SECRET, "groups", connect=f"tcp:host=127.0.0.1:port={port}"))
+        self.assertEqual((status, out), (0, "(none)\n"))
+
+
+class EndpointTests(AdminTestCase):
+    """The admin endpoint in this process."""
+
+    def test_socket_for_the_owner_only(self):
+        self.start_admin()
+        self.assertEqual(stat.S_IMODE(os.stat(self.socket).st_mode), 0o600)
+
+    def test_a_live_socket_refuses_a_second_server(self):
+        self.start_admin()
+        stderr = io.StringIO()
+        self.patch(sys, "__stderr__", stderr)
+        settings = replace(self.server.settings, admin=f"unix:{self.socket}:lockfile=1")
+        second = admin_service(settings, self.control, reactor)
+        self.assertRaises(SystemExit, second.privilegedStartService)
+        self.assertEqual(stderr.getvalue(), f"pushsvc: cannot listen on the admin endpoint "
+                         f"unix:{self.socket}:lockfile=1: a live server holds it "
+                         f"(is pushsvc already running here?)\n")
+
+    def test_no_endpoint(self):
+        self.start_server()
+        self.assertIsNone(admin_service(replace(self.server.settings, admin=""),
+                                        LocalControl(self.server), reactor))
+
+    async def amp_client(self, service) -> amp.AMP:
+        port = service._waitingForPort.result.getHost().port
+        client = await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port),
+                                       amp.AMP())
+        self.addCleanup(client.transport.loseConnection)
+        return client
+
+    @run
+    async def test_tcp_needs_the_secret_first(self):
+        service = self.start_admin("tcp:0:interface=127.0.0.1", secret=SECRET)
+        client = await self.amp_client(service)
+        with self.assertRaises(AdminError) as refused:
+            await client.callRemote(Run, name="stats", args={})
+        self.assertIn("authenticate first", str(refused.exception))
+        await client.callRemote(Authenticate, secret=SECRET)
+        answer = await client.callRemote(Run, name="stats", args={})
+        self.assertEqual(answer["result"]["sessions"], 0)
+
+    @run
+    async def test_a_wrong_secret_closes_the_connection(self):
+        service = self.start_admin("tcp:0:interface=127.0.0.1", secret=SECRET)
+        events = self.capture_log()
+        client = await self.amp_client(service)
+        lost, connection_lost = [], client.connectionLost
+        client.connectionLost = lambda reason: (lost.append(reason), connection_lost(reason))
+        with self.assertRaises(AdminError) as refused:
+            await client.callRemote(Authenticate, secret="guess")
+        self.assertEqual(str(refused.exception), "wrong secret")
+        self.assertEqual([e["log_format"] for e in events if e.get("admin_peer")],
+                         ["admin: wrong secret from {who}"])
+        await eventually(lambda: lost, what="the server closing the connection")
+        self.assertTrue(lost[0].check(ConnectionDone))
+
+    @run
+    async def test_audit_is_logged_whatever_the_level(self):
+        service = self.start_admin("tcp:0:interface=127.0.0.1", secret=SECRET)
+        self.addCleanup(loglevel.set_level, loglevel.current())
+        seen: list[dict] = []
+        observer = loglevel.filtered(seen.append)
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        client = await self.amp_client(service)
+        await client.callRemote(Authenticate, secret=SECRET)
+        await client.callRemote(SetLogLevel, level="critical")
+        await client.callRemote(Run, name="destroy", args={"group": "g"})
+        loglevel.set_level("info")
+        Logger(namespace="pushsvc.admin.service").info("shown")
+        self.assertEqual([(e.get("admin_command"), e["log_namespace"]) for e in seen[-3:]],
+                         [("loglevel", "pushsvc.admin.audit"),
+                          ("destroy", "pushsvc.admin.audit"), (None, "pushsvc.admin.service")])
+        self.assertEqual(seen[-2]["admin_peer"]["host"], "127.0.0.1")
+
+    @run
+    async def test_unknown_log_level(self):
+        service = self.start_admin("tcp:0:interface=127.0.0.1", secret=SECRET)
+        client = await self.amp_client(service)
+        await client.callRemote(Authenticate, secret=SECRET)
+        with self.assertRaises(AdminError) as refused:
+            await client.callRemote(SetLogLevel, level="loud")
+        self.assertIn("unknown log level 'loud'", str(refused.exception))
+
+
+class LocalControlTests(ServerTestCase):
+    def setUp(self):
+        self.start_server()
+        self.control = LocalControl(self.server)
+
+    def test_interface(self):
+        verifyObject(IControl, self.control)
+
+    def test_workers(self):
+        [worker] = self.successResultOf(self.control.workers())
+        self.assertEqual((worker["worker"], worker["pid"], worker["owner"], worker["sessions"]),
+                         (0, os.getpid(), "test.0", 0))
+
+    def test_run_checks_arguments(self):
+        self.failureResultOf(self.control.run("join", {"group": "g"}), ProtocolError)
+        self.assertEqual(self.successResultOf(self.control.run("groups", {})), [{"groups": {}}])
+
+    def test_push_refuses_a_bad_address(self):
+        self.failureResultOf(self.control.push({"nowhere": 1}, 1), ProtocolError)
+
+    def test_restart_needs_a_pool(self):
+        self.failureResultOf(self.control.restart_workers(), ControlError)
+
+    def test_reload(self):
+        given = []
+        self.server.reload = lambda settings: given.append(settings)
+        self.assertEqual(self.successResultOf(self.control.reload()),
+                         [{"worker": 0, "pid": os.getpid(), "ok": True, "error": None}])
+        self.assertEqual(given, [self.server.settings.reread()])
+
+    def test_set_log_level(self):
+        self.addCleanup(loglevel.set_level, loglevel.current())
+        self.successResultOf(self.control.set_log_level("warn"))
+        self.assertEqual(loglevel.current(), "warn")
+
+
+class ArgumentTests(unittest.TestCase):
+    """The console's pure parts."""
+
+    def test_targets(self):
+        self.assertEqual(cli.parse_target("all"), {"all": True})
+        self.assertEqual(cli.parse_target("group:a:b"), {"group": "a:b"})
+        self.assertEqual(cli.parse_target("session:n.0.x.1"), {"session": "n.0.x.1"})
+        self.assertEqual(cli.parse_target('{"user": ["a", "b"]}'), {"user": ["a", "b"]})
+        for bad in ("lobby", "group:", "room:x", "[1]", "{x"):
+            self.assertRaises(cli.Usage, cli.parse_target, bad)
+
+    def test_who(self):
+        self.assertEqual(cli.parse_who("u1"), {"user": "u1"})
+        self.assertEqual(cli.parse_who("user:session:x"), {"user": "session:x"})
+        self.assertEqual(cli.parse_who("session:n.0.x.1"), {"session": "n.0.x.1"})
+
+    def test_endpoints(self):
+        T = cli.Target
+        self.assertEqual(cli.parse_endpoint("unix:pushsvc-admin.sock:mode=600:lockfile=1"),
+                         T(path="pushsvc-admin.sock"))
+        self.assertEqual(cli.parse_endpoint("unix:address=/run/a\\:b.sock"),
+                         T(path="/run/a:b.sock"))
+        self.assertEqual(cli.parse_endpoint("unix:path=/run/p.sock"), T(path="/run/p.sock"))
+        self.assertEqual(cli.parse_endpoint("/run/p.sock"), T(path="/run/p.sock"))
+        self.assertEqual(cli.parse_endpoint("tcp:9999:interface=127.0.0.2"),
+                         T(host="127.0.0.2", port=9999))
+        self.assertEqual(cli.parse_endpoint("tcp:port=9999"), T(host="127.0.0.1", port=9999))
+        self.assertEqual(cli.parse_endpoint("tcp:localhost:9999"), T(host="localhost", port=9999))
+        self.assertEqual(cli.parse_endpoint("tcp6:9999:interface=\\:\\:1"),
+                         T(host="::1", port=9999))
+        self.assertEqual(str(T(host="::1", port=9)), "[::1]:9")
+        for bad in ("unix:", "tcp:interface=127.0.0.1", "tcp:x"):
+            self.assertRaises(ValueError, cli.parse_endpoint, bad)
+
+    def test_command_arguments(self):
+        command, (request, args) = cli.prepare("kick", ["u1", "see", "you"])
+        self.assertEqual((request, args), (Run, {"name": "kick", "args": {
+            "user": "u1", "reason": "see you"}}))
+        _, (_, args) = cli.prepare("sessions", [])
+        self.assertEqual(args, {"name": "sessions", "args": {}})
+        with self.assertRaises(cli.Usage) as e:
+            cli.prepare("group", [])
+        self.assertEqual(str(e.exception), "usage: pushsvc-admin group GROUP\n"
+                                           "wrong number of arguments (0)")
+        self.assertRaises(cli.Usage, cli.prepare, "loglevel", ["loud"])
+        self.assertRaises(cli.Usage, cli.prepare, "stats", ["x"])
+
+    def test_interactive_words(self):
+        words = cli.interactive_words
+        self.assertEqual(words("push", 'group:g {"a": [1, 2]}'), ["group:g", '{"a": [1, 2]}'])
+        self.assertEqual(words("push", "group:g '{\"a\": 1}'"), ["group:g", '{"a": 1}'])
+        self.assertEqual(words("push", 'all "hi"'), ["all", '"hi"'])
+        self.assertEqual(words("kick", 'u1 "two words"'), ["u1", "two words"])
+
+    def test_completion(self):
+        console = cli.Console.__new__(cli.Console)
+        self.assertEqual(console.completenames("re"), ["reload", "restart-workers"])
+        self.assertEqual(console.completedefault("w", "loglevel w", 9, 10), ["warn"])
+        self.assertEqual(console.completedefault("un", "help un", 5, 7), ["untag"])
+
+
+    def test_command_line(self):
+        args = cli.parse_args(["push", "all", "1", "--json", "--secret", "s"])
+        self.assertEqual((args.command, args.words, args.json, args.secret),
+                         ("push", ["all", "1"], True, "s"))
+
+    def test_config_file(self):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('[server]\nadmin = "tcp:7777:interface=127.0.0.1"\nadmin_secret = "k"\n')
+        self.patch(os, "environ", {})
+        self.assertEqual(cli.connection_of(cli.parse_args(["--config", path])),
+                         (cli.Target(host="127.0.0.1", port=7777), "k"))
+        self.assertEqual(cli.connection_of(cli.parse_args(
+            ["--config", path, "--connect", "a.sock", "--secret", "s"])),
+            (cli.Target(path="a.sock"), "s"))
+        with open(path, "w") as f:
+            f.write('[server]\nadmin = ""\n')
+        self.assertRaises(ConfigError, cli.connection_of, cli.parse_args(["--config", path]))
+
+
+class FormatTests(unittest.TestCase):
+    def test_table(self):
+        self.assertEqual(cli.table(["group", "sessions"], [["lobby", 12], ["a", 3]]),
+                         "GROUP  SESSIONS\n"
+                         "lobby        12\n"
+                         "a             3")
+        self.assertEqual(cli.table(["session", "user", "groups", "ready"],
+                                   [["s1", None, ["a", "b"], True]]),
+                         "SESSION  USER  GROUPS  READY\n"
+                         "s1       -     a,b     yes")
+        self.assertEqual(cli.table(["x"], []), "(none)")
+
+    def test_pairs_and_durations(self):
+        self.assertEqual(cli.pairs({"sessions": 3, "published": 10}),
+                         "sessions   3\npublished  10")
+        self.assertEqual([cli.duration(s) for s in (5, 65, 7300, 90000)],
+                         ["5s", "1m 5s", "2h 1m", "1d 1h"])
+
+    def test_results(self):
+        C = cli.COMMANDS
+        self.assertEqual(C["join"].show({"sessions": 2, "refused": 1}),
+                         "joined 2 sessions; 1 refused (at max_groups_per_session)")
+        reload = [{"worker": 0, "ok": True, "error": None},
+                  {"worker": 1, "ok": False, "error": "bad module"}]
+        self.assertEqual(C["reload"].show(reload), "worker 0: reloaded")
+        self.assertEqual(C["reload"].errors(reload), ["worker 1: reload failed: bad module"])
+        self.assertEqual(C["sessions"].show({"sessions": [
+            {"session": "s1", "user": "u", "groups": [], "tags": ["t"]}], "total": 5}),
+            "SESSION  USER  GROUPS  TAGS\ns1       u     -       t\n(1 shown of 5)")
+
+
+class LogLevelTests(unittest.TestCase):
+    def setUp(self):
+        self.addCleanup(loglevel.set_level, loglevel.current())
+        self.seen: list[dict] = []
+        self.log = Logger(namespace="pushsvc.test", observer=loglevel.filtered(self.seen.append))
+
+    def levels(self):
+        return [e["log_level"] for e in self.seen]
+
+    def test_set_level(self):
+        loglevel.set_level("info")
+        self.log.debug("hidden")
+        self.log.info("shown")
+        loglevel.set_level("error")
+        self.log.warn("hidden")
+        self.log.error("shown")
+        self.assertEqual(self.levels(), [LogLevel.info, LogLevel.error])
+        self.assertRaises(ValueError, loglevel.set_level, "loud")
+
+    def test_under_twist(self):
+        runner = {"fileLogObserverFactory": lambda out: out.append}
+        service = object()
+        self.assertIs(loglevel.under_runner(service, runner), service)
+        observer = runner["fileLogObserverFactory"](self.seen)
+        loglevel.set_level("warn")
+        Logger(namespace="x", observer=observer).info("hidden")
+        self.assertEqual(self.seen, [])
+
+    def test_under_twistd(self):
+        self.addCleanup(signal.signal, signal.SIGUSR1, signal.getsignal(signal.SIGUSR1))
+        path = os.path.abspath(self.mktemp())
+        application = Application("pushsvc")
+        root = loglevel.under_runner(Service(), {"logfile": path, "nodaemon": True})
+        root.setServiceParent(application)
+        observer = application.getComponent(ILogObserver)
+        loglevel.set_level("warn")
+        Logger(namespace="x", observer=observer).info("hidden")
+        Logger(namespace="x", observer=observer).warn("shown")
+        with open(path) as f:
+            self.assertEqual([line.split(" ", 1)[1] for line in f], ["[x#warn] shown\n"])
+
+
+POOL_APP = '''
+from pushsvc.app import Deliver
+
+def on_message(session, api, to, data):
+    return Deliver("{version}: " + data)
+'''
+
+
+class PoolConsoleTests(ChildTestCase):
+    """``twistd pushsvc --workers 2`` driven by ``pushsvc-admin`` on its
+    default socket, and by SIGHUP."""
+
+    def console(self, *args: str) -> Child:
+        child = Child()
+        argv = [sys.executable, "-m", "pushsvc.admin.cli", *args]
+        reactor.spawnProcess(child, sys.executable, argv,
+                             env={**os.environ, "HOME": self.cwd}, path=self.cwd)
+        self.addCleanup(child.kill)
+        return child
+
+    async def said(self, *args: str) -> str:
+        """Run the console; its output (status 0, no traceback)."""
+        child = self.console(*args)
+        status = await child.exited()
+        self.assertEqual(status, 0, child.output())
+        self.assertNotIn("Traceback", child.output())
+        return child.stdout.decode()
+
+    def write_app(self, text: str) -> None:
+        with open(os.path.join(self.cwd, "app.py"), "w") as f:
+            f.write(text)
+
+    async def echo(self, speaker, listener) -> str:
+        count = len(listener.messages)
+        await speaker.request("send", to={"group": "lobby"}, data="hi")
+        await eventually(lambda: len(listener.messages) > count)
+        return listener.messages[-1]["data"]
+
+    @run
+    async def test_console_and_sighup_drive_the_pool(self):
+        self.write_app(POOL_APP.format(version="v1"))
+        port = free_port()
+        master = self.spawn("twistd", "--workers", "2", "--port", str(port), "--app", "app.py")
+        await self.wait_serving(master, port)
+        await eventually(lambda: os.path.exists(os.path.join(self.cwd, "pushsvc-admin.sock")))
+        clients = [await self.client(f"u{i}", groups=("lobby",)) for i in range(20)]
+        by_worker = {}
+        for c in clients:
+            by_worker.setdefault(owner(c.session), c)
+        self.assertEqual(len(by_worker), 2)
+        speaker, listener = by_worker.values()
+
+        workers = json.loads(await self.said("--json", "workers"))
+        self.assertEqual(sorted(w["worker"] for w in workers), [0, 1])
+        self.assertEqual(sum(w["sessions"] for w in workers), 20)
+        self.assertEqual(json.loads(await self.said("--json", "stats"))["sessions"], 20)
+
+        await self.said("push", "group:lobby", '{"text": "hello"}')
+        await eventually(lambda: all(c.messages for c in clients))
+        self.assertEqual({c.messages[0]["data"]["text"] for c in clients}, {"hello"})
+        self.assertEqual(await self.echo(speaker, listener), "v1: hi")
+
+        # SIGHUP reloads the module in both workers; nobody is disconnected.
+        self.write_app(POOL_APP.format(version="v2"))
+        master.transport.signalProcess("HUP")
+        await eventually(lambda: master.output().count("reloaded") >= 2, what="both reloaded")
+        self.assertEqual(await self.echo(speaker, listener), "v2: hi")
+        self.assertEqual([c.close_code for c in clients], [None] * 20)
+
+        # A reload that fails says so for each worker; the old code stays.
+        self.write_app("def on_message(:\n")
+        failed = self.console("reload")
+        self.assertEqual(await failed.exited(), 1, failed.output())
+        self.assertEqual(failed.output().count("app.py, line 1: SyntaxError"), 2,
+                         failed.output())
+        self.assertEqual(await self.echo(speaker, listener), "v2: hi")
+
+        await self.said("loglevel", "warn")
+        quiet_from = len(master.output())
+
+        # restart-workers: new pids, every client told 1012.
+        self.write_app(POOL_APP.format(version="v3"))
+        out = await self.said("--json", "restart-workers")
+        replaced = json.loads(out)["replaced"]
+        self.assertEqual(sorted(r["worker"] for r in replaced), [0, 1])
+        self.assertEqual({r["old_pid"] for r in replaced}, {w["pid"] for w in workers})
+        await eventually(lambda: all(c.close_code is not None for c in clients))
+        self.assertEqual({c.close_code for c in clients}, {1012})
+        again = [await self.client(f"u{i}", groups=("lobby",)) for i in range(20)]
+        new_workers = json.loads(await self.said("--json", "workers"))
+        self.assertEqual({w["pid"] for w in new_workers}, {r["new_pid"] for r in replaced})
+        self.assertEqual(sum(w["sessions"] for w in new_workers), 20)
+        self.assertEqual(len(again), 20)
+        # Since `loglevel warn`, neither the master nor a worker (old or new)
+        # logged below warn.
+        before, after = master.output()[:quiet_from], master.output()[quiet_from:]
+        self.assertIn("#info] worker 0 ready", before)
+        self.assertEqual([line for line in after.splitlines()
+                          if "#info]" in line and "pushsvc.admin.audit" not in line], [])
+        self.assertIn("[pushsvc.admin.audit#info] admin command from uid", after)
