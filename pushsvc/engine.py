@@ -40,7 +40,11 @@ class IConnection(Interface):
         """Write one encoded server frame (bytes) to this client."""
 
     def send_prepared(prepared):
-        """Write a frame prepared once for many clients by the engine's ``prepare``."""
+        """Write a frame prepared once for many clients by the engine's
+        ``prepare``, at the end of the reactor turn with the turn's others."""
+
+    def send_now(prepared):
+        """Write a prepared frame now (after any frames of this turn)."""
 
     def close(code, reason):
         """Close the connection with a WebSocket close code and reason."""
@@ -442,14 +446,22 @@ class Engine:
         """Build and send a message; a Deferred firing with its id."""
         return self.send(self.message(to, data, sender))
 
-    def deliver(self, message: Message) -> None:
-        """Write ``message`` to each local session it is for, encoded once."""
+    def deliver(self, message: Message, alone: bool = False) -> None:
+        """Write ``message`` to each local session it is for, encoded once.
+
+        ``alone``: no other message is delivered in this reactor turn, so each
+        connection writes it at once instead of at the end of the turn.
+        """
         targets = recipients(self.registry, message.to)
         if not targets:
             return
         prepared = self.prepare(message.frame)
-        for session in targets:
-            session.conn.send_prepared(prepared)
+        if alone:
+            for session in targets:
+                session.conn.send_now(prepared)
+        else:
+            for session in targets:
+                session.conn.send_prepared(prepared)
         self.counters["delivered"] += len(targets)
 
     # -- server-side commands -----------------------------------------------

@@ -184,7 +184,18 @@ class PushServerProtocol(WebSocketServerProtocol):
         frames, self._out, self._queued = self._out, None, 0
         if not frames or self.transport is None:
             return
-        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        self._write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+    def send_now(self, prepared: PreparedMessage) -> None:
+        """Write a prepared frame at once, unless frames of this turn wait (then
+        after them).  For a message that is alone in its turn: there is nothing
+        to batch it with, and queueing it would cost more than the write."""
+        if self._out is not None or self._paused:
+            self.send_prepared(prepared)
+        elif self.state == OPEN and self.session is not None and self.transport is not None:
+            self._write(prepared.payloadHybi)
+
+    def _write(self, data: bytes) -> None:
         transport, sock = self.transport, self._socket
         if (sock is not None and transport.connected and not transport.disconnecting
                 and transport._tempDataLen == 0 and len(transport.dataBuffer) == transport.offset):

@@ -32,6 +32,9 @@ class FakeConnection:
     def send_prepared(self, prepared):
         self.written.append(("prepared", prepared))
 
+    def send_now(self, prepared):
+        self.written.append(("now", prepared))
+
     def close(self, code, reason):
         self.closed.append((code, reason))
 
@@ -318,6 +321,13 @@ class DeliveryTests(EngineTestCase):
         self.assertEqual(self.publish(group=("elsewhere",)), "test.0.i.M1")
         self.assertEqual(self.prepared, [])
         self.assertEqual(self.engine.counters["published"], 1)
+
+    def test_a_message_alone_in_its_turn_is_written_now(self):
+        a = self.open(groups=("g",))
+        message = Message("m", Address(group=("g",)), b"{}")
+        self.engine.deliver(message)
+        self.engine.deliver(message, alone=True)
+        self.assertEqual([kind for kind, _ in a.conn.take()], ["prepared", "now"])
 
     def test_deliver_without_recipients_prepares_nothing(self):
         self.engine.deliver(Message("m", Address(session=("test.0.i.99",)), b"{}"))

@@ -146,9 +146,11 @@ class OutboxTests(unittest.TestCase):
 class Receiver:
     def __init__(self):
         self.delivered: list[Message] = []
+        self.alone: list[bool] = []
 
-    def deliver(self, message):
+    def deliver(self, message, alone=False):
         self.delivered.append(message)
+        self.alone.append(alone)
 
 
 def message(n: int, to: Address = Address(user=("u",))) -> Message:

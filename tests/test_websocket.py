@@ -18,6 +18,7 @@ from twisted.internet.defer import DeferredSemaphore, ensureDeferred, gatherResu
 from twisted.internet.task import deferLater
 
 from pushsvc.client import ConnectionClosed, ServerError, connect
+from pushsvc.protocol import Address
 from tests.helpers import ServerTestCase, run
 
 SESSION_ID = re.compile(r"^test\.0\.[0-9a-z]+\.[0-9a-z]+$")
@@ -396,6 +397,25 @@ class DeliveryTests(WebSocketTestCase):
         for msg_id in ids:
             self.assertRegex(msg_id, MESSAGE_ID)
         self.assertNotIn(c.session, ids)
+
+
+class AloneTests(WebSocketTestCase):
+    @run
+    async def test_a_message_alone_is_written_at_once_but_after_the_turns_frames(self):
+        self.start_server()
+        c = await self.client(user="u")
+        [conn] = self.server.ws_factory.connections
+        to = Address(user=("u",))
+        first, second, third = (self.engine.message(to, n) for n in range(3))
+        self.engine.deliver(first)               # waits for the end of the turn
+        self.engine.deliver(second, alone=True)  # so this one waits behind it
+        self.assertEqual(len(conn._out), 2)
+        await c.wait_for_messages(2)
+        self.engine.deliver(third, alone=True)   # nothing waits: written now
+        self.assertIsNone(conn._out)
+        self.assertEqual(self.server.ws_factory._unflushed, [])
+        await c.wait_for_messages(3)
+        self.assertEqual([m["data"] for m in c.messages], [0, 1, 2])
 
 
 class ClientSendTests(WebSocketTestCase):

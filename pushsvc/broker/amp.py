@@ -43,14 +43,17 @@ class WorkerProtocol(amp.AMP):
         # worker would take that for the master going away: contain it.
         deliver = self.broker.receiver.deliver
         try:
-            for msg_id, to, frame in unpack_messages(batch):
-                try:
-                    deliver(Message(msg_id, parse_address(json.loads(to), sys.maxsize),
-                                    frame))
-                except Exception:
-                    _log.failure("delivering message {id} failed", id=msg_id)
+            records = list(unpack_messages(batch))
         except ValueError:
             _log.failure("a DeliverBatch from the hub is malformed")
+            return {}
+        alone = len(records) == 1
+        for msg_id, to, frame in records:
+            try:
+                deliver(Message(msg_id, parse_address(json.loads(to), sys.maxsize), frame),
+                        alone)
+            except Exception:
+                _log.failure("delivering message {id} failed", id=msg_id)
         return {}
 
     @Perform.responder
@@ -130,9 +133,10 @@ class AmpBroker:
         of a change to the session maps.)
         """
         local, self._local = self._local, []
+        alone = len(local) == 1
         for message in local:
             try:
-                self.receiver.deliver(message)
+                self.receiver.deliver(message, alone)
             except Exception:
                 _log.failure("delivering message {id} failed", id=message.id)
 

@@ -35,8 +35,9 @@ class Command:
 class IReceiver(Interface):
     """What a broker hands messages and commands to: a session engine."""
 
-    def deliver(message):
-        """Write ``message`` to every local session its address selects."""
+    def deliver(message, alone=False):
+        """Write ``message`` to every local session its address selects;
+        ``alone`` when no other message is delivered in this reactor turn."""
 
     def perform(command):
         """Run ``command`` on the local sessions; return a JSON-able dict."""
