@@ -9,7 +9,7 @@ PORT   ?= 8080
 ARGS   ?=
 BENCH_ARGS ?=
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean redis-server
 
 # "compat" editable mode puts the checkout itself on sys.path, so twistd's
 # plugin scan finds twisted/plugins/pushsvc_plugin.py in this folder.
@@ -21,7 +21,22 @@ $(VENV)/.installed: setup.py
 run: $(VENV)/.installed
 	$(VENV)/bin/twistd -n --pidfile= pushsvc --port $(PORT) $(ARGS)
 
-test: $(VENV)/.installed
+# The Redis tests start their own redis-server (from PATH): install it with
+# apt when it is missing and we may (root, or sudo without a password).
+# Without it they are skipped, or fail when CI=true.
+redis-server:
+	@command -v redis-server >/dev/null && exit 0; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	  else echo "redis-server is missing and cannot be installed here (not root, no sudo)"; \
+	    exit 0; fi; \
+	  echo "installing redis-server with apt-get"; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null \
+	    || { $$sudo apt-get update -q >/dev/null \
+	         && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server \
+	              >/dev/null; } \
+	    || echo "could not install redis-server: the Redis tests will be skipped (fail with CI=true)"
+
+test: $(VENV)/.installed redis-server
 	@set -o pipefail; $(PY) -m twisted.trial --temp-directory=$(VENV)/_trial_temp tests 2>&1 \
 	  | tee $(VENV)/trial.log; status=$$?; \
 	  $(PY) tools/trial_summary.py $(VENV)/trial.log $$status

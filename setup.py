@@ -13,6 +13,9 @@ setup(
         "txredisapi>=1.4.10",
         "pyopenssl>=23.0",
         "service-identity>=21.1",
+        # Client tokens (pushsvc/tokens.py): JWT with HS256, RS256 and ES256; the
+        # crypto extra brings cryptography for the RSA and EC signatures.
+        "pyjwt[crypto]>=2.8",
     ],
     extras_require={
         "test": [],

@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import clientFromString
+from twisted.internet.endpoints import clientFromString, wrapClientTLS
 
 
 class ServerError(Exception):
@@ -134,14 +134,23 @@ class PushClientProtocol(WebSocketClientProtocol):
 
 
 def connect(url: str, reactor=None,
-            protocol: type[PushClientProtocol] = PushClientProtocol) -> Deferred:
-    """Open a client to ``url`` (ws://host:port/ws); fires after the welcome."""
+            protocol: type[PushClientProtocol] = PushClientProtocol,
+            tls=None) -> Deferred:
+    """Open a client to ``url`` (ws://host:port/ws or wss://...); fires after
+    the welcome.
+
+    ``tls``: for wss://, the client TLS options to use instead of trusting
+    the system's CA certificates, e.g.
+    ``optionsForClientTLS("127.0.0.1", trustRoot=Certificate.loadPEM(pem))``.
+    """
     if reactor is None:
         from twisted.internet import reactor
     parsed = urlparse(url)
     port = parsed.port or (443 if parsed.scheme == "wss" else 80)
     factory = WebSocketClientFactory(url)
     factory.protocol = protocol
-    kind = "tls" if parsed.scheme == "wss" else "tcp"
+    kind = "tls" if parsed.scheme == "wss" and tls is None else "tcp"
     endpoint = clientFromString(reactor, f"{kind}:host={parsed.hostname}:port={port}")
+    if parsed.scheme == "wss" and tls is not None:
+        endpoint = wrapClientTLS(tls, endpoint)
     return endpoint.connect(factory).addCallback(lambda proto: proto.welcomed)

@@ -17,6 +17,8 @@ import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
+from .limits import check_origin, parse_networks
+
 
 class ConfigError(Exception):
     """A setting is wrong.  ``str()`` names the setting and what is wrong."""
@@ -97,9 +99,73 @@ def _strings(value: Any) -> list[str]:
     return list(value)
 
 
+def _per_second(value: Any) -> float:
+    """A rate: a finite number >= 0 (0 = no limit)."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"must be a number per second, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"must be a number per second, got {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"must be at least 0 and finite, got {value}")
+    return float(value)
+
+
+def _origins(value: Any) -> list[str]:
+    """Browser origins (``https://app.example.com``, ``https://*.example.com``, ``null``)."""
+    if not isinstance(value, list):
+        raise ValueError("must be a list of origins such as \"https://app.example.com\"")
+    return [check_origin(_text(v)) for v in value]
+
+
+def _networks(value: Any) -> list[str]:
+    """IP addresses and CIDR networks (``10.0.0.1``, ``10.0.0.0/8``)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of IP addresses or networks")
+    parse_networks(value)
+    return [v.strip() for v in value]
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a string, got {value!r}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+def _jwt_secret(value: Any) -> str:
+    from .tokens import check_secret
+    return check_secret(value)
+
+
+def _jwt_algorithms(value: Any) -> list[str]:
+    from .tokens import check_algorithms
+    return check_algorithms(value)
+
+
+def _redis_url(value: Any) -> str:
+    """'' (no Redis) or a redis:// or redis+sentinel:// URL (``broker.redis_url``)."""
+    from .broker.redis_url import parse_redis_url
+    value = _text(value).strip()
+    if value:
+        parse_redis_url(value)
+    return value
+
+
+REDIS_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+def _redis_prefix(value: Any) -> str:
+    if not isinstance(value, str) or not REDIS_PREFIX_RE.match(value):
+        raise ValueError("must be 1-64 letters, digits, '_', '.', ':' or '-', "
+                         f"got {value!r}")
     return value
 
 
@@ -130,6 +196,20 @@ def _node(value: Any) -> str:
     return value
 
 
+def exposed_endpoints(endpoints: list[str]) -> list[str]:
+    """The listening endpoints that other machines may reach: a tcp:, tcp6:
+    or ssl: endpoint without interface= on loopback (none means every
+    interface), or a kind not known here; unix: sockets are local."""
+    exposed = []
+    for description in endpoints:
+        kind = description.split(":", 1)[0]
+        if kind == "unix" or (kind in ("tcp", "tcp6", "ssl")
+                              and LOOPBACK_RE.search(description)):
+            continue
+        exposed.append(description)
+    return exposed
+
+
 def default_node_name() -> str:
     """The host name, cut to the characters a session id may hold."""
     name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname().split(".")[0])
@@ -145,10 +225,16 @@ class Spec:
     check: Callable[[Any], Any]
     help: str
     flag: str | None = None
+    attr: str | None = None  # its name in Settings, when not ``key``
 
     @property
     def setting(self) -> str:
         return f"{self.section}.{self.key}"
+
+    @property
+    def name(self) -> str:
+        """The Settings attribute that holds it."""
+        return self.attr or self.key
 
 
 SPECS: tuple[Spec, ...] = (
@@ -186,6 +272,17 @@ SPECS: tuple[Spec, ...] = (
          "past it the worker is restarted"),
     Spec("limits", "max_batch_bytes", 1024 * 1024, _int(1024, 256 * 1024 * 1024),
          "largest POST /api/batch body, in bytes"),
+    Spec("limits", "max_connections_per_ip", 256, _int(0),
+         "connections one client address may hold in this process (per "
+         "worker); past it 429; 0 = no limit"),
+    Spec("limits", "messages_per_second", 50.0, _per_second,
+         "messages (and pings) a session may send per second on average; "
+         "past it error rate_limited; 0 = no limit"),
+    Spec("limits", "message_burst", 200, _int(1),
+         "messages a session may send at once above the rate; this many "
+         "refused in a row close it with 1008"),
+    Spec("limits", "max_header_bytes", 16384, _int(1024, 1024 * 1024),
+         "largest HTTP request line plus headers, in bytes; past it 431"),
     Spec("timeouts", "ping_interval", 25.0, _seconds(0.1),
          "seconds between WebSocket pings to an idle client"),
     Spec("timeouts", "ping_timeout", 60.0, _seconds(0.1),
@@ -196,15 +293,73 @@ SPECS: tuple[Spec, ...] = (
     Spec("timeouts", "close_timeout", 3.0, _seconds(0.1),
          "seconds to wait for a client's close handshake (and for all "
          "clients at shutdown)"),
+    Spec("history", "ttl", 60.0, _seconds(0),
+         "seconds a message is kept for clients that resume; 0 = no history"),
+    Spec("history", "max_per_channel", 100, _int(1),
+         "messages kept per channel (user, group, tag, all)"),
+    Spec("history", "max_memory", 64 * 1024 * 1024, _int(64 * 1024),
+         "bytes of kept messages in all; past it the oldest go first"),
+    Spec("redis", "url", "", _redis_url,
+         "Redis for many nodes: redis://HOST:PORT/DB or "
+         "redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE/DB; '' = none",
+         flag="redis", attr="redis"),
+    Spec("redis", "prefix", "pushsvc:", _redis_prefix,
+         "start of every Redis channel and key this cluster uses",
+         attr="redis_prefix"),
+    Spec("redis", "timeout", 5.0, _seconds(0.1),
+         "seconds a Redis command, connection attempt or cluster-wide command "
+         "may take", attr="redis_timeout"),
+    Spec("redis", "heartbeat", 2.0, _seconds(0.1),
+         "seconds between a process's heartbeats in Redis; one silent for 3 "
+         "is taken for gone", attr="redis_heartbeat"),
+    Spec("redis", "max_queued_messages", 10000, _int(0),
+         "messages kept for other nodes while Redis is away; past it the "
+         "oldest are dropped", attr="redis_max_queued"),
+    Spec("redis", "max_queued_bytes", 16 * 1024 * 1024, _int(0),
+         "bytes of messages kept for other nodes while Redis is away",
+         attr="redis_max_queued_bytes"),
     Spec("http", "api_keys", [], _strings,
          "bearer keys for the HTTP API; empty = no key needed"),
+    Spec("http", "api_read_keys", [], _strings,
+         "bearer keys that may only read (GET) the HTTP API; a POST with one is 403"),
+    Spec("http", "allowed_origins", [], _origins,
+         "browser origins allowed to open a WebSocket (Origin header); "
+         "empty = any (development only)"),
+    Spec("http", "trusted_proxies", [], _networks,
+         "reverse proxies (IP addresses or networks) whose X-Forwarded-For "
+         "names the client; empty = the header is ignored"),
     Spec("policy", "client_send", "joined", _choice("joined", "any", "none"),
          "what a client's send may address: 'joined' groups only, 'any' "
          "address, or 'none'"),
+    # Client tokens (pushsvc/tokens.py, docs/protocol.md#authentication).
+    Spec("auth", "mode", "none", _choice("none", "token", "required"),
+         "client authentication: 'none' (development: auth with a user name is "
+         "trusted), 'token' (auth needs a valid token), 'required' (a valid "
+         "token before any op but auth and ping)", attr="auth_mode"),
+    Spec("auth", "jwt_secret", "", _jwt_secret,
+         "shared secret (at least 32 bytes) for HS256 tokens; '' = none"),
+    Spec("auth", "jwt_public_key_file", "", _text,
+         "PEM file of the public key(s) for RS256/ES256 tokens; '' = none"),
+    Spec("auth", "jwt_algorithms", ["HS256", "RS256", "ES256"], _jwt_algorithms,
+         "token algorithms accepted (each one that has a key)"),
+    Spec("auth", "jwt_audience", "", _text,
+         "when set, a token's 'aud' must name it; '' = tokens must have no 'aud'"),
+    Spec("auth", "jwt_issuer", "", _text,
+         "when set, a token's 'iss' must be it; '' = not checked"),
+    Spec("auth", "require_exp", True, _bool,
+         "tokens must carry 'exp' (an expiry)", attr="jwt_require_exp"),
+    Spec("auth", "leeway", 5.0, _seconds(0),
+         "seconds of clock difference allowed when checking exp, nbf and iat",
+         attr="auth_leeway"),
+    Spec("auth", "timeout", 10.0, _seconds(0.1),
+         "seconds a session may stay without a valid auth in 'required' mode",
+         attr="auth_timeout"),
 )
 
 # Settings a reload leaves as they are: only a restart of the server applies them.
-RESTART_ONLY = ("port", "listen", "workers", "node", "admin", "admin_secret")
+RESTART_ONLY = ("port", "listen", "workers", "node", "admin", "admin_secret",
+                "redis", "redis_prefix", "redis_timeout", "redis_heartbeat",
+                "redis_max_queued", "redis_max_queued_bytes")
 
 
 @dataclass(frozen=True)
@@ -225,12 +380,37 @@ class Settings:
     max_batch_messages: int = 1000
     max_worker_backlog: int = 64 * 1024 * 1024
     max_batch_bytes: int = 1024 * 1024
+    max_connections_per_ip: int = 256
+    messages_per_second: float = 50.0
+    message_burst: int = 200
+    max_header_bytes: int = 16384
     ping_interval: float = 25.0
     ping_timeout: float = 60.0
     handshake_timeout: float = 10.0
     close_timeout: float = 3.0
+    ttl: float = 60.0
+    max_per_channel: int = 100
+    max_memory: int = 64 * 1024 * 1024
+    redis: str = ""
+    redis_prefix: str = "pushsvc:"
+    redis_timeout: float = 5.0
+    redis_heartbeat: float = 2.0
+    redis_max_queued: int = 10000
+    redis_max_queued_bytes: int = 16 * 1024 * 1024
     api_keys: list[str] = field(default_factory=list)
+    api_read_keys: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
+    trusted_proxies: list[str] = field(default_factory=list)
     client_send: str = "joined"
+    auth_mode: str = "none"
+    jwt_secret: str = ""
+    jwt_public_key_file: str = ""
+    jwt_algorithms: list[str] = field(default_factory=lambda: ["HS256", "RS256", "ES256"])
+    jwt_audience: str = ""
+    jwt_issuer: str = ""
+    jwt_require_exp: bool = True
+    auth_leeway: float = 5.0
+    auth_timeout: float = 10.0
     config_path: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)  # the command line's, by key
 
@@ -280,6 +460,31 @@ def read_toml(path: str) -> dict[str, dict[str, Any]]:
     return data
 
 
+def _check_auth(values: dict[str, Any]) -> None:
+    """The [auth] settings together: a mode that needs tokens has a key, the
+    key file is readable, and each key has an algorithm to check with."""
+    from .tokens import HMAC_ALGORITHMS, KeyFileError, keys_by_algorithm, load_public_keys
+    mode, secret, path = (values["auth_mode"], values["jwt_secret"],
+                          values["jwt_public_key_file"])
+    if mode != "none" and not secret and not path:
+        raise ConfigError("auth.mode", f"{mode!r} needs a key: set auth.jwt_secret (HS256) "
+                                       "or auth.jwt_public_key_file (RS256, ES256)")
+    algorithms = values["jwt_algorithms"]
+    if secret and not any(alg in HMAC_ALGORITHMS for alg in algorithms):
+        raise ConfigError("auth.jwt_algorithms", "lists no HS algorithm (HS256) for "
+                                                 "auth.jwt_secret")
+    if path:
+        try:
+            keys = load_public_keys(path)
+        except KeyFileError as e:
+            raise ConfigError("auth.jwt_public_key_file", str(e))
+        if not keys_by_algorithm([a for a in algorithms if a not in HMAC_ALGORITHMS],
+                                 "", keys):
+            raise ConfigError("auth.jwt_algorithms",
+                              f"lists no algorithm for the keys in {path} (RS256 for an "
+                              "RSA key, ES256 for an EC P-256 key)")
+
+
 def build_settings(config_path: str | None = None,
                    overrides: dict[str, Any] | None = None) -> Settings:
     """Fold defaults, the TOML file and command-line ``overrides`` (by key).
@@ -298,12 +503,13 @@ def build_settings(config_path: str | None = None,
             raw = overrides[spec.key]
             name = f"--{spec.flag}" if spec.flag else name
         try:
-            values[spec.key] = spec.check(raw)
+            values[spec.name] = spec.check(raw)
         except ValueError as e:
             raise ConfigError(name, str(e))
     if values["admin"].startswith("tcp") and not values["admin_secret"]:
         raise ConfigError("server.admin_secret",
                           "must be set when the admin endpoint is tcp:")
+    _check_auth(values)
     if values["ping_timeout"] < values["ping_interval"]:
         raise ConfigError("timeouts.ping_timeout",
                           "must be at least timeouts.ping_interval")

@@ -22,13 +22,15 @@ from . import commands
 from .app import API, Answer, App, Deliver, Refused, SessionInfo
 from .broker.interface import Command, IReceiver, Message
 from .ids import IdMaker
-from .protocol import (CLOSE_KICKED, CLOSE_POLICY, FORBIDDEN, RATE_LIMITED, TOO_MANY_GROUPS,
+from .protocol import (CLOSE_KICKED, CLOSE_POLICY, CLOSE_TRY_AGAIN, FORBIDDEN,
+                       RATE_LIMITED, TOO_MANY_GROUPS, UNAVAILABLE,
                        UNAUTHORIZED, Address, ProtocolError, Request, encode, error_frame,
                        message_frame, name, parse_address, parse_push, parse_request,
                        reply_frame)
 from .routing import (channels, check_client_send, recipients, session_channels,
                       worker_channel)
 from .sessions import Session, SessionRegistry
+from .tokens import Claims, KeyFileError, TokenError, TokenVerifier
 
 _log = Logger()
 
@@ -57,12 +59,22 @@ class IConnection(Interface):
 # How many sessions one engine lists at most for ``sessions``.
 SESSIONS_SHOWN = 1000
 
-COUNTERS = ("published", "delivered", "sent_by_clients", "dropped_slow", "refused_full")
+COUNTERS = ("published", "delivered", "sent_by_clients", "dropped_slow", "refused_full",
+            # limits.COUNTERS, counted by the I/O edges (docs/security.md)
+            "rate_limited", "dropped_flood", "dropped_large", "dropped_invalid",
+            "refused_ip", "refused_origin", "slow_handshakes", "http_invalid",
+            "http_bad_key", "http_forbidden", "http_too_large")
 
 # A session's frames that may wait while the application handles an earlier one.
 MAX_WAITING = 100
 
 INTERNAL = "internal"  # the error code of a hook that failed
+
+# Live messages one session may hold while its resume is replayed.
+MAX_HELD = 10_000
+
+# The ops served before a successful auth in ``auth.mode = "required"``.
+BEFORE_AUTH = ("auth", "ping")
 
 
 class Overloaded(Exception):
@@ -88,12 +100,17 @@ class Engine:
         self._keepalive = LoopingCall(self._check_alive)
         self._keepalive.clock = clock
         self._ops = {"ping": self._ping, "auth": self._auth, "join": self._join,
-                     "leave": self._leave, "send": self._send}
+                     "leave": self._leave, "send": self._send, "resume": self._replay}
+        # Sessions being replayed what they missed: the live messages for them
+        # wait here meanwhile, (id, prepared frame) each.
+        self._replaying: dict[Session, list[tuple[str, Any]]] = {}
         self.app: App | None = None
         self.api = API(self)
         # The frames of sessions whose earlier request (or connect) is in the
         # application's hands: they are served in order once it is done.
         self._waiting: dict[Session, deque[bytes]] = {}
+        # Client tokens: None when no key is configured (pushsvc/tokens.py).
+        self.tokens: TokenVerifier | None = TokenVerifier.from_settings(settings)
 
     # -- life cycle -------------------------------------------------------
 
@@ -108,9 +125,31 @@ class Engine:
             self._keepalive.stop()
 
     def configure(self, settings) -> None:
-        """Use ``settings`` from now on (a reload): limits, policy, timeouts."""
+        """Use ``settings`` from now on (a reload): limits, policy, timeouts,
+        token keys (the public key file is read again)."""
+        required = self.settings.auth_mode == "required"
         self.settings = settings
         self._keepalive.interval = settings.ping_interval
+        try:
+            self.tokens = TokenVerifier.from_settings(settings)
+        except KeyFileError as e:  # it was readable when the settings were checked
+            _log.error("reload: the token keys stay as they were: {error}", error=str(e))
+        if required != (settings.auth_mode == "required"):
+            self._time_anonymous()
+
+    def _time_anonymous(self) -> None:
+        """After ``auth.mode`` changed to or from "required": start or stop the
+        auth timeout of the sessions that have not authenticated."""
+        required = self.settings.auth_mode == "required"
+        for session in self.registry.everyone():
+            if session.user is not None:
+                continue
+            if session.timer is not None:
+                session.timer.cancel()
+                session.timer = None
+            if required:
+                session.timer = self.clock.callLater(self.settings.auth_timeout,
+                                                     self._time_up, session)
 
     def _interest(self, channel: str, wanted: bool) -> None:
         if not wanted:
@@ -147,6 +186,9 @@ class Engine:
             raise Overloaded()
         session = Session(self.ids.session_id(), conn)
         self.registry.add(session)
+        if self.settings.auth_mode == "required":
+            session.timer = self.clock.callLater(self.settings.auth_timeout,
+                                                 self._time_up, session)
         if self._hook("on_connect") is not None:
             # After the welcome the caller sends; its frames wait meanwhile.
             self._waiting[session] = deque()
@@ -159,6 +201,11 @@ class Engine:
         info = None if hook is None else SessionInfo.of(session)
         self.registry.remove(session)
         self._waiting.pop(session, None)
+        self._replaying.pop(session, None)
+        if session.timer is not None:
+            if session.timer.active():
+                session.timer.cancel()
+            session.timer = None
         if info is not None:
             # _hook_failed has logged a failure; nobody is left to answer.
             self._call("on_disconnect", hook, info).addErrback(lambda _: None)
@@ -219,7 +266,10 @@ class Engine:
         return message.id
 
     def welcome(self, session: Session, ref: Any = None) -> bytes:
-        return reply_frame("welcome", ref, session=session.id, user=session.user)
+        epoch = self.broker.epoch if self.settings.ttl > 0 else None
+        if epoch is None:
+            return reply_frame("welcome", ref, session=session.id, user=session.user)
+        return reply_frame("welcome", ref, session=session.id, user=session.user, epoch=epoch)
 
     def reply(self, session: Session, frame: bytes) -> None:
         """Send a frame to one session, after every subscription its channels
@@ -283,6 +333,12 @@ class Engine:
         request = None
         try:
             request = parse_request(text, self.settings.max_targets)
+            if (session.user is None and request.op not in BEFORE_AUTH
+                    and self.settings.auth_mode == "required"):
+                # Refused, but not closed: that is the auth timeout's to do.
+                self.reply(session, error_frame(ProtocolError(
+                    UNAUTHORIZED, "authenticate first: send auth with a token"), request.ref))
+                return None
             d = self._ops[request.op](session, request)
         except ProtocolError as e:
             self._refuse(session, e, e.ref if request is None else request.ref)
@@ -333,27 +389,48 @@ class Engine:
     def _ping(self, session: Session, request: Request) -> None:
         self.reply(session, reply_frame("pong", request.ref))
 
+    def authenticate_url(self, session: Session, token: str) -> None:
+        """A token given on the /ws URL (``?token=``): served as if the client
+        had sent ``{"op":"auth","token":...}`` (without a ref) first."""
+        self.handle(session, encode({"op": "auth", "token": token}))
+
     def _auth(self, session: Session, request: Request) -> Deferred | None:
+        """``auth``: a token is checked first (when the server has keys), then
+        the application's ``on_auth`` (given the token's user) decides."""
+        claims = None
+        user = request.user
+        if request.token is not None:
+            if self.tokens is not None:
+                try:
+                    claims = self.tokens.verify(request.token, self.clock.seconds())
+                except TokenError as e:
+                    raise ProtocolError(UNAUTHORIZED, str(e))
+                user = claims.user
+        elif self.settings.auth_mode != "none":
+            raise ProtocolError(UNAUTHORIZED, "this server needs a token: send auth "
+                                              "with 'token', not 'user'")
         hook = self._hook("on_auth")
         if hook is None:
-            self._bind(session, request, request.user)
-            return None
+            return self._bind(session, request, user, claims)
 
         def chosen(outcome: Any) -> str | None:
             if outcome is None or outcome is True:
-                return request.user
+                return user
             if outcome is False:
                 raise Refused()
             if isinstance(outcome, str):
                 return name(outcome, "user")
             raise TypeError(f"on_auth returned {outcome!r}; expected None, True, False "
                             "or a user name")
-        return self._call("on_auth", hook, SessionInfo.of(session), request.user,
+        return self._call("on_auth", hook, SessionInfo.of(session), user,
                           request.token, result=chosen).addCallback(
-            lambda user: self._bind(session, request, user))
+            lambda chosen_user: self._bind(session, request, chosen_user, claims))
 
-    def _bind(self, session: Session, request: Request, user: str | None) -> None:
-        """Bind ``session`` to ``user`` (None: a token nobody verified)."""
+    def _bind(self, session: Session, request: Request, user: str | None,
+              claims: Claims | None = None) -> Deferred | None:
+        """Bind ``session`` to ``user`` (None: a token nobody verified), join
+        and tag it as a verified token's ``claims`` say, then hand it what the
+        mailbox kept for the user."""
         if self._gone(session):  # it closed while the application decided
             return
         if user is None:
@@ -361,8 +438,66 @@ class Engine:
                                 "token authentication is not configured on this server")
         if session.user is not None and session.user != user:
             raise ProtocolError(FORBIDDEN, "this session is already bound to another user")
+        if claims is not None:
+            joining = sum(1 for g in claims.groups if g not in session.groups)
+            if len(session.groups) + joining > self.settings.max_groups_per_session:
+                raise ProtocolError(TOO_MANY_GROUPS, "the token's groups would put the "
+                                    "session in more than "
+                                    f"{self.settings.max_groups_per_session} groups")
+        anonymous = session.user is None
         self.registry.set_user(session, user)
+        if claims is not None:
+            for group in claims.groups:
+                self.registry.join(session, group)
+            for tag in claims.tags:
+                self.registry.tag(session, tag)
+        if anonymous or claims is not None:
+            self._expire_at(session, None if claims is None else claims.expires)
         self.reply(session, self.welcome(session))
+        d = self.broker.mail(user).addErrback(self._mail_failed, user)
+        return d.addCallback(self._mailed, session, request)
+
+    def _expire_at(self, session: Session, expires: float | None) -> None:
+        """End ``session`` at ``expires`` (its token's ``exp``, plus the
+        leeway), instead of at its auth timeout or at an earlier token's
+        expiry; None: never."""
+        timer = session.timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        session.timer = None
+        if expires is not None:
+            leeway = self.tokens.leeway if self.tokens is not None else 0.0
+            delay = max(0.0, expires + leeway - self.clock.seconds())
+            session.timer = self.clock.callLater(delay, self._time_up, session)
+
+    def _time_up(self, session: Session) -> None:
+        """The auth timeout (no user yet) or the token's expiry (no fresh token
+        came): ``unauthorized``, then close with 1008."""
+        session.timer = None
+        if self._gone(session):
+            return
+        if session.user is None:
+            if self.settings.auth_mode != "required":
+                return
+            message = f"not authenticated within {self.settings.auth_timeout:g} seconds"
+        else:
+            message = "token expired"
+        _log.debug("closing session {session} (user {user}): {why}", session=session.id,
+                   user=session.user, why=message)
+        self._refuse(session, ProtocolError(UNAUTHORIZED, message), None)
+
+    @staticmethod
+    def _mail_failed(failure: Failure, user: str) -> list:
+        _log.failure("reading the mailbox of user {user} failed", failure, user=user)
+        return []
+
+    def _mailed(self, messages: list, session: Session, request: Request) -> None:
+        """Write the kept messages, then ``ok`` the ``auth``.  A later
+        ``resume`` skips them."""
+        for msg_id, frame in messages:
+            self.reply(session, frame)
+        if messages:
+            session.mailed = (session.mailed or set()) | {msg_id for msg_id, _ in messages}
         self._ok(session, request)
 
     def _may_join(self, session: Session, group: str) -> bool:
@@ -435,16 +570,22 @@ class Engine:
         frame = message_frame(msg_id, to, data, sender, self.settings.max_message_bytes)
         return Message(msg_id, to, frame)
 
-    def send(self, message: Message) -> Deferred:
-        """Give ``message`` to the broker; a Deferred firing with its id."""
-        self.counters["published"] += 1
-        return self.broker.publish(channels(message.to), message).addCallback(
-            lambda _: message.id)
+    def send(self, message: Message, store: bool = False) -> Deferred:
+        """Give ``message`` to the broker; a Deferred firing with its id.
 
-    def publish(self, to: Address, data: Any,
-                sender: dict[str, Any] | None = None) -> Deferred:
+        ``store``: keep it too for each addressed user who is offline, until
+        they connect (the mailbox).
+        """
+        self.counters["published"] += 1
+        d = self.broker.publish(channels(message.to), message)
+        if store and message.to.user:
+            self.broker.keep(message.to.user, message)
+        return d.addCallback(lambda _: message.id)
+
+    def publish(self, to: Address, data: Any, sender: dict[str, Any] | None = None,
+                store: bool = False) -> Deferred:
         """Build and send a message; a Deferred firing with its id."""
-        return self.send(self.message(to, data, sender))
+        return self.send(self.message(to, data, sender), store)
 
     def deliver(self, message: Message, alone: bool = False) -> None:
         """Write ``message`` to each local session it is for, encoded once.
@@ -456,6 +597,8 @@ class Engine:
         if not targets:
             return
         prepared = self.prepare(message.frame)
+        if self._replaying:
+            targets = self._hold(targets, message.id, prepared)
         if alone:
             for session in targets:
                 session.conn.send_now(prepared)
@@ -463,6 +606,55 @@ class Engine:
             for session in targets:
                 session.conn.send_prepared(prepared)
         self.counters["delivered"] += len(targets)
+
+    # -- resume ------------------------------------------------------------
+
+    def _replay(self, session: Session, request: Request) -> Deferred:
+        """``resume``: the kept messages of the session's channels after
+        ``since``, then ``ok`` with their count and the channels with a gap.
+
+        Live messages for the session wait until the replay is written; one
+        that is also in the replay is written once, in its replay place.
+        """
+        self._replaying[session] = []  # (the session's next frames wait meanwhile)
+        d = self.broker.replay(session_channels(session), request.since, request.epoch)
+        return d.addBoth(self._replayed, session, request)
+
+    def _replayed(self, result, session: Session, request: Request) -> None:
+        if session not in self._replaying:  # closed meanwhile
+            return
+        if isinstance(result, Failure):
+            _log.failure("reading the history failed", result)
+            self._end_replay(session, set())
+            raise ProtocolError(UNAVAILABLE, "the history cannot be read now")
+        messages, gaps = result
+        if session.mailed:
+            messages = [(i, frame) for i, frame in messages if i not in session.mailed]
+        for _, frame in messages:
+            self.reply(session, frame)
+        self._after_replies(session, self._end_replay, session,
+                            {msg_id for msg_id, _ in messages})
+        self._ok(session, request, replayed=len(messages), gaps=gaps)
+
+    def _end_replay(self, session: Session, replayed: set[str]) -> None:
+        """Write the live messages held during the replay, but those it had."""
+        for msg_id, prepared in self._replaying.pop(session, ()):
+            if msg_id not in replayed:
+                session.conn.send_prepared(prepared)
+
+    def _hold(self, targets, msg_id: str, prepared) -> list[Session]:
+        """The targets not being replayed to; the others hold the message."""
+        live = []
+        for session in targets:
+            held = self._replaying.get(session)
+            if held is None:
+                live.append(session)
+            elif len(held) < MAX_HELD:
+                held.append((msg_id, prepared))
+            else:  # it would rather reconnect than wait this long
+                del self._replaying[session]
+                session.conn.close(CLOSE_TRY_AGAIN, "too many messages during the resume")
+        return live
 
     # -- server-side commands -----------------------------------------------
 

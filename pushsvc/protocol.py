@@ -43,6 +43,7 @@ TOO_LARGE = "too_large"
 RATE_LIMITED = "rate_limited"
 TOO_MANY_GROUPS = "too_many_groups"
 NOT_FOUND = "not_found"
+UNAVAILABLE = "unavailable"
 
 # WebSocket close codes.
 CLOSE_NORMAL = 1000
@@ -100,6 +101,8 @@ class Request:
     group: str | None = None
     to: Address | None = None
     data: Any = None
+    since: int | None = None
+    epoch: str | None = None
 
 
 def valid_unicode(text: str) -> bool:
@@ -176,6 +179,14 @@ def parse_push(body: Any, max_targets: int, where: str = "the body") -> tuple[Ad
     return parse_address(body.get("to"), max_targets), body["data"]
 
 
+def parse_store(body: dict[str, Any], where: str = "the body") -> bool:
+    """A push's ``store`` flag: keep it for addressed users who are offline."""
+    store = body.get("store", False)
+    if not isinstance(store, bool):
+        raise ProtocolError(BAD_REQUEST, f"'store' in {where} must be true or false")
+    return store
+
+
 def decode_json(text: str | bytes) -> Any:
     """``json.loads`` with every way it can fail turned into ProtocolError.
 
@@ -224,6 +235,14 @@ def parse_request(text: str | bytes, max_targets: int = 100) -> Request:
         if op == "send":
             to, data = parse_push(frame, max_targets, "'send'")
             return Request(op, ref, to=to, data=data)
+        if op == "resume":
+            since, epoch = frame.get("since"), frame.get("epoch")
+            if isinstance(since, bool) or not isinstance(since, int) or since < 0:
+                raise ProtocolError(BAD_REQUEST, "'since' must be the last 'pos' received, "
+                                                 "a whole number >= 0")
+            if not isinstance(epoch, str) or len(epoch) > MAX_NAME:
+                raise ProtocolError(BAD_REQUEST, "'epoch' must be the epoch of the welcome")
+            return Request(op, ref, since=since, epoch=epoch)
         raise ProtocolError(UNKNOWN_OP, f"unknown op '{op[:MAX_NAME]}'")
     except ProtocolError as e:
         e.ref = ref
@@ -258,6 +277,16 @@ def reply_frame(op: str, ref: Any = None, **fields: Any) -> bytes:
     if ref is not None:
         frame["ref"] = ref
     return encode(frame)
+
+
+_MSG_HEAD = b'{"op":"msg",'
+
+
+def with_position(frame: bytes, position: int) -> bytes:
+    """A ``msg`` frame with its position in the history (``"pos"``) added."""
+    if not frame.startswith(_MSG_HEAD):
+        raise ValueError("not a msg frame")
+    return b'%s"pos":%d,%s' % (_MSG_HEAD, position, frame[len(_MSG_HEAD):])
 
 
 def message_frame(msg_id: str, to: Address, data: Any,

@@ -6,16 +6,20 @@ import sys
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
-from twisted.internet.endpoints import AdoptedStreamServerEndpoint, serverFromString
+from twisted.internet.endpoints import (AdoptedStreamServerEndpoint, TCP4ServerEndpoint,
+                                        serverFromString)
 from twisted.internet.error import CannotListenError
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
 from .app import AppError, load_app
+from .broker import make_broker
 from .broker.local import LocalBroker
 from .engine import Engine
+from .history import History, Mailbox
 from .http import build_site
 from .ids import IdMaker
+from .tls import TLSContext, TLSError, describe_certificate, is_tls
 from .websocket import PushServerFactory, prepare_frame
 
 _log = Logger()
@@ -89,8 +93,17 @@ class PushServer(MultiService):
 
     def __init__(self, settings, reactor, broker=None, worker: int = 0, clock=None):
         super().__init__()
+        self.tls: list[TLSContext] = []  # one per ssl: listener; reload renews them
         self.settings = settings
-        self.broker = broker or LocalBroker()
+        # One process keeps the history and mailbox itself; a pool worker's
+        # are the hub's; Redis keeps none yet.
+        self.history = self.mailbox = None
+        if broker is None and not settings.redis:
+            self.history = History.from_settings(settings)
+            self.mailbox = Mailbox.from_settings(settings)
+        self.broker = broker or make_broker(
+            settings, worker, reactor, clock,
+            otherwise=lambda: LocalBroker(self.history, clock or reactor, self.mailbox))
         self.engine = Engine(settings, self.broker, IdMaker(settings.node, worker),
                              clock or reactor, prepare=prepare_frame)
         self.engine.set_app(load_app(settings.app))  # AppError when it cannot load
@@ -99,25 +112,40 @@ class PushServer(MultiService):
         EngineService(self.engine, self.ws_factory).setServiceParent(self)
 
     def reload(self, settings) -> str | None:
-        """Use ``settings`` and a freshly loaded application module, keeping
-        every connection; None, or why nothing changed (the module did not load).
+        """Use ``settings``, a freshly loaded application module and freshly
+        read TLS keys and certificates, keeping every connection; None, or why
+        nothing changed (the module did not load, a key or certificate
+        cannot be used).
 
         Settings that only a restart can change (the listeners, the workers,
-        the node name, the admin endpoint) are kept as they are.
+        the node name, the admin endpoint) are kept as they are.  A renewed
+        certificate is for the connections accepted from now on.
         """
         try:
             app = load_app(settings.app)
         except AppError as e:
             return str(e)
+        try:
+            renewed = [(context, context.load()) for context in self.tls]
+        except TLSError as e:
+            return f"TLS: {e}"
         skipped = self.settings.needs_restart(settings)
         if skipped:
             _log.warn("reload: {names} changed in the config file; only a restart "
                       "applies that", names=", ".join(skipped))
         settings = self.settings = self.settings.reloaded(settings)
         self.engine.configure(settings)
+        if self.history is not None:
+            self.history.configure(settings)
+            self.mailbox.configure(settings)
         self.ws_factory.configure(settings)
         self.site.configure(settings)
         self.engine.set_app(app)
+        for context, options in renewed:
+            if context.use(options):
+                _log.info("TLS on {endpoint}: new connections get the certificate "
+                          "{certificate}", endpoint=context.description,
+                          certificate=describe_certificate(options))
         return None
 
     def retire(self, code: int, reason: str) -> Deferred:
@@ -129,15 +157,35 @@ class PushServer(MultiService):
         return d.addCallback(lambda _: self.ws_factory.close_all(code, reason))
 
     def listen(self, reactor, description: str) -> ListenerService:
-        """Add a listener on a Twisted endpoint string; it starts with the service."""
+        """Add a listener on a Twisted endpoint string; it starts with the service.
+
+        An ``ssl:`` endpoint listens as TCP with TLS done here (``tls.TLSContext``),
+        so that a reload can renew its certificate; TLSError if its files
+        cannot be used.
+        """
+        if is_tls(description):
+            context = TLSContext(reactor, description)
+            endpoint = TCP4ServerEndpoint(reactor, context.port, context.backlog,
+                                          context.interface)
+            return self._listener(description, endpoint, context)
         return self._listener(description, serverFromString(reactor, description))
 
-    def adopt(self, reactor, fd: int, family: int) -> ListenerService:
-        """Add a listener on an inherited listening socket (a pool worker's)."""
-        return self._listener(f"inherited socket {fd}",
-                              AdoptedStreamServerEndpoint(reactor, fd, family))
+    def adopt(self, reactor, fd: int, family: int, tls: str | None = None) -> ListenerService:
+        """Add a listener on an inherited listening socket (a pool worker's);
+        ``tls``: the ``ssl:`` description whose key and certificate it serves
+        TLS with (TLSError if they cannot be used), None for plain TCP."""
+        endpoint = AdoptedStreamServerEndpoint(reactor, fd, family)
+        if tls is None:
+            return self._listener(f"inherited socket {fd}", endpoint)
+        return self._listener(f"inherited socket {fd} (TLS, {tls})", endpoint,
+                              TLSContext(reactor, tls))
 
-    def _listener(self, description: str, endpoint) -> ListenerService:
-        service = ListenerService(description, endpoint, self.site)
+    def _listener(self, description: str, endpoint, tls: TLSContext | None = None
+                  ) -> ListenerService:
+        factory = self.site
+        if tls is not None:
+            self.tls.append(tls)
+            factory = tls.wrap(self.site)
+        service = ListenerService(description, endpoint, factory)
         service.setServiceParent(self)
         return service

@@ -19,7 +19,7 @@ ALL = "all"
 class Session:
     """One connected client: its id, user, groups and tags, and its connection."""
 
-    __slots__ = ("id", "user", "groups", "tags", "conn", "gate")
+    __slots__ = ("id", "user", "groups", "tags", "conn", "gate", "mailed", "timer")
 
     def __init__(self, session_id: str, conn: Any = None):
         self.id = session_id
@@ -28,6 +28,8 @@ class Session:
         self.tags: set[str] = set()
         self.conn = conn
         self.gate = None  # a Deferred while replies wait for subscriptions (engine)
+        self.mailed = None  # ids of the messages its user's mailbox gave it (engine)
+        self.timer = None  # a DelayedCall: its auth timeout or token expiry (engine)
 
     def describe(self) -> dict[str, Any]:
         """The session as the HTTP API and the console show it."""

@@ -6,13 +6,16 @@ import os
 import sys
 
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.python import usage
 
 from .app import AppError, load_app
-from .config import SPECS, ConfigError, Settings, build_settings
+from .config import SPECS, ConfigError, Settings, build_settings, exposed_endpoints
 from . import loglevel
 from .admin.service import admin_service
 from .signals import reload_on_hangup, stop_on_signals
+
+_log = Logger()
 
 
 class Options(usage.Options):
@@ -71,12 +74,28 @@ def check_endpoint(description: str) -> None:
         raise ConfigError("--listen", f"bad endpoint {description!r}: {e}")
 
 
+def warn_if_open(settings: Settings, log: Logger = _log) -> bool:
+    """Warn loudly when clients are not authenticated (``auth.mode = "none"``,
+    the development default) and other machines can connect; True if so."""
+    exposed = exposed_endpoints(settings.endpoints)
+    if settings.auth_mode != "none" or not exposed:
+        return False
+    log.warn("SECURITY WARNING: client authentication is off (auth.mode = \"none\", "
+             "the development default) and pushsvc listens on {endpoints}, which other "
+             "machines can reach: any client may claim to be any user. Set [auth] mode "
+             "= \"token\" or \"required\" with auth.jwt_secret or "
+             "auth.jwt_public_key_file, or listen on 127.0.0.1 only.",
+             endpoints=", ".join(exposed))
+    return True
+
+
 def makeService(options: Options):
     """Build the service tree for the options twistd parsed: one process
     (``--workers 0``) or a master with a pool of workers."""
     from twisted.internet import reactor
 
     settings = options.settings
+    warn_if_open(settings)
     count = os.cpu_count() or 1 if settings.workers is None else settings.workers
     if count == 0:
         from .control import LocalControl

@@ -12,6 +12,11 @@ writes what the engine sends; it owns three things the engine does not know:
   asks ``check_alive`` to ping it or drop it.
 - the close code mapping for limits Autobahn enforces itself (1009 for a frame
   over ``max_message_bytes``).
+- abuse limits (docs/security.md): the message rate (a token bucket per
+  session: over it, error ``rate_limited``; ``message_burst`` refusals in a
+  row, close 1008), fragments per message (``MAX_FRAGMENTS``, close 1009),
+  and the connection's place in the per-address count (``ip_slot``, handed
+  over by the site at the upgrade, given back when the connection ends).
 """
 
 from __future__ import annotations
@@ -27,7 +32,9 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .engine import IConnection, Overloaded
-from .protocol import (BAD_REQUEST, CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN, ProtocolError,
+from .limits import TokenBucket
+from .protocol import (BAD_REQUEST, CLOSE_GOING_AWAY, CLOSE_POLICY, CLOSE_TOO_BIG,
+                       CLOSE_TRY_AGAIN, RATE_LIMITED, ProtocolError, decode_json,
                        error_frame)
 
 _log = Logger()
@@ -57,11 +64,31 @@ OPEN = WebSocketServerProtocol.STATE_OPEN
 # Frames queued for the end of the turn are written at once past this many bytes.
 FLUSH_AT = 64 * 1024
 
+# Frames one message may come in.  Browsers send a message as one frame and
+# other clients in a few; a flood of tiny fragments costs a list entry each.
+MAX_FRAGMENTS = 1024
+
+# A refused (rate-limited) frame is parsed for its ref only up to this size.
+REF_PARSE_LIMIT = 4096
+
 # Handshake state Autobahn keeps for a connection's whole life but reads only
 # during the handshake: about 2 KB per idle connection.
 HANDSHAKE_ONLY = ("http_headers", "http_request_data", "http_response_data",
                   "http_status_line", "http_request_params", "http_request_uri",
                   "http_request_path", "http_request_host", "websocket_origin", "_wskey")
+
+
+def _ref_of(payload: bytes):
+    """The ``ref`` of a small frame that parses, else None (for the error
+    answering a frame that is not served)."""
+    if len(payload) > REF_PARSE_LIMIT:
+        return None
+    try:
+        frame = decode_json(payload)
+    except ProtocolError:
+        return None
+    ref = frame.get("ref") if isinstance(frame, dict) else None
+    return None if isinstance(ref, (dict, list)) else ref
 
 
 def prepare_frame(frame: bytes) -> PreparedMessage:
@@ -81,15 +108,27 @@ class PushServerProtocol(WebSocketServerProtocol):
     buffered = 0          # bytes written since the transport asked us to pause
     max_buffered = 0      # the most bytes waiting at once (tests read it)
     _paused = False
+    ip_slot = None        # limits.Slot: this connection's place in the per-address count
+    _bucket = None        # limits.TokenBucket, made at the first frame the client sends
+    _refused = 0          # frames refused by the rate limit since the last one served
+    _fragments = 0        # frames of the message being received
 
     # -- Autobahn callbacks -----------------------------------------------
 
     def connectionMade(self):
         super().connectionMade()
         self.factory.connections.add(self)
+        self.ip_slot, self.factory.next_slot = self.factory.next_slot, None
 
     def connectionLost(self, reason):
         self.factory.connections.discard(self)
+        if self.ip_slot is not None:
+            self.ip_slot.release()
+        # Autobahn leaves its close handshake timer (and this connection in
+        # it) for close_timeout when a failed connection is dropped early.
+        call, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
+        if call is not None:
+            call.cancel()
         super().connectionLost(reason)
         self._leave_engine()
         for waiter in self.factory.pop_close_waiters(self):
@@ -106,6 +145,8 @@ class PushServerProtocol(WebSocketServerProtocol):
         except Overloaded:
             self.close(CLOSE_TRY_AGAIN, "server is full, try again later")
             return
+        # ?token= on the URL: an auth with it follows the welcome.
+        token = (self.http_request_params or {}).get("token", (None,))[0]
         for name in HANDSHAKE_ONLY:
             setattr(self, name, None)
         # Autobahn queues writes only for sync=True or chopsize, which pushsvc
@@ -118,9 +159,15 @@ class PushServerProtocol(WebSocketServerProtocol):
         transport.unregisterProducer()
         self.transport.registerProducer(_FlowWatch(self), True)
         engine.reply(self.session, engine.welcome(self.session))
+        if token is not None:
+            engine.authenticate_url(self.session, token)
 
     def onMessage(self, payload, isBinary):
-        if self.session is None:
+        # Nothing is served once the server has begun to close (a token that
+        # expired, a kick): the client's frames in flight meanwhile are dropped.
+        if self.session is None or self.state != OPEN:
+            return
+        if not self._within_rate(payload, isBinary):
             return
         engine = self.factory.engine
         if isBinary:
@@ -137,6 +184,68 @@ class PushServerProtocol(WebSocketServerProtocol):
 
     def onClose(self, wasClean, code, reason):
         self._leave_engine()
+
+    def onMessageBegin(self, isBinary):
+        super().onMessageBegin(isBinary)
+        self._fragments = 0
+
+    def onMessageFrameBegin(self, length):
+        super().onMessageFrameBegin(length)
+        self._fragments += 1
+        if self._fragments > MAX_FRAGMENTS and not self.failedByMe:
+            self._fail_connection(CLOSE_TOO_BIG, f"a message in more than {MAX_FRAGMENTS} "
+                                                 f"fragments")
+
+    def onPing(self, payload):
+        # A ping costs a token like a message.  A client that does not read
+        # gets no pong: Autobahn's frames bypass the slow-reader count.
+        if self.session is not None and self._within_rate() and not self._paused:
+            super().onPing(payload)
+
+    def _fail_connection(self, code=1001, reason="going away"):
+        # Autobahn fails a connection for a frame over the size limit (1009),
+        # a protocol error (1002) or invalid UTF-8 (1007).
+        if self.state != self.STATE_CLOSED and not self.failedByMe:
+            self.factory.engine.counters[
+                "dropped_large" if code == CLOSE_TOO_BIG else "dropped_invalid"] += 1
+        super()._fail_connection(code, reason)
+
+    # -- the message rate ---------------------------------------------------
+
+    def _within_rate(self, payload: bytes | None = None, binary: bool = False) -> bool:
+        """Spend a token for a frame from the client: False when it is over
+        the rate (then it has been answered ``rate_limited``, or the session
+        closed with 1008 after ``message_burst`` refusals in a row)."""
+        settings = self.factory.settings
+        if settings.messages_per_second <= 0:
+            return True
+        engine = self.factory.engine
+        now = engine.clock.seconds()
+        bucket = self._bucket
+        if bucket is None:
+            bucket = self._bucket = TokenBucket(settings.messages_per_second,
+                                                settings.message_burst, now)
+        if bucket.take(now):
+            self._refused = 0
+            return True
+        engine.counters["rate_limited"] += 1
+        self._refused += 1
+        if self._refused >= settings.message_burst:
+            self._flooding()
+        elif payload is not None:
+            error = ProtocolError(RATE_LIMITED, f"more than {settings.messages_per_second:g} "
+                                                f"messages a second; this one was not served")
+            engine.reply(self.session, error_frame(error, None if binary else _ref_of(payload)))
+        return False
+
+    def _flooding(self) -> None:
+        engine = self.factory.engine
+        engine.counters["dropped_flood"] += 1
+        _log.info("closing session {session} (user {user}): {count} frames over the "
+                  "rate limit in a row", session=self.session.id, user=self.session.user,
+                  count=self._refused)
+        self._leave_engine()
+        self.close(CLOSE_POLICY, "sending too fast")
 
     def _leave_engine(self):
         # Forget the session first: closing it in the engine may deliver
@@ -282,6 +391,9 @@ class PushServerFactory(WebSocketServerFactory):
         self.connections: set[PushServerProtocol] = set()
         self._close_waiters: dict[PushServerProtocol, list[Deferred]] = {}
         self._unflushed: list[PushServerProtocol] = []
+        # The per-address slot of the connection being upgraded (http.py's
+        # WebSocket resource sets it; the protocol takes it in connectionMade).
+        self.next_slot = None
         self.setProtocolOptions(
             # twisted.web has read the whole request before the protocol
             # exists, and its own timeout (handshake_timeout) covers the wait.
@@ -302,6 +414,9 @@ class PushServerFactory(WebSocketServerFactory):
     def configure(self, settings) -> None:
         """Use ``settings`` from now on, for open connections too (a reload)."""
         self.settings = settings
+        for conn in self.connections:
+            if conn._bucket is not None:
+                conn._bucket.configure(settings.messages_per_second, settings.message_burst)
         self.setProtocolOptions(maxFramePayloadSize=settings.max_message_bytes,
                                 maxMessagePayloadSize=settings.max_message_bytes,
                                 closeHandshakeTimeout=settings.close_timeout)

@@ -54,9 +54,11 @@ class ServerTestCase(unittest.TestCase):
     def engine(self):
         return self.server.engine
 
+    client_tls = None  # client TLS options for a wss:// url
+
     async def client(self, user: str | None = None, groups: tuple[str, ...] = ()):
         """A connected client, authenticated as ``user`` and in ``groups``."""
-        c = await connect(self.url)
+        c = await connect(self.url, tls=self.client_tls)
         self.addCleanup(self._close_client, c)
         if user is not None:
             await c.request("auth", user=user)

@@ -12,7 +12,9 @@ from pushsvc.broker.interface import Message
 from pushsvc.broker.local import LocalBroker
 from pushsvc.commands import make_command
 from pushsvc.engine import Engine, IConnection, Overloaded
+from pushsvc.history import History
 from pushsvc.ids import IdMaker
+from pushsvc.limits import COUNTERS as LIMIT_COUNTERS
 from pushsvc.protocol import Address, encode
 from tests.helpers import settings
 
@@ -412,7 +414,7 @@ class CommandTests(EngineTestCase):
                          {"worker": "test.0", "sessions": 3, "users": 2, "groups": 1,
                           "published": 1,
                           "delivered": 1, "sent_by_clients": 0, "dropped_slow": 0,
-                          "refused_full": 0})
+                          "refused_full": 0, **dict.fromkeys(LIMIT_COUNTERS, 0)})
 
 
 class KeepaliveTests(EngineTestCase):
@@ -525,3 +527,56 @@ class SubscriptionOrderTests(EngineTestCase):
                                                      "configured on this server"}])
         self.assertEqual(s.conn.closed, [(1008, "token authentication is not configured "
                                                 "on this server")])
+
+
+class ReplayTests(EngineTestCase):
+    """``resume`` in the engine, with a replay the test answers when it likes."""
+
+    def setUp(self):
+        self.history = History(60, 100, 1 << 20, epoch="E")
+        self.start(broker=LocalBroker(self.history, Clock()))
+        self.asked = []
+        self.answer = Deferred()
+        self.broker.replay = lambda *args: self.asked.append(args) or self.answer
+
+    def publish(self, data, **address):
+        return self.successResultOf(self.engine.publish(Address(**address), data))
+
+    def test_live_messages_wait_for_the_replay_and_come_once(self):
+        missed = self.publish("missed", group=("g",))   # before the session is back
+        s = self.open(user="ann", groups=("g",))
+        self.assertEqual(self.handle(s, {"op": "resume", "ref": 1, "since": 0, "epoch": "E"}), [])
+        self.assertEqual(self.asked, [(["all", "user:ann", "group:g"], 0, "E")])
+        both = self.publish("both", group=("g",))        # in the replay and live
+        self.assertEqual(s.conn.take(), [])
+        self.answer.callback(self.history.replay(["group:g"], 0, "E", 0))
+        later = self.publish("later", group=("g",))
+        written = s.conn.take()
+        self.assertEqual([(w["id"], w["pos"]) for w in written[:2]], [(missed, 1), (both, 2)])
+        self.assertEqual(written[2], {"op": "ok", "ref": 1, "replayed": 2, "gaps": []})
+        self.assertEqual(self.msg(written[3])["id"], later)
+        self.assertEqual(len(written), 4)
+
+    def test_frames_sent_during_the_replay_are_served_after_it(self):
+        s = self.open(user="ann")
+        self.handle(s, {"op": "resume", "ref": 1, "since": 0, "epoch": "E"})
+        self.assertEqual(self.handle(s, {"op": "ping", "ref": 2}), [])
+        self.answer.callback(([], []))
+        self.assertEqual([w["op"] for w in s.conn.take()], ["ok", "pong"])
+
+    def test_a_failed_replay_is_unavailable_and_lets_live_messages_go(self):
+        s = self.open(user="ann")
+        self.handle(s, {"op": "resume", "ref": 1, "since": 0, "epoch": "E"})
+        live = self.publish("live", user=("ann",))
+        self.answer.errback(RuntimeError("hub gone"))
+        written = s.conn.take()
+        self.assertEqual(self.msg(written[0])["id"], live)
+        self.assertEqual((written[1]["op"], written[1]["code"]), ("error", "unavailable"))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_a_session_closed_during_the_replay_is_forgotten(self):
+        s = self.open(user="ann")
+        self.handle(s, {"op": "resume", "ref": 1, "since": 0, "epoch": "E"})
+        self.engine.close(s)
+        self.answer.callback(([], []))
+        self.assertEqual((s.conn.take(), self.engine._replaying), ([], {}))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+from dataclasses import replace
 from typing import Any
 
 import twisted.web.http
@@ -89,8 +90,8 @@ class PushTests(HttpTestCase):
                                        {"to": {"group": "g"}, "data": {"n": 1}})
         self.assertEqual((status, list(body)), (202, ["id"]))
         await c.barrier()
-        self.assertEqual(c.messages, [{"op": "msg", "id": body["id"], "to": {"group": "g"},
-                                       "data": {"n": 1}}])
+        self.assertEqual(c.messages, [{"op": "msg", "pos": 1, "id": body["id"],
+                                       "to": {"group": "g"}, "data": {"n": 1}}])
 
     @run
     async def test_answers_are_json_and_not_cached(self):
@@ -305,12 +306,12 @@ class ApiKeyTests(HttpTestCase):
     def setUp(self):
         self.start_server(api_keys=["k1", "k2"])
 
-    async def assertRefused(self, headers: dict[str, str], message: str) -> None:
+    async def assertRefused(self, headers: dict[str, str], message: str,
+                            challenge: bytes = b'Bearer realm="pushsvc"') -> None:
         response, body = await self.exchange("POST", "/api/push", headers=headers)
         self.assertEqual((response.code, body), (401, error("unauthorized", message)),
                          headers)
-        self.assertEqual(response.headers.getRawHeaders(b"www-authenticate"),
-                         [b'Bearer realm="pushsvc"'])
+        self.assertEqual(response.headers.getRawHeaders(b"www-authenticate"), [challenge])
 
     @run
     async def test_missing_or_malformed_authorization(self):
@@ -323,7 +324,9 @@ class ApiKeyTests(HttpTestCase):
     async def test_wrong_key(self):
         for key in ("k3", "k", "k1k2", "K1", "k1 k2"):
             await self.assertRefused({"Authorization": f"Bearer {key}"},
-                                     "the API key is not valid")
+                                     "the API key is not valid",
+                                     b'Bearer realm="pushsvc", error="invalid_token"')
+        self.assertEqual(self.engine.counters["http_bad_key"], 5)
 
     @run
     async def test_every_configured_key_works(self):
@@ -343,11 +346,11 @@ class ApiKeyTests(HttpTestCase):
                              ("POST", "/api/join"), ("POST", "/api/destroy")):
             self.assertEqual(await self.http(method, path, {"group": "g", "user": "u"}),
                              refused, path)
+        counts = {"sessions": 0, "users": 0, "groups": 0, **dict.fromkeys(COUNTERS, 0),
+                  "http_bad_key": 6}
         self.assertEqual(
             await self.http("GET", "/api/stats", headers={"Authorization": "Bearer k2"}),
-            (200, {"sessions": 0, "users": 0, "groups": 0, **dict.fromkeys(COUNTERS, 0),
-                   "workers": [{"worker": "test.0", "sessions": 0, "users": 0, "groups": 0,
-                                **dict.fromkeys(COUNTERS, 0)}]}))
+            (200, {**counts, "workers": [{"worker": "test.0", **counts}]}))
 
     @run
     async def test_a_wrong_path_below_a_route_needs_a_key(self):
@@ -359,6 +362,39 @@ class ApiKeyTests(HttpTestCase):
             await self.assertAnswer("GET", path, None, 404,
                                     error("not_found", f"no such route: {path}"),
                                     headers={"Authorization": "Bearer k1"})
+
+    @run
+    async def test_a_read_only_key_may_get_but_not_post(self):
+        self.server.reload(replace(self.server.settings, api_read_keys=["r1"]))
+        read = {"Authorization": "Bearer r1"}
+        await self.assertAnswer("GET", "/api/groups", None, 200, {"groups": {}}, headers=read)
+        c = await self.client(user="u")
+        for path, body in (("/api/push", {"to": {"all": True}, "data": 1}),
+                           ("/api/kick", {"user": "u"}), ("/api/nope-below", None)):
+            response, answer = await self.exchange(
+                "POST", path if path != "/api/nope-below" else "/api/push/x",
+                FileBodyProducer(io.BytesIO(json.dumps(body).encode())), headers=read)
+            self.assertEqual((response.code, answer),
+                             (403, error("forbidden", "this API key may only read (GET)")))
+            self.assertEqual(response.headers.getRawHeaders(b"www-authenticate"),
+                             [b'Bearer realm="pushsvc", error="insufficient_scope"'])
+        # A full key still writes; the read key wrote nothing.
+        msg_id = await self.push({"all": True}, "ok", headers={"Authorization": "Bearer k1"})
+        await c.barrier()
+        self.assertEqual([m["id"] for m in c.messages], [msg_id])
+        self.assertEqual((self.engine.counters["http_forbidden"],
+                          self.engine.counters["http_bad_key"]), (3, 0))
+
+    @run
+    async def test_read_keys_alone_turn_keys_on(self):
+        self.server.reload(replace(self.server.settings, api_keys=[], api_read_keys=["r1"]))
+        await self.assertAnswer("GET", "/api/groups", None, 401,
+                                error("unauthorized", "send 'Authorization: Bearer <api key>'"))
+        await self.assertAnswer("GET", "/api/groups", None, 200, {"groups": {}},
+                                headers={"Authorization": "Bearer r1"})
+        await self.assertAnswer("POST", "/api/push", {"to": {"all": True}, "data": 1}, 403,
+                                error("forbidden", "this API key may only read (GET)"),
+                                headers={"Authorization": "Bearer r1"})
 
     @run
     async def test_healthz_and_unknown_routes_need_no_key(self):

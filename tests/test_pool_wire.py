@@ -17,11 +17,12 @@ from twisted.trial import unittest
 
 from pushsvc.broker.amp import AmpBroker, WorkerProtocol
 from pushsvc.broker.interface import Command, Message
+from pushsvc.history import History
 from pushsvc.pool.master import Pool
 from pushsvc.pool.wire import (CHUNK, DeliverBatch, Outbox, Perform, PublishBatch, RunCommand,
                                Subscribe, Unsubscribe, pack_publish, unpack_messages,
                                unpack_publishes)
-from pushsvc.protocol import Address
+from pushsvc.protocol import Address, message_frame
 from tests.helpers import eventually, run, settings
 from tests.test_pool import PoolTestCase
 
@@ -170,15 +171,13 @@ class AmpBrokerBatchTests(unittest.TestCase):
         for n in ns:
             self.broker.publish(["user:u"], message(n))
 
-    def test_sends_one_batch_per_turn_then_delivers_locally(self):
+    def test_sends_one_batch_per_turn_and_leaves_local_delivery_to_the_hub(self):
         self.broker.subscribe("user:u")
         self.publish(1, 2, 3)
-        self.assertEqual(self.receiver.delivered, [])
         self.assertEqual(len(self.hub.calls), 1)  # the Subscribe only
         self.clock.advance(0)
-        # The batch went to the hub before the local sessions got theirs.
         self.assertEqual(len(self.hub.calls), 2)
-        self.assertEqual([m.id for m in self.receiver.delivered], ["m1", "m2", "m3"])
+        self.assertEqual(self.receiver.delivered, [])
         self.publish(4)
         self.clock.advance(0)
         self.assertEqual(self.hub.sent()[1:], [
@@ -222,7 +221,7 @@ class FakeWorker:
 class HubBatchTests(unittest.TestCase):
     def setUp(self):
         self.clock = Clock()
-        self.pool = Pool(settings(), None, 3, None, clock=self.clock)
+        self.pool = Pool(settings(ttl=0), None, 3, None, clock=self.clock)
         for index in range(3):
             self.pool.workers[index] = FakeWorker(index)
             self.pool.live.add(self.pool.workers[index])
@@ -240,11 +239,28 @@ class HubBatchTests(unittest.TestCase):
         self.pool.forward(self.pool.workers[1], pack([(["all"], "e", b"E", b"fe")]))
         self.assertEqual([self.received(i) for i in range(3)], [[], [], []])
         self.clock.advance(0)
-        self.assertEqual(self.received(0), [(DeliverBatch, [("e", b"E", b"fe")])])
+        self.assertEqual(self.received(0), [(DeliverBatch, [("b", b"B", b"fb"),
+                                                            ("e", b"E", b"fe")])])
         self.assertEqual(self.received(1), [(DeliverBatch, [
-            ("a", b"A", b"fa"), ("b", b"B", b"fb"), ("c", b"C", b"fc")])])
+            ("a", b"A", b"fa"), ("b", b"B", b"fb"), ("c", b"C", b"fc"), ("e", b"E", b"fe")])])
         self.assertEqual(self.received(2), [(DeliverBatch, [
             ("b", b"B", b"fb"), ("c", b"C", b"fc"), ("e", b"E", b"fe")])])
+
+    def test_the_hub_numbers_and_keeps_what_it_forwards(self):
+        self.pool.history = History(60, 100, 1 << 20, epoch="E")
+        frames = [message_frame(f"m{n}", Address(user=("u1",)), n) for n in range(3)]
+        self.pool.forward(self.pool.workers[0], pack([(["user:u1"], f"m{n}", b"{}", frame)
+                                                      for n, frame in enumerate(frames)]))
+        self.pool.forward(self.pool.workers[0], pack([(["worker:n.0"], "s", b"{}", b"fs")]))
+        self.clock.advance(0)
+        [(_, delivered)] = self.received(1)
+        self.assertEqual([(i, json.loads(f)["pos"]) for i, _, f in delivered],
+                         [("m0", 1), ("m1", 2), ("m2", 3)])
+        self.assertEqual(self.received(0), [])  # worker 0 holds no user:u1
+        answer = self.pool.replay(["user:u1"], 1, "E")
+        self.assertEqual(answer["gaps"], [])
+        self.assertEqual([(i, json.loads(f)["data"]) for i, _, f
+                          in unpack_messages(answer["messages"])], [("m1", 1), ("m2", 2)])
 
     def test_a_command_does_not_overtake_queued_messages(self):
         self.pool.forward(self.pool.workers[0], pack([(["user:u1"], "a", b"A", b"fa")]))

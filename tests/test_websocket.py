@@ -98,7 +98,8 @@ class SessionTests(WebSocketTestCase):
         c = await self.client()
         self.assertEqual(len(c.frames), 1)
         frame = c.frames[0]
-        self.assertEqual(frame, {"op": "welcome", "session": frame["session"], "user": None})
+        self.assertEqual(frame, {"op": "welcome", "session": frame["session"], "user": None,
+                                 "epoch": self.server.history.epoch})
         self.assertRegex(frame["session"], SESSION_ID)
         other = await self.client()
         self.assertNotEqual(other.session, c.session)
@@ -109,7 +110,8 @@ class SessionTests(WebSocketTestCase):
         c = await self.client()
         ok = await c.request("auth", user="alice")
         self.assertEqual(c.frames[1:], [
-            {"op": "welcome", "session": c.session, "user": "alice"},
+            {"op": "welcome", "session": c.session, "user": "alice",
+             "epoch": self.server.history.epoch},
             {"op": "ok", "ref": ok["ref"]},
         ])
         self.assertEqual(ok, {"op": "ok", "ref": 1})
@@ -435,7 +437,8 @@ class ClientSendTests(WebSocketTestCase):
         self.assertEqual(set(ok), {"op", "ref", "id"})
         self.assertEqual(ok["op"], "ok")
         await self.settle(alice, bob, carol)
-        expected = {"op": "msg", "id": ok["id"], "to": {"group": "g"}, "data": {"text": "hi"},
+        expected = {"op": "msg", "pos": 1, "id": ok["id"], "to": {"group": "g"},
+                    "data": {"text": "hi"},
                     "from": {"session": alice.session, "user": "alice"}}
         self.assertEqual(alice.messages, [expected])
         self.assertEqual(bob.messages, [expected])
@@ -460,7 +463,7 @@ class ClientSendTests(WebSocketTestCase):
         anon = await self.client(groups=("g",))
         ok = await anon.request("send", to={"group": "g"}, data=0)
         self.assertEqual(anon.messages, [
-            {"op": "msg", "id": ok["id"], "to": {"group": "g"}, "data": 0,
+            {"op": "msg", "pos": 1, "id": ok["id"], "to": {"group": "g"}, "data": 0,
              "from": {"session": anon.session, "user": None}}])
 
     @run
@@ -470,7 +473,7 @@ class ClientSendTests(WebSocketTestCase):
         ok = await carol.request("send", to={"user": "bob"}, data="psst")
         await self.settle(alice, bob, carol)
         self.assertEqual(bob.messages, [
-            {"op": "msg", "id": ok["id"], "to": {"user": "bob"}, "data": "psst",
+            {"op": "msg", "pos": 1, "id": ok["id"], "to": {"user": "bob"}, "data": "psst",
              "from": {"session": carol.session, "user": "carol"}}])
         self.assertEqual(alice.messages + carol.messages, [])
 

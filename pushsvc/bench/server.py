@@ -18,6 +18,9 @@ from .wire import ResponseReader, http_request
 BENCH_CONFIG = """\
 [limits]
 max_connections = 30000
+# Every benchmark client comes from one address and some publish fast.
+max_connections_per_ip = 0
+messages_per_second = 0.0
 
 [timeouts]
 ping_interval = 3600.0

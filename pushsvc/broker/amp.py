@@ -1,9 +1,9 @@
 """The broker of a pool worker: the master's AMP hub, over the worker's fds 3 and 4.
 
-A worker delivers its own publishes to its local sessions at once and sends
-them to the hub, which forwards them only to the *other* workers subscribed to
-one of their channels.  Commands go to the hub, which runs them on every worker
-(this one included) and returns each worker's result.
+A worker sends its publishes to the hub, which numbers and keeps them (the
+history) and forwards them to every worker subscribed to one of their
+channels, this one included.  Commands go to the hub, which runs them on every
+worker (this one included) and returns each worker's result.
 
 Publishes leave in batches: the messages of one reactor turn go to the hub as
 one ``PublishBatch`` (an AMP box per message cost more than delivering it).
@@ -21,8 +21,9 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from zope.interface import implementer
 
-from ..pool.wire import (DeliverBatch, Outbox, Perform, PublishBatch, RunCommand, Subscribe,
-                         Unsubscribe, pack_publish, refused, unpack_messages)
+from ..pool.wire import (DeliverBatch, Keep, Outbox, Perform, PublishBatch, Replay, RunCommand,
+                         Subscribe, TakeMail, Unsubscribe, pack_publish, refused,
+                         unpack_messages)
 from ..protocol import ProtocolError, parse_address
 from .interface import Command, IBroker, Message
 
@@ -67,6 +68,11 @@ class WorkerProtocol(amp.AMP):
             self.on_lost(reason)
 
 
+def _messages(records: bytes) -> list[tuple[str, bytes]]:
+    """(id, frame) of each message record the hub answered."""
+    return [(msg_id, frame) for msg_id, _, frame in unpack_messages(records)]
+
+
 def _refuse(failure):
     """A ProtocolError goes back to the hub as Refused (AMP carries only the
     errors a command declares)."""
@@ -78,18 +84,19 @@ def _refuse(failure):
 class AmpBroker:
     """IBroker over AMP to the master's hub.
 
-    ``clock`` (default: the global reactor) schedules the flush of each batch.
+    ``clock`` (default: the global reactor) schedules the flush of each batch;
+    ``epoch`` is the hub's history's.
     """
 
-    def __init__(self, clock=None):
+    def __init__(self, clock=None, epoch: str | None = None):
         if clock is None:
             from twisted.internet import reactor as clock
+        self.epoch = epoch  # the hub's history's
         self.receiver = None
         self.hub: amp.AMP | None = None
         self.subscriptions: set[str] = set()
         self.clock = clock
         self.outbox = Outbox(clock, self._send)
-        self._local: list[Message] = []  # this turn's publishes for local sessions
         self.closed = False
 
     def attach(self, receiver):
@@ -110,35 +117,27 @@ class AmpBroker:
         self.hub.callRemote(Unsubscribe, channels=[channel])
 
     def publish(self, channels, message):
+        # Local sessions get it back from the hub too, with its history position.
         to = json.dumps(message.to.to_json(), separators=(",", ":")).encode("utf-8")
         self.outbox.add(self.hub, pack_publish(channels, message.id, to, message.frame))
-        if not self.subscriptions.isdisjoint(channels):
-            if not self._local:
-                self.clock.callLater(0, self._deliver_local)
-            self._local.append(message)
         return succeed(None)
 
     @staticmethod
     def _send(hub: amp.AMP, batch: bytes) -> None:
         hub.callRemote(PublishBatch, batch=batch)
 
-    def _deliver_local(self) -> None:
-        """Deliver this turn's publishes to local sessions.
+    def keep(self, users, message):
+        self.outbox.flush()
+        self.hub.callRemote(Keep, users=list(users), id=message.id, frame=message.frame)
 
-        Scheduled after the outbox's flush, so the batch is handed to the hub
-        first: the pipe is written at the next poll, before the local sockets
-        are (their flush comes a turn later), and the other workers write their
-        copies of a broadcast at the same time as this one.  (Never from a
-        flush forced by subscribe or unsubscribe, which may run in the middle
-        of a change to the session maps.)
-        """
-        local, self._local = self._local, []
-        alone = len(local) == 1
-        for message in local:
-            try:
-                self.receiver.deliver(message, alone)
-            except Exception:
-                _log.failure("delivering message {id} failed", id=message.id)
+    def mail(self, user):
+        d = self.hub.callRemote(TakeMail, user=user)
+        return d.addCallback(lambda answer: _messages(answer["messages"]))
+
+    def replay(self, channels, since, epoch):
+        self.outbox.flush()
+        d = self.hub.callRemote(Replay, channels=list(channels), since=since, epoch=epoch or "")
+        return d.addCallback(lambda answer: (_messages(answer["messages"]), answer["gaps"]))
 
     def command(self, command):
         self.outbox.flush()

@@ -70,5 +70,26 @@ class IBroker(Interface):
     def command(command):
         """Run ``command`` on every engine; a Deferred firing with their results."""
 
+    epoch = Attribute("The epoch of the history behind this broker (str), or None "
+                      "when it keeps no history.")
+
+    def keep(users, message):
+        """Keep ``message`` for each of ``users`` who has no session anywhere,
+        until one connects (``mail``) or the history's TTL passes."""
+
+    def mail(user):
+        """A Deferred firing with the messages kept for ``user``, oldest first,
+        as ``(id, frame)``; they are not kept any more."""
+
+    def replay(channels, since, epoch):
+        """The kept messages of ``channels`` after position ``since``: a
+        Deferred firing with ``(messages, gaps)``, messages as ``(id, frame)``
+        oldest first, gaps the channels that lost one (``history.History.replay``)."""
+
+    def health():
+        """None while messages reach every engine, else why not (the Redis
+        broker while Redis is away); ``/healthz`` answers 503 with it.
+        Optional: a broker without it is always healthy."""
+
     def close():
         """Let go of connections; a Deferred that fires when done."""

@@ -5,16 +5,27 @@ from __future__ import annotations
 from twisted.internet.defer import maybeDeferred, succeed
 from zope.interface import implementer
 
-from .interface import IBroker
+from ..history import History, Mailbox
+from .interface import IBroker, Message
 
 
 @implementer(IBroker)
 class LocalBroker:
-    """Hands each published message straight to the one local engine."""
+    """Hands each published message straight to the one local engine, and
+    keeps the history and the mailbox (``history``, ``mailbox``, timed by
+    ``clock``; None: none kept)."""
 
-    def __init__(self):
+    def __init__(self, history: History | None = None, clock=None,
+                 mailbox: Mailbox | None = None):
         self.receiver = None
         self.subscriptions: set[str] = set()
+        self.history = history
+        self.mailbox = mailbox
+        self.clock = clock
+
+    @property
+    def epoch(self):
+        return self.history.epoch if self.history is not None else None
 
     def attach(self, receiver):
         self.receiver = receiver
@@ -26,9 +37,29 @@ class LocalBroker:
         self.subscriptions.discard(channel)
 
     def publish(self, channels, message):
+        if self.history is not None:
+            frame = self.history.record(channels, message.id, message.frame,
+                                        self.clock.seconds())
+            message = Message(message.id, message.to, frame)
         if not self.subscriptions.isdisjoint(channels):
             self.receiver.deliver(message)
         return succeed(None)
+
+    def keep(self, users, message):
+        if self.mailbox is not None:
+            for user in users:
+                if f"user:{user}" not in self.subscriptions:
+                    self.mailbox.put(user, message.id, message.frame, self.clock.seconds())
+
+    def mail(self, user):
+        if self.mailbox is None:
+            return succeed([])
+        return succeed(self.mailbox.take(user, self.clock.seconds()))
+
+    def replay(self, channels, since, epoch):
+        if self.history is None:
+            return succeed(([], sorted(set(channels))))
+        return succeed(self.history.replay(channels, since, epoch, self.clock.seconds()))
 
     def command(self, command):
         return maybeDeferred(self.receiver.perform, command).addCallback(lambda r: [r])

@@ -23,7 +23,7 @@ from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.endpoints import SSL4ServerEndpoint, _TCPServerEndpoint, serverFromString
-from twisted.internet.error import CannotListenError, ProcessExitedAlready
+from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.tcp import makeBinding
 from twisted.logger import Logger, LogLevel
@@ -34,12 +34,14 @@ from zope.interface import implementer
 from ..config import ConfigError
 from .. import loglevel
 from ..control import ControlError, IControl
+from ..history import History, Mailbox, keeps_history
 from ..protocol import CLOSE_RESTART
 from ..server import LISTEN_ERRORS, exit_cannot_listen
+from ..tls import is_tls
 from .hub import SubscriptionTable
-from .wire import (DeliverBatch, Hello, Outbox, Perform, PublishBatch, Refused, Reload,
-                   Retire, RunCommand, SetLogLevel, Subscribe, Unsubscribe, protocol_error,
-                   unpack_publishes)
+from .wire import (DeliverBatch, Hello, Keep, Outbox, Perform, PublishBatch, Refused, Reload,
+                   Replay, Retire, RunCommand, SetLogLevel, Subscribe, TakeMail, Unsubscribe,
+                   pack_message, protocol_error, unpack_messages, unpack_publishes)
 from .worker import AMP_IN, AMP_OUT, ENV, FIRST_SOCKET, describe
 
 _log = Logger()
@@ -59,21 +61,20 @@ def bind(reactor, description: str, copies: int) -> list:
     A TCP endpoint gets ``copies`` sockets on the same address with
     SO_REUSEPORT, one per worker, so the kernel spreads new connections evenly
     (on one shared socket every idle worker is woken and the same one tends to
-    win).  Other endpoints get one socket that every worker shares.
+    win).  An ``ssl:`` endpoint is bound the same way (its TCP sockets: each
+    worker does the TLS itself).  Other endpoints get one socket that every
+    worker shares.
     """
     endpoint = serverFromString(reactor, description)
     factory = Factory()
     factory.noisy = False
-    if isinstance(endpoint, _TCPServerEndpoint):
+    if isinstance(endpoint, (_TCPServerEndpoint, SSL4ServerEndpoint)):
         ports, number = [], endpoint._port
         for _ in range(copies):
             binding = makeBinding(endpoint._interface, number, reuseAddress=True,
                                   reusePort=True)
             ports.append(reactor.listenTCP(binding, factory, endpoint._backlog))
             number = ports[0].getHost().port  # port 0: the others share the one chosen
-    elif isinstance(endpoint, SSL4ServerEndpoint):
-        raise CannotListenError(None, description, "TLS with the worker pool is not "
-                                "supported yet; use --workers 0 for ssl: endpoints")
     else:
         ports, failures = [], []
         endpoint.listen(factory).addCallbacks(ports.append, failures.append)
@@ -92,6 +93,8 @@ class ListeningSockets(Service):
         self.descriptions = descriptions
         self.copies = copies
         self.ports: list[list] = []
+        # Per endpoint, its description if the workers serve TLS on it, else None.
+        self.tls: list[str | None] = []
 
     def privilegedStartService(self):
         super().privilegedStartService()
@@ -105,6 +108,7 @@ class ListeningSockets(Service):
                       endpoint=description, host=getattr(host, "host", ""),
                       port=getattr(host, "port", ""), count=len(ports))
             self.ports.append(ports)
+            self.tls.append(description if is_tls(description) else None)
 
     def startService(self):
         if not self.ports:
@@ -157,6 +161,19 @@ class HubProtocol(amp.AMP):
             _log.failure("worker {index} sent a malformed PublishBatch",
                          index=self.worker.index)
         return {}
+
+    @Replay.responder
+    def replay(self, channels, since, epoch):
+        return self.pool.replay(channels, since, epoch)
+
+    @Keep.responder
+    def keep(self, users, id, frame):
+        self.pool.keep(users, id, frame)
+        return {}
+
+    @TakeMail.responder
+    def take_mail(self, user):
+        return {"messages": _records(self.pool.mailbox.take(user, self.pool.clock.seconds()))}
 
     @RunCommand.responder
     def run_command(self, name, args):
@@ -243,6 +260,7 @@ class WorkerProcess(ProcessProtocol):
         self.ready = False        # it has said Hello: it accepts clients
         self.retiring = False     # a rolling restart is replacing it
         self.overflowed = False   # killed for not reading its pipe
+        self.replacing: WorkerProcess | None = None  # the worker a rolling restart replaces
         self.owner: str | None = None
         self.last_lines: deque[str] = deque(maxlen=8)
         self._partial = {1: b"", 2: b""}
@@ -345,6 +363,8 @@ class Pool(Service):
         self._stopping = False
         self._replacing = False
         self.outbox = Outbox(self.clock, self._deliver)  # WorkerProcess -> records
+        self.history = History.from_settings(settings)
+        self.mailbox = Mailbox.from_settings(settings)
 
     @property
     def ready(self) -> set[int]:
@@ -361,7 +381,8 @@ class Pool(Service):
     def spawn(self, index: int) -> WorkerProcess:
         inherited = self.sockets.for_worker(index)
         env = os.environ.copy()
-        env[ENV] = describe(self.settings, index, [family for _, family in inherited])
+        env[ENV] = describe(self.settings, index, [family for _, family in inherited],
+                            tls=self.sockets.tls, epoch=self.history.epoch)
         child_fds = {0: "w", 1: "r", 2: "r", AMP_IN: "w", AMP_OUT: "r"}
         for offset, (fd, _) in enumerate(inherited):
             child_fds[FIRST_SOCKET + offset] = fd
@@ -383,7 +404,9 @@ class Pool(Service):
         self.live.discard(worker)
         if self.workers.get(index) is worker:
             del self.workers[index]
-        if self._stopping or worker.retiring:
+            if worker.replacing in self.live:  # a failed replacement: the old one stays
+                self.workers[index] = worker.replacing
+        if self._stopping or worker.retiring or self.workers.get(index) is not None:
             return
         lived = self.clock.seconds() - worker.started
         self.crashes[index] = self.crashes.get(index, 0) + 1 if lived < QUICK_EXIT else 0
@@ -415,16 +438,35 @@ class Pool(Service):
     # -- the hub -------------------------------------------------------------
 
     def forward(self, origin: WorkerProcess, batch: bytes) -> None:
-        """Queue each message of a worker's PublishBatch for every other worker
-        subscribed to one of its channels; each worker gets its messages as one
+        """Number and keep each message of a worker's PublishBatch (the
+        history), and queue it for every worker subscribed to one of its
+        channels, the origin included; each worker gets its messages as one
         DeliverBatch at the end of the turn.
 
         Batching here too makes the hub's cost per AMP box, not per message;
-        each message's record goes on as the bytes it came in.
+        a message record that keeps no history goes on as the bytes it came in.
         """
+        history, now = self.history, self.clock.seconds()
         for channels, record in unpack_publishes(batch):
-            for worker in self.table.targets(channels, origin):
+            targets = self.table.targets(channels)
+            if history.enabled and any(map(keeps_history, channels)):
+                [(msg_id, to, frame)] = unpack_messages(bytes(record))
+                record = pack_message(msg_id, to, history.record(channels, msg_id, frame, now))
+            for worker in targets:
                 self.outbox.add(worker, record)
+
+    def replay(self, channels, since: int, epoch: str) -> dict:
+        """A worker's Replay, answered after the DeliverBatches queued before it."""
+        self.outbox.flush()
+        messages, gaps = self.history.replay(channels, since, epoch, self.clock.seconds())
+        return {"messages": _records(messages), "gaps": gaps}
+
+    def keep(self, users, msg_id: str, frame: bytes) -> None:
+        """Keep a message for each of ``users`` no worker has a session of."""
+        now = self.clock.seconds()
+        for user in users:
+            if f"user:{user}" not in self.table.channels:
+                self.mailbox.put(user, msg_id, frame, now)
 
     def _deliver(self, worker: WorkerProcess, batch: bytes) -> None:
         if worker in self.live:  # it has not ended meanwhile
@@ -456,6 +498,8 @@ class Pool(Service):
         Workers started from now on start with them.
         """
         self.settings = self.settings.reloaded(settings)
+        self.history.configure(settings)
+        self.mailbox.configure(settings)
         for worker in self.live:
             worker.backlog.limit = settings.max_worker_backlog
         d = self.ask_all(Reload, settings=settings.to_json())
@@ -479,16 +523,16 @@ class Pool(Service):
             for index in sorted(self.workers):
                 old = self.workers[index]
                 new = self.spawn(index)
+                new.replacing = old
                 up = new.up().addTimeout(START_TIMEOUT, self.clock)
                 if not await up.addErrback(lambda _: False):
                     _signal(new, "KILL")
-                    if old in self.live:
-                        self.workers[index] = old
                     last = new.last_lines[-1].strip() if new.last_lines else "no output"
                     raise RestartFailed(f"worker {index}'s replacement did not start "
                                         f"(last output: {last}); the old one keeps serving"
                                         f"{_after(replaced)}")
                 await self.retire(old)
+                new.replacing = None
                 replaced.append({"worker": index, "old_pid": old.pid, "new_pid": new.pid})
                 _log.info("worker {index} replaced (pid {old} -> {new})", index=index,
                           old=old.pid, new=new.pid)
@@ -514,6 +558,11 @@ class RestartFailed(Exception):
 def _after(replaced: list[dict]) -> str:
     done = ", ".join(str(r["worker"]) for r in replaced)
     return f" (replaced before it: worker {done})" if done else ""
+
+
+def _records(messages: list[tuple[str, bytes]]) -> bytes:
+    """Messages as (id, frame) in message records, for a worker."""
+    return b"".join(pack_message(msg_id, b"", frame) for msg_id, frame in messages)
 
 
 def _error_of(answer) -> str | None:

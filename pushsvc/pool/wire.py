@@ -85,17 +85,19 @@ def _utf8(text: str) -> bytes:
 
 
 def pack_publish(channels: Iterable[str], msg_id: str, to: bytes, frame: bytes) -> bytes:
-    """One publish record: ``channels``, then the message record.
-
-    (Nothing packs a message record alone: the hub passes on the one inside.)
-    """
+    """One publish record: ``channels``, then the message record."""
     names = [_utf8(c) for c in channels]
     parts = [_U32.pack(len(names))]
     for name in names:
         parts += (_U32.pack(len(name)), name)
-    raw_id = _utf8(msg_id)
-    parts += (_LENGTHS.pack(len(raw_id), len(to), len(frame)), raw_id, to, frame)
+    parts.append(pack_message(msg_id, to, frame))
     return b"".join(parts)
+
+
+def pack_message(msg_id: str, to: bytes, frame: bytes) -> bytes:
+    """One message record (the hub's, for a frame it changed or a replay)."""
+    raw_id = _utf8(msg_id)
+    return b"".join((_LENGTHS.pack(len(raw_id), len(to), len(frame)), raw_id, to, frame))
 
 
 def unpack_publishes(batch: bytes) -> Iterator[tuple[list[str], memoryview]]:
@@ -196,6 +198,28 @@ class PublishBatch(amp.Command):
     publish records (``pack_publish``), in the order they were published."""
     arguments = [(b"batch", BigBytes())]
     requiresAnswer = False
+
+
+class Replay(amp.Command):
+    """The hub's kept messages of ``channels`` after position ``since``
+    (``history.History.replay``): message records, oldest first, and the
+    channels with a gap.  Answered after every DeliverBatch queued before it."""
+    arguments = [(b"channels", amp.ListOf(amp.Unicode())), (b"since", amp.Integer()),
+                 (b"epoch", amp.Unicode())]
+    response = [(b"messages", BigBytes()), (b"gaps", amp.ListOf(amp.Unicode()))]
+
+
+class Keep(amp.Command):
+    """Keep a message in the mailbox of each of ``users`` who has no session."""
+    arguments = [(b"users", amp.ListOf(amp.Unicode())), (b"id", amp.Unicode()),
+                 (b"frame", BigBytes())]
+    requiresAnswer = False
+
+
+class TakeMail(amp.Command):
+    """What the mailbox kept for ``user``: message records, oldest first."""
+    arguments = [(b"user", amp.Unicode())]
+    response = [(b"messages", BigBytes())]
 
 
 class RunCommand(amp.Command):

@@ -2,7 +2,8 @@
 
 The master passes, in the environment variable ``PUSHSVC_WORKER``, the settings,
 this worker's index and the listening sockets it inherited (descriptor and
-address family).  AMP to the hub runs on descriptors 3 (in) and 4 (out).  When
+address family, and for each the ``ssl:`` description when this worker serves
+TLS on it).  AMP to the hub runs on descriptors 3 (in) and 4 (out).  When
 that pipe closes, the master is gone and the worker stops.
 """
 
@@ -17,10 +18,12 @@ from twisted.internet.stdio import StandardIO
 from twisted.logger import Logger, eventAsText, globalLogBeginner
 
 from .. import loglevel
+from ..broker import make_broker
 from ..broker.amp import AmpBroker, WorkerProtocol
 from ..config import Settings
 from ..server import PushServer
 from ..signals import stop_on_signals
+from ..tls import TLSError
 from .wire import Hello, Reload, Retire, SetLogLevel
 
 ENV = "PUSHSVC_WORKER"
@@ -30,10 +33,14 @@ FIRST_SOCKET = 5
 _log = Logger()
 
 
-def describe(settings: Settings, index: int, families: list[int]) -> str:
-    """The ``PUSHSVC_WORKER`` value for worker ``index`` (the master's side)."""
+def describe(settings: Settings, index: int, families: list[int],
+             tls: list[str | None] | None = None, epoch: str | None = None) -> str:
+    """The ``PUSHSVC_WORKER`` value for worker ``index`` (the master's side);
+    ``tls``: per socket, its ``ssl:`` description, or None for plain TCP;
+    ``epoch``: the hub's history's."""
     return json.dumps({"settings": settings.to_json(), "index": index,
-                       "families": families, "log_level": loglevel.current()})
+                       "families": families, "tls": tls or [None] * len(families),
+                       "log_level": loglevel.current(), "epoch": epoch})
 
 
 def log_to_master(event) -> None:
@@ -87,7 +94,10 @@ def main() -> None:
 
     from twisted.internet import reactor
 
-    broker = AmpBroker()
+    # Redis carries this worker's messages and commands itself when set;
+    # the AMP pipe then serves only the master's orders.
+    broker = make_broker(settings, index, reactor, master_pid=os.getppid(),
+                         otherwise=lambda: AmpBroker(epoch=spec["epoch"]))
     server = PushServer(settings, reactor, broker=broker, worker=index)
 
     def master_gone(reason):
@@ -97,9 +107,15 @@ def main() -> None:
 
     hub = WorkerEnd(broker, server, reactor, on_lost=master_gone)
     StandardIO(hub, stdin=AMP_IN, stdout=AMP_OUT, reactor=reactor)
-    broker.connect(hub)
-    for offset, family in enumerate(spec["families"]):
-        server.adopt(reactor, FIRST_SOCKET + offset, family)
+    if isinstance(broker, AmpBroker):
+        broker.connect(hub)
+    tls = spec.get("tls") or [None] * len(spec["families"])
+    for offset, (family, description) in enumerate(zip(spec["families"], tls)):
+        try:
+            server.adopt(reactor, FIRST_SOCKET + offset, family, tls=description)
+        except TLSError as e:  # the files changed since the master read them
+            _log.critical("cannot serve TLS: {error}", error=e)
+            raise SystemExit(1)
     server.startService()
     hub.callRemote(Hello, index=index, owner=server.engine.ids.owner).addErrback(
         lambda f: _log.failure("could not greet the master", f))

@@ -1,0 +1,212 @@
+"""Recent messages, kept for clients that come back (``resume``).  No I/O.
+
+One keeper numbers every message it sees with its *position*: 1, 2, 3, ...
+in the order messages arrive, across all channels (the hub of a pool, the one
+process with ``--workers 0``).  A message that goes to a channel which keeps
+history (``user:``, ``group:``, ``tag:`` and ``all``; not the per-worker
+channels of session-addressed messages) is kept, with its frame carrying its
+position (``"pos"``), until it is ``ttl`` seconds old, or its channel holds
+``max_messages`` newer ones, or all kept frames pass ``max_bytes`` (the oldest
+go first).
+
+A client delivered its messages in order has seen everything of its channels
+up to the last position it got, so one number says where it stands:
+``replay(channels, since)`` gives the kept messages of those channels after
+``since``, each once, in order, and the channels that lost a message after
+``since`` (their *gaps*: the client must resync those from the application).
+The ``epoch`` names this keeper's numbering; a client from another epoch has
+gaps everywhere.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from .ids import new_incarnation
+from .protocol import with_position
+from .sessions import ALL
+
+KEPT_KINDS = ("user:", "group:", "tag:")
+
+
+def keeps_history(channel: str) -> bool:
+    """Whether messages on ``channel`` are kept (not a worker's own channel)."""
+    return channel == ALL or channel.startswith(KEPT_KINDS)
+
+
+@dataclass(slots=True)
+class _Entry:
+    position: int
+    msg_id: str
+    frame: bytes
+    time: float
+    channels: tuple[str, ...]
+
+
+class _Channel:
+    __slots__ = ("entries", "dropped")
+
+    def __init__(self):
+        self.entries: deque[_Entry] = deque()
+        self.dropped = 0  # the newest position this channel has let go of
+
+
+OVERHEAD = 200  # bytes counted per kept message besides its frame
+
+
+class History:
+    """The kept messages of one keeper; ``ttl`` 0 keeps nothing."""
+
+    def __init__(self, ttl: float, max_messages: int, max_bytes: int,
+                 epoch: str | None = None):
+        """``max_messages`` per channel, ``max_bytes`` in all."""
+        self.ttl = ttl
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.epoch = epoch or new_incarnation()
+        self.position = 0   # the last position given
+        self.floor = 0      # positions up to here may be gone from channels no longer listed
+        self.bytes = 0
+        self._entries: deque[_Entry] = deque()  # every kept message, oldest first
+        self._channels: dict[str, _Channel] = {}
+
+    @classmethod
+    def from_settings(cls, settings) -> "History":
+        return cls(settings.ttl, settings.max_per_channel, settings.max_memory)
+
+    def configure(self, settings) -> None:
+        """New limits (a reload); what is kept stays, and goes by the new ones."""
+        self.ttl, self.max_messages, self.max_bytes = (
+            settings.ttl, settings.max_per_channel, settings.max_memory)
+
+    @property
+    def enabled(self) -> bool:
+        return self.ttl > 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def record(self, channels, msg_id: str, frame: bytes, now: float) -> bytes:
+        """Keep a message published on ``channels``; its frame as clients get
+        it (with its position when it is kept, else as it came)."""
+        kept = tuple(c for c in channels if keeps_history(c))
+        if not kept or not self.enabled:
+            return frame
+        self.expire(now)
+        self.position += 1
+        frame = with_position(frame, self.position)
+        entry = _Entry(self.position, msg_id, frame, now, kept)
+        self._entries.append(entry)
+        self.bytes += len(frame) + OVERHEAD
+        for name in kept:
+            channel = self._channels.get(name)
+            if channel is None:
+                channel = self._channels[name] = _Channel()
+            channel.entries.append(entry)
+            if len(channel.entries) > self.max_messages:
+                channel.dropped = channel.entries.popleft().position
+        while self.bytes > self.max_bytes and len(self._entries) > 1:
+            self._drop_oldest()
+        return frame
+
+    def expire(self, now: float) -> None:
+        """Let go of every message older than ``ttl``."""
+        limit = now - self.ttl
+        while self._entries and self._entries[0].time <= limit:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        entry = self._entries.popleft()
+        self.bytes -= len(entry.frame) + OVERHEAD
+        self.floor = entry.position
+        for name in entry.channels:
+            channel = self._channels.get(name)
+            if channel is None:
+                continue
+            if channel.entries and channel.entries[0] is entry:
+                channel.entries.popleft()
+                channel.dropped = entry.position
+            if not channel.entries:
+                del self._channels[name]
+
+    def replay(self, channels, since: int, epoch: str | None,
+               now: float) -> tuple[list[tuple[str, bytes]], list[str]]:
+        """The kept messages of ``channels`` after position ``since``, each once,
+        oldest first, as (id, frame); and the channels (sorted) that lost one
+        after ``since``.
+
+        A client of another ``epoch`` (or of none) gets nothing and every
+        channel as a gap.
+        """
+        channels = sorted(set(channels))
+        if epoch != self.epoch or not self.enabled or since > self.position:
+            return [], channels
+        self.expire(now)
+        found: dict[int, tuple[str, bytes]] = {}
+        gaps = []
+        for name in channels:
+            channel = self._channels.get(name)
+            lost = channel.dropped if channel is not None else self.floor
+            if lost > since:
+                gaps.append(name)
+            if channel is not None:
+                for entry in reversed(channel.entries):
+                    if entry.position <= since:
+                        break
+                    found[entry.position] = (entry.msg_id, entry.frame)
+        return [found[p] for p in sorted(found)], gaps
+
+
+class Mailbox:
+    """Messages kept for users with no session anywhere (pushes with
+    ``"store": true``), until the user connects or ``ttl`` passes; at most
+    ``max_messages`` per user (the oldest go first) and ``max_bytes`` in all
+    (past it nothing more is kept until some goes)."""
+
+    def __init__(self, ttl: float, max_messages: int, max_bytes: int):
+        self.ttl = ttl
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._boxes: dict[str, deque[tuple[float, str, bytes]]] = {}
+        self._order: deque[tuple[float, str]] = deque()  # (time, user), oldest first
+
+    @classmethod
+    def from_settings(cls, settings) -> "Mailbox":
+        return cls(settings.ttl, settings.max_per_channel, settings.max_memory)
+
+    configure = History.configure
+
+    def put(self, user: str, msg_id: str, frame: bytes, now: float) -> bool:
+        """Keep a message for ``user``; False when it is not kept (no room)."""
+        self.expire(now)
+        if self.ttl <= 0 or self.bytes + len(frame) + OVERHEAD > self.max_bytes:
+            return False
+        box = self._boxes.setdefault(user, deque())
+        box.append((now, msg_id, frame))
+        self._order.append((now, user))
+        self.bytes += len(frame) + OVERHEAD
+        if len(box) > self.max_messages:
+            self.bytes -= len(box.popleft()[2]) + OVERHEAD
+        return True
+
+    def take(self, user: str, now: float) -> list[tuple[str, bytes]]:
+        """Everything kept for ``user``, oldest first, as (id, frame); the box empties."""
+        self.expire(now)
+        box = self._boxes.pop(user, ())
+        self.bytes -= sum(len(frame) + OVERHEAD for _, _, frame in box)
+        return [(msg_id, frame) for _, msg_id, frame in box]
+
+    def expire(self, now: float) -> None:
+        limit = now - self.ttl
+        while self._order and self._order[0][0] <= limit:
+            _, user = self._order.popleft()
+            box = self._boxes.get(user)
+            while box and box[0][0] <= limit:
+                self.bytes -= len(box.popleft()[2]) + OVERHEAD
+            if box is not None and not box:
+                del self._boxes[user]
+
+    def __len__(self) -> int:
+        return sum(map(len, self._boxes.values()))

@@ -1,0 +1,129 @@
+"""The history of one keeper: positions, what is kept, replay and gaps."""
+
+from __future__ import annotations
+
+import json
+
+from twisted.trial import unittest
+
+from pushsvc.history import OVERHEAD, History, Mailbox, keeps_history
+from pushsvc.protocol import Address, message_frame, with_position
+
+
+def frame(n: int) -> bytes:
+    return message_frame(f"m{n}", Address(group=("g",)), n)
+
+
+def data(messages: list[tuple[str, bytes]]) -> list[int]:
+    """The data of each replayed message, checking its id."""
+    out = []
+    for msg_id, raw in messages:
+        parsed = json.loads(raw)
+        assert parsed["id"] == msg_id
+        out.append(parsed["data"])
+    return out
+
+
+class HistoryTests(unittest.TestCase):
+    def setUp(self):
+        self.history = History(ttl=60, max_messages=5, max_bytes=1 << 20, epoch="E")
+
+    def record(self, n: int, *channels: str, now: float = 0.0) -> dict:
+        return json.loads(self.history.record(channels or ("group:g",), f"m{n}", frame(n), now))
+
+    def replay(self, channels, since, epoch="E", now=0.0):
+        frames, gaps = self.history.replay(channels, since, epoch, now)
+        return data(frames), gaps
+
+    def test_kept_channels(self):
+        self.assertEqual([keeps_history(c) for c in ("user:u", "group:g", "tag:t", "all",
+                                                     "worker:n.0")],
+                         [True, True, True, True, False])
+
+    def test_positions_count_up_across_channels_and_go_in_the_frame(self):
+        first = self.record(1, "group:g")
+        second = self.record(2, "user:u", "group:g")
+        self.assertEqual((first["pos"], second["pos"]), (1, 2))
+        self.assertEqual(list(first), ["op", "pos", "id", "to", "data"])
+        self.assertEqual(first["data"], 1)
+
+    def test_a_session_addressed_message_is_not_kept(self):
+        raw = frame(1)
+        self.assertIs(self.history.record(["worker:n.0"], "m1", raw, 0), raw)
+        self.assertEqual((len(self.history), self.history.position), (0, 0))
+
+    def test_replay_after_since_each_once_in_order(self):
+        self.record(1, "group:g")
+        self.record(2, "user:u")
+        self.record(3, "group:g", "user:u")
+        self.record(4, "group:other")
+        self.record(5, "user:u")
+        self.assertEqual(self.replay(["group:g", "user:u"], 0), ([1, 2, 3, 5], []))
+        self.assertEqual(self.replay(["group:g", "user:u"], 2), ([3, 5], []))
+        self.assertEqual(self.replay(["user:u", "group:g"], 5), ([], []))
+        self.assertEqual(self.replay(["tag:none"], 0), ([], []))
+
+    def test_the_count_cap_makes_a_gap_for_its_channel_only(self):
+        for n in range(1, 8):
+            self.record(n, "group:g")
+        self.record(8, "user:u")
+        self.assertEqual(self.replay(["group:g", "user:u"], 1), ([3, 4, 5, 6, 7, 8], ["group:g"]))
+        self.assertEqual(self.replay(["group:g"], 2), ([3, 4, 5, 6, 7], []))
+
+    def test_the_ttl_lets_old_messages_go(self):
+        self.record(1, "group:g", now=0)
+        self.record(2, "group:g", now=30)
+        self.assertEqual(self.replay(["group:g"], 0, now=61), ([2], ["group:g"]))
+        self.assertEqual(self.replay(["group:g"], 1, now=61), ([2], []))
+        self.assertEqual(self.replay(["group:g"], 1, now=91), ([], ["group:g"]))
+        self.assertEqual((len(self.history), self.history.bytes), (0, 0))
+        # A channel that is gone entirely: gap when since is below what went.
+        self.assertEqual(self.replay(["group:g"], 2, now=91), ([], []))
+
+    def test_the_byte_cap_drops_the_oldest(self):
+        size = len(with_position(frame(1), 1)) + OVERHEAD
+        history = self.history = History(60, 100, max_bytes=3 * size, epoch="E")
+        for n in range(1, 6):
+            self.record(n, "group:g")
+        self.assertEqual(len(history), 3)
+        self.assertLessEqual(history.bytes, 3 * size)
+        self.assertEqual(self.replay(["group:g"], 0), ([3, 4, 5], ["group:g"]))
+
+    def test_another_epoch_or_a_future_position_is_a_gap_everywhere(self):
+        self.record(1, "group:g")
+        self.assertEqual(self.replay(["group:g", "all"], 0, epoch="OTHER"),
+                         ([], ["all", "group:g"]))
+        self.assertEqual(self.replay(["group:g"], 9), ([], ["group:g"]))
+
+    def test_ttl_zero_keeps_nothing(self):
+        history = History(0, 100, 1 << 20)
+        raw = frame(1)
+        self.assertIs(history.record(["group:g"], "m1", raw, 0), raw)
+        self.assertEqual(history.replay(["group:g"], 0, history.epoch, 0), ([], ["group:g"]))
+
+
+class MailboxTests(unittest.TestCase):
+    def setUp(self):
+        self.box = Mailbox(ttl=60, max_messages=3, max_bytes=1 << 20)
+
+    def test_take_gives_a_users_messages_once_in_order(self):
+        for n in range(2):
+            self.assertTrue(self.box.put("ann", f"m{n}", frame(n), now=n))
+        self.box.put("bob", "b", frame(9), now=0)
+        self.assertEqual(data(self.box.take("ann", now=5)), [0, 1])
+        self.assertEqual((self.box.take("ann", now=5), len(self.box)), ([], 1))
+
+    def test_per_user_cap_ttl_and_bytes(self):
+        for n in range(5):
+            self.box.put("ann", f"m{n}", frame(n), now=n)
+        self.assertEqual(data(self.box.take("ann", now=10)), [2, 3, 4])
+        self.box.put("ann", "m1", frame(1), now=0)
+        self.box.put("ann", "m2", frame(2), now=30)
+        self.assertEqual(data(self.box.take("ann", now=61)), [2])
+        self.assertEqual(self.box.bytes, 0)
+        small = Mailbox(60, 100, max_bytes=len(frame(1)) + OVERHEAD)
+        self.assertEqual([small.put("ann", f"m{n}", frame(n), 0) for n in range(2)],
+                         [True, False])
+        self.box.put("gone", "m3", frame(3), now=0)
+        self.box.expire(now=100)
+        self.assertEqual((len(self.box), self.box.bytes), (0, 0))
