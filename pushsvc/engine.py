@@ -567,8 +567,10 @@ class Engine:
         Raises ``too_large`` when ``data`` is over ``max_message_bytes``.
         """
         msg_id = self.ids.message_id()
-        frame = message_frame(msg_id, to, data, sender, self.settings.max_message_bytes)
-        return Message(msg_id, to, frame)
+        to_text = encode(to.to_json())
+        frame = message_frame(msg_id, to, data, sender, self.settings.max_message_bytes,
+                              to_text)
+        return Message(msg_id, to, frame, to_text)
 
     def send(self, message: Message, store: bool = False) -> Deferred:
         """Give ``message`` to the broker; a Deferred firing with its id.

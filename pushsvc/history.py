@@ -21,7 +21,7 @@ gaps everywhere.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from typing import Any
 
 from .ids import new_incarnation
 from .protocol import with_position
@@ -30,27 +30,14 @@ from .sessions import ALL
 KEPT_KINDS = ("user:", "group:", "tag:")
 
 
-def keeps_history(channel: str) -> bool:
-    """Whether messages on ``channel`` are kept (not a worker's own channel)."""
-    return channel == ALL or channel.startswith(KEPT_KINDS)
+def kept_channels(channels) -> tuple[str, ...]:
+    """Those of ``channels`` that keep history (not the workers' own)."""
+    return tuple([c for c in channels if c == ALL or c.startswith(KEPT_KINDS)])
 
 
-@dataclass(slots=True)
-class _Entry:
-    position: int
-    msg_id: str
-    frame: bytes
-    time: float
-    channels: tuple[str, ...]
-
-
-class _Channel:
-    __slots__ = ("entries", "dropped")
-
-    def __init__(self):
-        self.entries: deque[_Entry] = deque()
-        self.dropped = 0  # the newest position this channel has let go of
-
+# A kept message: (position, id, frame, time, channels).  Tuples, not
+# objects: the hub keeps one per message at tens of thousands a second.
+_POSITION, _ID, _FRAME, _TIME, _CHANNELS = range(5)
 
 OVERHEAD = 200  # bytes counted per kept message besides its frame
 
@@ -68,8 +55,9 @@ class History:
         self.position = 0   # the last position given
         self.floor = 0      # positions up to here may be gone from channels no longer listed
         self.bytes = 0
-        self._entries: deque[_Entry] = deque()  # every kept message, oldest first
-        self._channels: dict[str, _Channel] = {}
+        self._entries: deque[tuple] = deque()          # every kept message, oldest first
+        self._channels: dict[str, deque[tuple]] = {}   # each channel's, oldest first
+        self._dropped: dict[str, int] = {}  # a listed channel's newest position let go of
 
     @classmethod
     def from_settings(cls, settings) -> "History":
@@ -87,51 +75,59 @@ class History:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def record(self, channels, msg_id: str, frame: bytes, now: float) -> bytes:
-        """Keep a message published on ``channels``; its frame as clients get
-        it (with its position when it is kept, else as it came)."""
-        kept = tuple(c for c in channels if keeps_history(c))
+    def record(self, kept: tuple[str, ...], msg_id, frame: bytes, now: float) -> bytes:
+        """Keep a message published on channels of which ``kept`` keep history
+        (``kept_channels``); its frame as clients get it (with its position
+        when it is kept, else as it came).
+
+        ``msg_id`` is kept as given (the hub keeps it as UTF-8 bytes) and
+        given back by ``replay``.
+        """
         if not kept or not self.enabled:
             return frame
-        self.expire(now)
+        entries = self._entries
+        if entries and entries[0][_TIME] <= now - self.ttl:
+            self.expire(now)
         self.position += 1
         frame = with_position(frame, self.position)
-        entry = _Entry(self.position, msg_id, frame, now, kept)
-        self._entries.append(entry)
+        entry = (self.position, msg_id, frame, now, kept)
+        entries.append(entry)
         self.bytes += len(frame) + OVERHEAD
+        lists = self._channels
         for name in kept:
-            channel = self._channels.get(name)
-            if channel is None:
-                channel = self._channels[name] = _Channel()
-            channel.entries.append(entry)
-            if len(channel.entries) > self.max_messages:
-                channel.dropped = channel.entries.popleft().position
-        while self.bytes > self.max_bytes and len(self._entries) > 1:
+            listed = lists.get(name)
+            if listed is None:
+                listed = lists[name] = deque()
+            listed.append(entry)
+            if len(listed) > self.max_messages:
+                self._dropped[name] = listed.popleft()[_POSITION]
+        while self.bytes > self.max_bytes and len(entries) > 1:
             self._drop_oldest()
         return frame
 
     def expire(self, now: float) -> None:
         """Let go of every message older than ``ttl``."""
         limit = now - self.ttl
-        while self._entries and self._entries[0].time <= limit:
+        while self._entries and self._entries[0][_TIME] <= limit:
             self._drop_oldest()
 
     def _drop_oldest(self) -> None:
         entry = self._entries.popleft()
-        self.bytes -= len(entry.frame) + OVERHEAD
-        self.floor = entry.position
-        for name in entry.channels:
-            channel = self._channels.get(name)
-            if channel is None:
+        position = self.floor = entry[_POSITION]
+        self.bytes -= len(entry[_FRAME]) + OVERHEAD
+        for name in entry[_CHANNELS]:
+            listed = self._channels.get(name)
+            if listed is None:
                 continue
-            if channel.entries and channel.entries[0] is entry:
-                channel.entries.popleft()
-                channel.dropped = entry.position
-            if not channel.entries:
+            if listed and listed[0] is entry:
+                listed.popleft()
+                self._dropped[name] = position
+            if not listed:
                 del self._channels[name]
+                self._dropped.pop(name, None)
 
     def replay(self, channels, since: int, epoch: str | None,
-               now: float) -> tuple[list[tuple[str, bytes]], list[str]]:
+               now: float) -> tuple[list[tuple[Any, bytes]], list[str]]:
         """The kept messages of ``channels`` after position ``since``, each once,
         oldest first, as (id, frame); and the channels (sorted) that lost one
         after ``since``.
@@ -143,18 +139,17 @@ class History:
         if epoch != self.epoch or not self.enabled or since > self.position:
             return [], channels
         self.expire(now)
-        found: dict[int, tuple[str, bytes]] = {}
+        found: dict[int, tuple[Any, bytes]] = {}
         gaps = []
         for name in channels:
-            channel = self._channels.get(name)
-            lost = channel.dropped if channel is not None else self.floor
+            listed = self._channels.get(name)
+            lost = self._dropped.get(name, 0) if listed is not None else self.floor
             if lost > since:
                 gaps.append(name)
-            if channel is not None:
-                for entry in reversed(channel.entries):
-                    if entry.position <= since:
-                        break
-                    found[entry.position] = (entry.msg_id, entry.frame)
+            for entry in reversed(listed or ()):
+                if entry[_POSITION] <= since:
+                    break
+                found[entry[_POSITION]] = (entry[_ID], entry[_FRAME])
         return [found[p] for p in sorted(found)], gaps
 
 

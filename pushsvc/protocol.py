@@ -79,6 +79,14 @@ class Address:
     tag: tuple[str, ...] = ()
     all: bool = False
 
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> "Address":
+        """An address from its ``to_json`` form, not checked again: it was
+        checked where it entered (``parse_address``)."""
+        return cls(**{kind: names if kind == "all" else
+                      tuple(names) if isinstance(names, list) else (names,)
+                      for kind, names in value.items()})
+
     def to_json(self) -> dict[str, Any]:
         """The address as it goes on the wire: single names unwrapped."""
         out: dict[str, Any] = {}
@@ -291,16 +299,19 @@ def with_position(frame: bytes, position: int) -> bytes:
 
 def message_frame(msg_id: str, to: Address, data: Any,
                   sender: dict[str, Any] | None = None,
-                  max_data: int | None = None) -> bytes:
-    """The ``msg`` frame, encoded once per message whoever receives it.
+                  max_data: int | None = None, to_text: bytes | None = None) -> bytes:
+    """The ``msg`` frame, encoded once per message whoever receives it:
+    ``{"op":"msg","id":..,"to":..,"from":..,"data":..}``, ``data`` last.
 
-    Raises ``too_large`` when ``data``, encoded, is longer than ``max_data``.
+    ``to_text`` is ``to`` encoded, when the caller has it.  Raises
+    ``too_large`` when ``data``, encoded, is longer than ``max_data``.
     """
-    head: dict[str, Any] = {"op": "msg", "id": msg_id, "to": to.to_json()}
-    if sender is not None:
-        head["from"] = sender
     body = encode(data)
     if max_data is not None and len(body) > max_data:
         raise ProtocolError(TOO_LARGE, f"'data' is {len(body)} bytes encoded; "
                                        f"the limit is {max_data}")
-    return encode(head)[:-1] + b',"data":' + body + b"}"
+    parts = [_MSG_HEAD, b'"id":', encode(msg_id), b',"to":', to_text or encode(to.to_json())]
+    if sender is not None:
+        parts += (b',"from":', encode(sender))
+    parts += (b',"data":', body, b"}")
+    return b"".join(parts)

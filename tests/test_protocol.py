@@ -283,3 +283,11 @@ class EncodeTests(unittest.TestCase):
         self.assertEqual(error_frame(error, False),
                          b'{"op":"error","code":"unknown_op","message":"unknown op \'x\'",'
                          b'"ref":false}')
+
+
+class AddressJsonTests(unittest.TestCase):
+    def test_from_json_gives_back_what_to_json_wrote(self):
+        for address in (Address(all=True), Address(user=("u",)),
+                        Address(session=("a.0.i.1", "a.0.i.2"), group=("g",), tag=("t", "é"))):
+            self.assertEqual(Address.from_json(json.loads(json.dumps(address.to_json()))),
+                             address)

@@ -14,7 +14,6 @@ publishes, subscriptions and commands in the order the engine made them.
 from __future__ import annotations
 
 import json
-import sys
 
 from twisted.internet.defer import maybeDeferred, succeed
 from twisted.logger import Logger
@@ -24,10 +23,12 @@ from zope.interface import implementer
 from ..pool.wire import (DeliverBatch, Keep, Outbox, Perform, PublishBatch, Replay, RunCommand,
                          Subscribe, TakeMail, Unsubscribe, pack_publish, refused,
                          unpack_messages)
-from ..protocol import ProtocolError, parse_address
+from ..protocol import Address, ProtocolError, encode
 from .interface import Command, IBroker, Message
 
 _log = Logger()
+
+ADDRESSES_KEPT = 4096  # decoded addresses a worker keeps (WorkerProtocol._address)
 
 
 class WorkerProtocol(amp.AMP):
@@ -37,6 +38,7 @@ class WorkerProtocol(amp.AMP):
         super().__init__()
         self.broker = broker
         self.on_lost = on_lost
+        self._addresses: dict[bytes, Address] = {}
 
     @DeliverBatch.responder
     def deliver(self, batch):
@@ -51,11 +53,20 @@ class WorkerProtocol(amp.AMP):
         alone = len(records) == 1
         for msg_id, to, frame in records:
             try:
-                deliver(Message(msg_id, parse_address(json.loads(to), sys.maxsize), frame),
-                        alone)
+                deliver(Message(msg_id, self._address(to), frame), alone)
             except Exception:
                 _log.failure("delivering message {id} failed", id=msg_id)
         return {}
+
+    def _address(self, to: bytes) -> Address:
+        """The address of a message from the hub (checked where it entered);
+        the addresses seen last are kept, as broadcasts repeat theirs."""
+        address = self._addresses.get(to)
+        if address is None:
+            if len(self._addresses) >= ADDRESSES_KEPT:
+                self._addresses.clear()
+            address = self._addresses[to] = Address.from_json(json.loads(to))
+        return address
 
     @Perform.responder
     def perform(self, name, args):
@@ -118,7 +129,7 @@ class AmpBroker:
 
     def publish(self, channels, message):
         # Local sessions get it back from the hub too, with its history position.
-        to = json.dumps(message.to.to_json(), separators=(",", ":")).encode("utf-8")
+        to = message.to_text or encode(message.to.to_json())
         self.outbox.add(self.hub, pack_publish(channels, message.id, to, message.frame))
         return succeed(None)
 

@@ -20,6 +20,7 @@ class Message:
     id: str
     to: Address
     frame: bytes
+    to_text: bytes = b""  # ``to`` as JSON, when the engine has encoded it
 
 
 @dataclass(frozen=True, slots=True)

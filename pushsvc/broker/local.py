@@ -5,7 +5,7 @@ from __future__ import annotations
 from twisted.internet.defer import maybeDeferred, succeed
 from zope.interface import implementer
 
-from ..history import History, Mailbox
+from ..history import History, Mailbox, kept_channels
 from .interface import IBroker, Message
 
 
@@ -38,7 +38,7 @@ class LocalBroker:
 
     def publish(self, channels, message):
         if self.history is not None:
-            frame = self.history.record(channels, message.id, message.frame,
+            frame = self.history.record(kept_channels(channels), message.id, message.frame,
                                         self.clock.seconds())
             message = Message(message.id, message.to, frame)
         if not self.subscriptions.isdisjoint(channels):

@@ -72,7 +72,7 @@ from zope.interface import implementer
 from ..commands import COMMANDS
 from ..ids import new_incarnation
 from ..pool.wire import pack_publish, unpack_messages, unpack_publishes
-from ..protocol import ProtocolError, parse_address
+from ..protocol import ProtocolError, encode, parse_address
 from .interface import Command, IBroker, Message
 from .redis_url import RedisURL, parse_redis_url
 
@@ -696,7 +696,7 @@ class RedisBroker:
     # -- publishing ---------------------------------------------------------
 
     def publish(self, channels, message):
-        to = json.dumps(message.to.to_json(), separators=(",", ":")).encode("utf-8")
+        to = message.to_text or encode(message.to.to_json())
         names = tuple(channels)
         record = pack_publish(names, message.id, to, message.frame)
         self._pending.append((names, record))

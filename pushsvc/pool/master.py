@@ -34,14 +34,14 @@ from zope.interface import implementer
 from ..config import ConfigError
 from .. import loglevel
 from ..control import ControlError, IControl
-from ..history import History, Mailbox, keeps_history
+from ..history import History, Mailbox, kept_channels
 from ..protocol import CLOSE_RESTART
 from ..server import LISTEN_ERRORS, exit_cannot_listen
 from ..tls import is_tls
 from .hub import SubscriptionTable
 from .wire import (DeliverBatch, Hello, Keep, Outbox, Perform, PublishBatch, Refused, Reload,
                    Replay, Retire, RunCommand, SetLogLevel, Subscribe, TakeMail, Unsubscribe,
-                   pack_message, protocol_error, unpack_messages, unpack_publishes)
+                   message_parts, pack_message, protocol_error, reframe, unpack_publishes)
 from .worker import AMP_IN, AMP_OUT, ENV, FIRST_SOCKET, describe
 
 _log = Logger()
@@ -447,12 +447,13 @@ class Pool(Service):
         a message record that keeps no history goes on as the bytes it came in.
         """
         history, now = self.history, self.clock.seconds()
+        keeping = history.enabled
         for channels, record in unpack_publishes(batch):
-            targets = self.table.targets(channels)
-            if history.enabled and any(map(keeps_history, channels)):
-                [(msg_id, to, frame)] = unpack_messages(bytes(record))
-                record = pack_message(msg_id, to, history.record(channels, msg_id, frame, now))
-            for worker in targets:
+            kept = keeping and kept_channels(channels)
+            if kept:
+                msg_id, frame = message_parts(record)
+                record = reframe(record, history.record(kept, msg_id, frame, now))
+            for worker in self.table.targets(channels):
                 self.outbox.add(worker, record)
 
     def replay(self, channels, since: int, epoch: str) -> dict:

@@ -94,10 +94,25 @@ def pack_publish(channels: Iterable[str], msg_id: str, to: bytes, frame: bytes) 
     return b"".join(parts)
 
 
-def pack_message(msg_id: str, to: bytes, frame: bytes) -> bytes:
-    """One message record (the hub's, for a frame it changed or a replay)."""
-    raw_id = _utf8(msg_id)
+def pack_message(msg_id: str | bytes, to: bytes, frame: bytes) -> bytes:
+    """One message record (the hub's, for a replay); the id as text or UTF-8."""
+    raw_id = msg_id if isinstance(msg_id, bytes) else _utf8(msg_id)
     return b"".join((_LENGTHS.pack(len(raw_id), len(to), len(frame)), raw_id, to, frame))
+
+
+def message_parts(record) -> tuple[bytes, bytes]:
+    """The raw id and the frame of one message record."""
+    id_size, to_size, _ = _LENGTHS.unpack_from(record)
+    start = _LENGTHS.size
+    return bytes(record[start:start + id_size]), bytes(record[start + id_size + to_size:])
+
+
+def reframe(record, frame: bytes) -> bytes:
+    """``record`` with ``frame`` in place of its own."""
+    id_size, to_size, _ = _LENGTHS.unpack_from(record)
+    head = _LENGTHS.size + id_size + to_size
+    return b"".join((_LENGTHS.pack(id_size, to_size, len(frame)), record[_LENGTHS.size:head],
+                     frame))
 
 
 def unpack_publishes(batch: bytes) -> Iterator[tuple[list[str], memoryview]]:
