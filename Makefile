@@ -9,7 +9,7 @@ PORT   ?= 8080
 ARGS   ?=
 BENCH_ARGS ?=
 
-.PHONY: run test bench clean redis-server
+.PHONY: run test bench clean redis-server browser
 
 # "compat" editable mode puts the checkout itself on sys.path, so twistd's
 # plugin scan finds twisted/plugins/pushsvc_plugin.py in this folder.
@@ -36,7 +36,30 @@ redis-server:
 	              >/dev/null; } \
 	    || echo "could not install redis-server: the Redis tests will be skipped (fail with CI=true)"
 
-test: $(VENV)/.installed redis-server
+# The browser test (tests/test_browser.py) drives Debian's chromium, headless,
+# with playwright-core from npm: install chromium with apt when it is missing
+# and we may, and playwright-core into tests/browser/node_modules (git-ignored).
+# Without them it is skipped, or fails when CI=true.
+browser:
+	@if ! command -v chromium >/dev/null && ! [ -x /usr/lib/chromium/chromium ]; then \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; elif sudo -n true 2>/dev/null; then sudo="sudo -n"; \
+	  else sudo=none; echo "chromium is missing and cannot be installed here (not root, no sudo)"; fi; \
+	  if [ "$$sudo" != none ]; then echo "installing chromium with apt-get"; \
+	    $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+	      || { $$sudo apt-get update -q >/dev/null \
+	           && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium \
+	                >/dev/null; } \
+	      || echo "could not install chromium: the browser test will be skipped (fail with CI=true)"; \
+	  fi; \
+	fi; \
+	if [ ! -d tests/browser/node_modules/playwright-core ]; then \
+	  if command -v npm >/dev/null; then echo "installing playwright-core with npm"; \
+	    (cd tests/browser && npm install --no-audit --no-fund --no-package-lock --loglevel=error) \
+	      || echo "could not install playwright-core: the browser test will be skipped (fail with CI=true)"; \
+	  else echo "npm is missing: the browser test will be skipped (fail with CI=true)"; fi; \
+	fi
+
+test: $(VENV)/.installed redis-server browser
 	@set -o pipefail; $(PY) -m twisted.trial --temp-directory=$(VENV)/_trial_temp tests 2>&1 \
 	  | tee $(VENV)/trial.log; status=$$?; \
 	  $(PY) tools/trial_summary.py $(VENV)/trial.log $$status

@@ -6,7 +6,8 @@ setup(
     description="Real-time WebSocket push server on Twisted and Autobahn",
     python_requires=">=3.11",
     packages=find_packages(include=["pushsvc", "pushsvc.*"]) + ["twisted.plugins"],
-    package_data={"twisted.plugins": ["pushsvc_plugin.py"]},
+    package_data={"twisted.plugins": ["pushsvc_plugin.py"],
+                  "pushsvc.static": ["*.html", "*.js"]},  # docs/clients.md
     install_requires=[
         "twisted>=26.10",  # makeBinding(reusePort=), Site(parsePOSTFormSubmission=)
         "autobahn>=23.6",
@@ -16,6 +17,9 @@ setup(
         # Client tokens (pushsvc/tokens.py): JWT with HS256, RS256 and ES256; the
         # crypto extra brings cryptography for the RSA and EC signatures.
         "pyjwt[crypto]>=2.8",
+        # GET /metrics (pushsvc/metrics.py): the Prometheus text format, rendered
+        # by the reference implementation rather than by hand.
+        "prometheus-client>=0.17",
     ],
     extras_require={
         "test": [],

@@ -35,7 +35,8 @@ DEFAULT_BACKLOG = 1024
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-LOOPBACK_RE = re.compile(r":interface=(127\.\d+\.\d+\.\d+|\\:\\:1|localhost)(:|$)")
+INTERFACE_RE = re.compile(r"(?:^|:)interface=((?:\\:|[^:])*)")  # every one: the last wins
+LOOPBACK_RE = re.compile(r"127\.\d+\.\d+\.\d+|\\:\\:1|localhost")
 
 # The admin console's socket: in the run directory, for this user only; the
 # lock file makes a second server refuse to start on a live one.
@@ -182,7 +183,7 @@ def _admin_endpoint(value: Any) -> str:
     kind = value.split(":", 1)[0]
     if value and kind not in ("unix", "tcp", "tcp6"):
         raise ValueError(f"must be a unix: or tcp: endpoint, got {value!r}")
-    if kind in ("tcp", "tcp6") and not LOOPBACK_RE.search(value):
+    if kind in ("tcp", "tcp6") and not on_loopback(value):
         raise ValueError("a tcp: admin endpoint must set interface=127.0.0.1 "
                          "(or ::1): the console is for this machine only")
     return value
@@ -196,6 +197,13 @@ def _node(value: Any) -> str:
     return value
 
 
+def on_loopback(description: str) -> bool:
+    """Whether an endpoint string listens on loopback only: it sets
+    ``interface=`` (Twisted takes the last one given) and each is loopback."""
+    interfaces = INTERFACE_RE.findall(description)
+    return bool(interfaces) and all(LOOPBACK_RE.fullmatch(i) for i in interfaces)
+
+
 def exposed_endpoints(endpoints: list[str]) -> list[str]:
     """The listening endpoints that other machines may reach: a tcp:, tcp6:
     or ssl: endpoint without interface= on loopback (none means every
@@ -203,8 +211,7 @@ def exposed_endpoints(endpoints: list[str]) -> list[str]:
     exposed = []
     for description in endpoints:
         kind = description.split(":", 1)[0]
-        if kind == "unix" or (kind in ("tcp", "tcp6", "ssl")
-                              and LOOPBACK_RE.search(description)):
+        if kind == "unix" or (kind in ("tcp", "tcp6", "ssl") and on_loopback(description)):
             continue
         exposed.append(description)
     return exposed
@@ -254,6 +261,9 @@ SPECS: tuple[Spec, ...] = (
          "endpoint of the admin console (pushsvc-admin); '' = none", flag="admin"),
     Spec("server", "admin_secret", "", _text,
          "secret the admin console must give; required for a tcp: admin endpoint"),
+    Spec("log", "format", "text", _choice("text", "json"),
+         "log format: 'text' lines, or 'json' (one JSON object per line)",
+         flag="log-format", attr="log_format"),
     Spec("limits", "max_message_bytes", 65536, _int(64, 16 * 1024 * 1024),
          "largest WebSocket message or HTTP body accepted, in bytes"),
     Spec("limits", "max_connections", 10000, _int(1),
@@ -267,7 +277,7 @@ SPECS: tuple[Spec, ...] = (
          "names in one address (e.g. a list of groups)"),
     Spec("limits", "max_batch_messages", 1000, _int(1),
          "messages in one POST /api/batch"),
-    Spec("limits", "max_worker_backlog", 64 * 1024 * 1024, _int(64 * 1024),
+    Spec("limits", "max_worker_backlog", 64 * 1024 * 1024, _int(1024 * 1024),
          "bytes the master may hold for one worker that does not read its pipe; "
          "past it the worker is restarted"),
     Spec("limits", "max_batch_bytes", 1024 * 1024, _int(1024, 256 * 1024 * 1024),
@@ -357,7 +367,7 @@ SPECS: tuple[Spec, ...] = (
 )
 
 # Settings a reload leaves as they are: only a restart of the server applies them.
-RESTART_ONLY = ("port", "listen", "workers", "node", "admin", "admin_secret",
+RESTART_ONLY = ("port", "listen", "workers", "node", "admin", "admin_secret", "log_format",
                 "redis", "redis_prefix", "redis_timeout", "redis_heartbeat",
                 "redis_max_queued", "redis_max_queued_bytes")
 
@@ -372,6 +382,7 @@ class Settings:
     app: str = ""
     admin: str = DEFAULT_ADMIN
     admin_secret: str = ""
+    log_format: str = "text"
     max_message_bytes: int = 65536
     max_connections: int = 10000
     max_groups_per_session: int = 100

@@ -88,8 +88,14 @@ class LocalControl:
 
     def reload(self):
         def reload():
-            error = self.server.reload(self.server.settings.reread())
+            try:
+                error = self.server.reload(self.server.settings.reread())
+            except Exception:
+                reloads["failed"] += 1  # a config file that does not validate
+                raise
+            reloads["ok" if error is None else "failed"] += 1
             return [{"worker": 0, "pid": os.getpid(), "ok": error is None, "error": error}]
+        reloads = self.server.engine.meter.reloads  # GET /metrics: pushsvc_reloads_total
         return maybeDeferred(reload)
 
     def restart_workers(self):

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Interface, implementer
 
-from . import commands
+from . import commands, metrics
 from .app import API, Answer, App, Deliver, Refused, SessionInfo
 from .broker.interface import Command, IReceiver, Message
 from .ids import IdMaker
@@ -26,7 +26,7 @@ from .protocol import (CLOSE_KICKED, CLOSE_POLICY, CLOSE_TRY_AGAIN, FORBIDDEN,
                        RATE_LIMITED, TOO_MANY_GROUPS, UNAVAILABLE,
                        UNAUTHORIZED, Address, ProtocolError, Request, encode, error_frame,
                        message_frame, name, parse_address, parse_push, parse_request,
-                       reply_frame)
+                       position_of, reply_frame)
 from .routing import (channels, check_client_send, recipients, session_channels,
                       worker_channel)
 from .sessions import Session, SessionRegistry
@@ -70,7 +70,7 @@ MAX_WAITING = 100
 
 INTERNAL = "internal"  # the error code of a hook that failed
 
-# Live messages one session may hold while its resume is replayed.
+# Live messages one session may hold until its resume is replayed.
 MAX_HELD = 10_000
 
 # The ops served before a successful auth in ``auth.mode = "required"``.
@@ -97,6 +97,10 @@ class Engine:
         # to a session wait for those of its channels (see ``reply``).
         self._pending: dict[str, Deferred] = {}
         self.counters: Counter[str] = Counter(dict.fromkeys(COUNTERS, 0))
+        # The rest of what /metrics shows (pushsvc/metrics.py); the WebSocket
+        # factory puts its set of open connections in ``connections``.
+        self.meter = metrics.Meter()
+        self.connections: set = set()
         self._keepalive = LoopingCall(self._check_alive)
         self._keepalive.clock = clock
         self._ops = {"ping": self._ping, "auth": self._auth, "join": self._join,
@@ -115,6 +119,8 @@ class Engine:
     # -- life cycle -------------------------------------------------------
 
     def start(self) -> None:
+        if hasattr(self.broker, "on_round_trip"):  # a RedisBroker times its calls
+            self.broker.on_round_trip = self.meter.round_trip("redis")
         self.broker.attach(self)
         self._interest(worker_channel(self.ids.owner), True)
         self._keepalive.start(self.settings.ping_interval, now=False).addErrback(
@@ -175,7 +181,7 @@ class Engine:
                 session.conn.check_alive(now)
             except Exception:  # one connection must not stop the loop for all
                 _log.failure("liveness check of session {session} failed",
-                             session=session.id)
+                             session=session.id, user=session.user)
 
     # -- sessions ---------------------------------------------------------
 
@@ -454,7 +460,7 @@ class Engine:
         if anonymous or claims is not None:
             self._expire_at(session, None if claims is None else claims.expires)
         self.reply(session, self.welcome(session))
-        d = self.broker.mail(user).addErrback(self._mail_failed, user)
+        d = self.broker.mail(user).addErrback(self._mail_failed, user, session)
         return d.addCallback(self._mailed, session, request)
 
     def _expire_at(self, session: Session, expires: float | None) -> None:
@@ -487,8 +493,9 @@ class Engine:
         self._refuse(session, ProtocolError(UNAUTHORIZED, message), None)
 
     @staticmethod
-    def _mail_failed(failure: Failure, user: str) -> list:
-        _log.failure("reading the mailbox of user {user} failed", failure, user=user)
+    def _mail_failed(failure: Failure, user: str, session: Session) -> list:
+        _log.failure("reading the mailbox of user {user} failed (session {session})",
+                     failure, user=user, session=session.id)
         return []
 
     def _mailed(self, messages: list, session: Session, request: Request) -> None:
@@ -579,9 +586,8 @@ class Engine:
         they connect (the mailbox).
         """
         self.counters["published"] += 1
-        d = self.broker.publish(channels(message.to), message)
-        if store and message.to.user:
-            self.broker.keep(message.to.user, message)
+        self.meter.messages_in[metrics.address_kind(message.to)] += 1
+        d = self.broker.publish(channels(message.to), message, store and bool(message.to.user))
         return d.addCallback(lambda _: message.id)
 
     def publish(self, to: Address, data: Any, sender: dict[str, Any] | None = None,
@@ -600,7 +606,7 @@ class Engine:
             return
         prepared = self.prepare(message.frame)
         if self._replaying:
-            targets = self._hold(targets, message.id, prepared)
+            targets = self._hold(targets, message, prepared)
         if alone:
             for session in targets:
                 session.conn.send_now(prepared)
@@ -608,6 +614,7 @@ class Engine:
             for session in targets:
                 session.conn.send_prepared(prepared)
         self.counters["delivered"] += len(targets)
+        self.meter.messages_out[metrics.address_kind(message.to)] += len(targets)
 
     # -- resume ------------------------------------------------------------
 
@@ -618,16 +625,25 @@ class Engine:
         Live messages for the session wait until the replay is written; one
         that is also in the replay is written once, in its replay place.
         """
-        self._replaying[session] = []  # (the session's next frames wait meanwhile)
+        # Held since it connected (?resume=1), or from now on; the session's
+        # next frames wait meanwhile.
+        self._replaying.setdefault(session, [])
         d = self.broker.replay(session_channels(session), request.since, request.epoch)
         return d.addBoth(self._replayed, session, request)
+
+    def hold(self, session: Session) -> None:
+        """Hold the live messages for ``session`` until its ``resume`` (a
+        client that connects with ``?resume=1``): so none of them comes
+        before, or twice with, what the replay gives."""
+        self._replaying.setdefault(session, [])
 
     def _replayed(self, result, session: Session, request: Request) -> None:
         if session not in self._replaying:  # closed meanwhile
             return
         if isinstance(result, Failure):
-            _log.failure("reading the history failed", result)
-            self._end_replay(session, set())
+            _log.failure("reading the history for session {session} (user {user}) failed",
+                         result, session=session.id, user=session.user)
+            self._end_replay(session, set(), request.since)
             raise ProtocolError(UNAVAILABLE, "the history cannot be read now")
         messages, gaps = result
         if session.mailed:
@@ -635,16 +651,17 @@ class Engine:
         for _, frame in messages:
             self.reply(session, frame)
         self._after_replies(session, self._end_replay, session,
-                            {msg_id for msg_id, _ in messages})
+                            {msg_id for msg_id, _ in messages}, request.since)
         self._ok(session, request, replayed=len(messages), gaps=gaps)
 
-    def _end_replay(self, session: Session, replayed: set[str]) -> None:
-        """Write the live messages held during the replay, but those it had."""
-        for msg_id, prepared in self._replaying.pop(session, ()):
-            if msg_id not in replayed:
+    def _end_replay(self, session: Session, replayed: set[str], since: int) -> None:
+        """Write the live messages held for the session, but those the replay
+        had and those the client had before (at or below ``since``)."""
+        for msg_id, position, prepared in self._replaying.pop(session, ()):
+            if msg_id not in replayed and (position is None or position > since):
                 session.conn.send_prepared(prepared)
 
-    def _hold(self, targets, msg_id: str, prepared) -> list[Session]:
+    def _hold(self, targets, message: Message, prepared) -> list[Session]:
         """The targets not being replayed to; the others hold the message."""
         live = []
         for session in targets:
@@ -652,7 +669,7 @@ class Engine:
             if held is None:
                 live.append(session)
             elif len(held) < MAX_HELD:
-                held.append((msg_id, prepared))
+                held.append((message.id, position_of(message.frame), prepared))
             else:  # it would rather reconnect than wait this long
                 del self._replaying[session]
                 session.conn.close(CLOSE_TRY_AGAIN, "too many messages during the resume")
@@ -754,3 +771,7 @@ class Engine:
                 "users": len(self.registry.users.members),
                 "groups": len(self.registry.groups.members),
                 **{k: v for k, v in self.counters.items()}}
+
+    def _cmd_metrics(self) -> dict[str, Any]:
+        """This engine's raw figures for ``GET /metrics`` (``metrics.engine_values``)."""
+        return metrics.engine_values(self)

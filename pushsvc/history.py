@@ -42,6 +42,21 @@ _POSITION, _ID, _FRAME, _TIME, _CHANNELS = range(5)
 OVERHEAD = 200  # bytes counted per kept message besides its frame
 
 
+def in_order(found) -> list[tuple[Any, bytes]]:
+    """Kept messages gathered from several channels, as (position, id,
+    frame): each once (by position, and by id), oldest first, as (id, frame).
+    What a replay answers, whoever keeps the history (``History``, Redis)."""
+    by_position = {position: (msg_id, frame) for position, msg_id, frame in found}
+    seen: set = set()
+    out = []
+    for position in sorted(by_position):
+        entry = by_position[position]
+        if entry[0] not in seen:
+            seen.add(entry[0])
+            out.append(entry)
+    return out
+
+
 class History:
     """The kept messages of one keeper; ``ttl`` 0 keeps nothing."""
 
@@ -98,6 +113,8 @@ class History:
             listed = lists.get(name)
             if listed is None:
                 listed = lists[name] = deque()
+                if self.floor:  # unlisted, it had lost what the keeper let go of
+                    self._dropped[name] = self.floor
             listed.append(entry)
             if len(listed) > self.max_messages:
                 self._dropped[name] = listed.popleft()[_POSITION]
@@ -139,7 +156,7 @@ class History:
         if epoch != self.epoch or not self.enabled or since > self.position:
             return [], channels
         self.expire(now)
-        found: dict[int, tuple[Any, bytes]] = {}
+        found = []
         gaps = []
         for name in channels:
             listed = self._channels.get(name)
@@ -149,8 +166,8 @@ class History:
             for entry in reversed(listed or ()):
                 if entry[_POSITION] <= since:
                     break
-                found[entry[_POSITION]] = (entry[_ID], entry[_FRAME])
-        return [found[p] for p in sorted(found)], gaps
+                found.append((entry[_POSITION], entry[_ID], entry[_FRAME]))
+        return in_order(found), gaps
 
 
 class Mailbox:
@@ -181,6 +198,8 @@ class Mailbox:
         box = self._boxes.setdefault(user, deque())
         box.append((now, msg_id, frame))
         self._order.append((now, user))
+        if len(self._order) > 2 * len(self) + 1024:  # entries taken or pushed out early
+            self._order = deque(sorted((t, u) for u, b in self._boxes.items() for t, _, _ in b))
         self.bytes += len(frame) + OVERHEAD
         if len(box) > self.max_messages:
             self.bytes -= len(box.popleft()[2]) + OVERHEAD

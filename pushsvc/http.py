@@ -110,10 +110,12 @@ def json_body(request: LimitedRequest, limit: int) -> Any:
 def respond(request, status: int, body: Any) -> None:
     if request.finished or getattr(request, "gone", False):
         return
+    data = json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n"
     request.setResponseCode(status)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-store")
-    request.write(json.dumps(body, separators=(",", ":")).encode("utf-8") + b"\n")
+    request.setHeader(b"content-length", b"%d" % len(data))  # no chunked framing
+    request.write(data)
     request.finish()
 
 
@@ -280,6 +282,38 @@ class Health(JsonResource):
         return 200, {"status": "ok", "sessions": sessions}
 
 
+class Metrics(JsonResource):
+    """``GET /metrics``: the Prometheus exposition for the whole machine
+    (pushsvc/metrics.py), with the same API key rule as the other reading
+    routes: any valid key, a read key is enough; none when no keys are set.
+    Errors are JSON like the API's."""
+
+    def render(self, request):
+        request.notifyFinish().addErrback(lambda _: setattr(request, "gone", True))
+        method = request.method.decode("ascii", "replace")
+        handler = self.GET if method == "GET" else None
+        d = maybeDeferred(self._call, handler, method, request)
+        d.addCallback(self._write, request)
+        d.addErrback(self._failed, request)
+        return NOT_DONE_YET
+
+    def GET(self, request):
+        from .metrics import render
+        accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+        return self.api.gather_metrics().addCallback(render, accept)
+
+    @staticmethod
+    def _write(result, request) -> None:
+        body, content_type = result
+        if request.finished or getattr(request, "gone", False):
+            return
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+
 def _digest(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()
 
@@ -296,6 +330,12 @@ class HttpApi:
         # Connections over the limit that wait for their 429 (as many again).
         self.refusing = PerAddress(settings.max_connections_per_ip)
         self.configure(settings)
+
+    def gather_metrics(self):
+        """A Deferred firing with the machine's metric values (pushsvc/metrics.py):
+        this one process's; a pool worker asks the master instead (worker.py)."""
+        from .metrics import local_values
+        return maybeDeferred(local_values, self.engine)
 
     def configure(self, settings) -> None:
         """Use ``settings`` from now on (a reload)."""
@@ -589,9 +629,12 @@ def build_site(engine, ws_factory, settings, reactor=None) -> PushSite:
     not_found = NotFound(api)
     commands = {name: CommandRoute(api, name)
                 for name in ("join", "leave", "destroy", "tag", "untag", "kick")}
+    from .static import routes as static_routes  # "/", "/pushsvc.js": docs/clients.md
     root = _Folder(not_found, {
         "ws": PushWebSocketResource(ws_factory, api),
         "healthz": Health(api),
+        "metrics": Metrics(api),  # Prometheus: a read key will do (docs/http-api.md)
+        **static_routes(),  # no API key: the demo page and the browser client
         "api": _Folder(not_found, {
             "push": Push(api),
             "batch": Batch(api),

@@ -297,6 +297,17 @@ def with_position(frame: bytes, position: int) -> bytes:
     return b'%s"pos":%d,%s' % (_MSG_HEAD, position, frame[len(_MSG_HEAD):])
 
 
+_POS_HEAD = _MSG_HEAD + b'"pos":'
+
+
+def position_of(frame: bytes) -> int | None:
+    """The history position in a ``msg`` frame, None when it has none."""
+    if not frame.startswith(_POS_HEAD):
+        return None
+    start = len(_POS_HEAD)
+    return int(frame[start:frame.index(b",", start)])
+
+
 def message_frame(msg_id: str, to: Address, data: Any,
                   sender: dict[str, Any] | None = None,
                   max_data: int | None = None, to_text: bytes | None = None) -> bytes:

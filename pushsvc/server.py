@@ -96,7 +96,7 @@ class PushServer(MultiService):
         self.tls: list[TLSContext] = []  # one per ssl: listener; reload renews them
         self.settings = settings
         # One process keeps the history and mailbox itself; a pool worker's
-        # are the hub's; Redis keeps none yet.
+        # are the hub's; with Redis, Redis keeps them.
         self.history = self.mailbox = None
         if broker is None and not settings.redis:
             self.history = History.from_settings(settings)

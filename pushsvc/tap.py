@@ -114,6 +114,8 @@ def makeService(options: Options):
     reactor.addSystemEventTrigger("after", "startup", stop_on_signals, reactor)
     reactor.addSystemEventTrigger("after", "startup", reload_on_hangup, reactor, control)
     runner = getattr(options, "parent", None)  # twistd's or twist's options
-    if runner is not None:  # filter their log by the console's level
-        return loglevel.under_runner(service, runner)
+    if runner is not None:  # filter their log by the console's level, in --log-format
+        # One process is worker 0: its JSON lines say so, as a pool's workers' do.
+        fields = {"worker": 0} if count == 0 else None
+        return loglevel.under_runner(service, runner, settings.log_format, fields)
     return service

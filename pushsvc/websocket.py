@@ -118,6 +118,7 @@ class PushServerProtocol(WebSocketServerProtocol):
     def connectionMade(self):
         super().connectionMade()
         self.factory.connections.add(self)
+        self.factory.meter.connections_opened += 1
         self.ip_slot, self.factory.next_slot = self.factory.next_slot, None
 
     def connectionLost(self, reason):
@@ -135,7 +136,9 @@ class PushServerProtocol(WebSocketServerProtocol):
             waiter.callback(None)
 
     def dataReceived(self, data):
-        self.last_seen = self.factory.engine.clock.seconds()
+        factory = self.factory
+        self.last_seen = factory.engine.clock.seconds()
+        factory.meter.bytes_in += len(data)
         super().dataReceived(data)
 
     def onOpen(self):
@@ -145,8 +148,12 @@ class PushServerProtocol(WebSocketServerProtocol):
         except Overloaded:
             self.close(CLOSE_TRY_AGAIN, "server is full, try again later")
             return
-        # ?token= on the URL: an auth with it follows the welcome.
-        token = (self.http_request_params or {}).get("token", (None,))[0]
+        # ?token= on the URL: an auth with it follows the welcome; ?resume=1:
+        # live messages wait for the client's resume.
+        params = self.http_request_params or {}
+        token = params.get("token", (None,))[0]
+        if "resume" in params:
+            engine.hold(self.session)
         for name in HANDSHAKE_ONLY:
             setattr(self, name, None)
         # Autobahn queues writes only for sync=True or chopsize, which pushsvc
@@ -241,9 +248,10 @@ class PushServerProtocol(WebSocketServerProtocol):
     def _flooding(self) -> None:
         engine = self.factory.engine
         engine.counters["dropped_flood"] += 1
-        _log.info("closing session {session} (user {user}): {count} frames over the "
-                  "rate limit in a row", session=self.session.id, user=self.session.user,
-                  count=self._refused)
+        # Per connection: debug only (the drop is counted, see /metrics).
+        _log.debug("closing session {session} (user {user}): {count} frames over the "
+                   "rate limit in a row", session=self.session.id, user=self.session.user,
+                   count=self._refused)
         self._leave_engine()
         self.close(CLOSE_POLICY, "sending too fast")
 
@@ -305,6 +313,7 @@ class PushServerProtocol(WebSocketServerProtocol):
             self._write(prepared.payloadHybi)
 
     def _write(self, data: bytes) -> None:
+        self.factory.meter.bytes_out += len(data)
         transport, sock = self.transport, self._socket
         if (sock is not None and transport.connected and not transport.disconnecting
                 and transport._tempDataLen == 0 and len(transport.dataBuffer) == transport.offset):
@@ -320,6 +329,7 @@ class PushServerProtocol(WebSocketServerProtocol):
     def sendData(self, data, sync=False, chopsize=None):
         # Autobahn's own frames (pong, ping, close) go after the queued ones.
         self.flush()
+        self.factory.meter.bytes_out += len(data)
         super().sendData(data, sync, chopsize)
 
     def close(self, code: int, reason: str) -> None:
@@ -336,7 +346,8 @@ class PushServerProtocol(WebSocketServerProtocol):
         settings = self.factory.settings
         idle = now - self.last_seen
         if idle >= settings.ping_timeout:
-            _log.debug("dropping silent session {session}", session=self.session.id)
+            _log.debug("dropping silent session {session} (user {user})",
+                       session=self.session.id, user=self.session.user)
             self._leave_engine()
             self.dropConnection(abort=True)
         elif idle >= settings.ping_interval and self.state == OPEN:
@@ -347,9 +358,9 @@ class PushServerProtocol(WebSocketServerProtocol):
     def _too_slow(self) -> None:
         engine = self.factory.engine
         engine.counters["dropped_slow"] += 1
-        _log.info("closing session {session} (user {user}): more than {limit} bytes "
-                  "waiting to be written", session=self.session.id,
-                  user=self.session.user, limit=self.factory.settings.max_buffered_bytes)
+        _log.debug("closing session {session} (user {user}): more than {limit} bytes "
+                   "waiting to be written", session=self.session.id,
+                   user=self.session.user, limit=self.factory.settings.max_buffered_bytes)
         self._leave_engine()
         self.close(CLOSE_TRY_AGAIN, "too slow to read")
 
@@ -389,6 +400,8 @@ class PushServerFactory(WebSocketServerFactory):
         self.engine = engine
         self.reactor = reactor
         self.connections: set[PushServerProtocol] = set()
+        engine.connections = self.connections  # for /metrics (pushsvc/metrics.py)
+        self.meter = engine.meter
         self._close_waiters: dict[PushServerProtocol, list[Deferred]] = {}
         self._unflushed: list[PushServerProtocol] = []
         # The per-address slot of the connection being upgraded (http.py's
@@ -421,7 +434,10 @@ class PushServerFactory(WebSocketServerFactory):
                                 maxMessagePayloadSize=settings.max_message_bytes,
                                 closeHandshakeTimeout=settings.close_timeout)
         for name in PushServerProtocol.CONFIG_ATTRS:
-            setattr(self.protocol, name, getattr(self, name))
+            value = getattr(self, name)
+            # A function option (perMessageCompressionAccept, called when a
+            # browser offers compression) must not become a method of the class.
+            setattr(self.protocol, name, staticmethod(value) if callable(value) else value)
 
     def flush_soon(self, conn: PushServerProtocol) -> None:
         """Have ``conn.flush()`` run at the end of this reactor turn."""
@@ -435,7 +451,10 @@ class PushServerFactory(WebSocketServerFactory):
             try:
                 conn.flush()
             except Exception:
-                _log.failure("writing to a client failed; dropping it")
+                session = conn.session
+                _log.failure("writing to session {session} (user {user}) failed; "
+                             "dropping it", session=session and session.id,
+                             user=session and session.user)
                 conn.dropConnection(abort=True)
 
     def pop_close_waiters(self, conn: PushServerProtocol) -> list[Deferred]:

@@ -16,6 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, Logger, LogLevel, globalLogPublisher
 from twisted.protocols import amp
 from twisted.trial import unittest
@@ -98,6 +99,36 @@ class ConsoleTests(AdminTestCase):
         status, out, _ = await self.finished(as_json)
         self.assertEqual(status, 0)
         self.assertEqual(json.loads(out)["sessions"], 1)
+
+    @run
+    async def test_stats_watch_refreshes_with_rates(self):
+        """``stats --watch``: a table per refresh, then (``--count``) the end;
+        with --json one line each, the second with the counters' rates."""
+        self.start_admin()
+        c = await self.client("u1", groups=("lobby",))
+        as_json = self.console("--json", "stats", "--watch", "0.2", "--count", "2")
+        while not as_json.done:  # messages flow while it watches
+            await self.push({"group": "lobby"}, "tick")
+            await deferLater(reactor, 0.01)
+        status, out, _ = await self.finished(as_json)
+        self.assertEqual(status, 0)
+        first, second = (json.loads(line) for line in out.splitlines())
+        self.assertEqual((first["sessions"], first["rates"]), (1, {}))
+        self.assertEqual(second["sessions"], 1)
+        self.assertGreater(second["delivered"], first["delivered"])
+        self.assertGreater(second["rates"]["delivered"], 0)
+        self.assertNotIn("sessions", second["rates"])
+        self.assertTrue(c.messages)
+
+        status, out, _ = await self.finished(
+            self.console("stats", "--watch", "0.1", "--count", "2"))
+        self.assertEqual(status, 0)
+        self.assertEqual(out.count("pushsvc stats at "), 2, out)
+        self.assertRegex(out, r"\ndelivered +[\d,]+ +[\d,.]+\n")
+
+        status, _, err = await self.finished(self.console("--watch", "1", "workers"))
+        self.assertEqual(status, 2)
+        self.assertIn("--watch is for stats", err)
 
     @run
     async def test_push_reaches_a_client(self):

@@ -153,3 +153,16 @@ class BuildSettingsTests(unittest.TestCase):
         if not os.path.exists(SAMPLE):
             raise unittest.SkipTest(f"{SAMPLE} is not written yet")
         self.assertEqual(replace(build_settings(SAMPLE), config_path=None), build_settings())
+
+
+class AdminEndpointTests(unittest.TestCase):
+    def test_tcp_only_on_loopback_however_the_interface_is_written(self):
+        ok = ["tcp:9000:interface=127.0.0.1", "tcp6:9000:interface=\\:\\:1"]
+        refused = ["tcp:9000", "tcp:interface=127.0.0.1:port=9000:interface=0.0.0.0",
+                   "tcp:9000:interface=127.0.0.1x", "ssl:9000:interface=127.0.0.1"]
+        for value in ok:
+            self.assertEqual(build_settings(None, {"admin": value, "admin_secret": "s"}).admin,
+                             value)
+        for value in refused:
+            with self.assertRaises(ConfigError, msg=value):
+                build_settings(None, {"admin": value, "admin_secret": "s"})

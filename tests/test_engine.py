@@ -580,3 +580,16 @@ class ReplayTests(EngineTestCase):
         self.engine.close(s)
         self.answer.callback(([], []))
         self.assertEqual((s.conn.take(), self.engine._replaying), ([], {}))
+
+    def test_a_session_held_from_its_start_gets_the_replay_first_and_nothing_twice(self):
+        s = self.open(user="ann", groups=("g",))
+        self.engine.hold(s)                                   # connected with ?resume=1
+        seen = self.publish("seen before", group=("g",))      # pos 1: the client had it
+        missed = self.publish("missed", group=("g",))         # pos 2
+        self.assertEqual(s.conn.take(), [])
+        self.handle(s, {"op": "resume", "ref": 1, "since": 1, "epoch": "E"})
+        live = self.publish("live", group=("g",))             # pos 3, during the replay
+        self.answer.callback(self.history.replay(["group:g"], 1, "E", 0))
+        # The replay has 2 and 3; the held 1 (seen) and 3 (replayed) are dropped.
+        self.assertEqual([w.get("id", w["op"]) for w in s.conn.take()], [missed, live, "ok"])
+        self.assertNotEqual(seen, missed)

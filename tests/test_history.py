@@ -80,6 +80,13 @@ class HistoryTests(unittest.TestCase):
         # A channel that is gone entirely: gap when since is below what went.
         self.assertEqual(self.replay(["group:g"], 2, now=91), ([], []))
 
+    def test_a_channel_whose_list_emptied_and_began_again_reports_the_gap(self):
+        self.record(1, "group:g", now=0)
+        self.record(2, "group:other", now=30)
+        self.record(3, "group:g", now=61)  # 1 has expired: group:g's list began again
+        self.assertEqual(self.replay(["group:g"], 0, now=61), ([3], ["group:g"]))
+        self.assertEqual(self.replay(["group:g"], 1, now=61), ([3], []))
+
     def test_the_byte_cap_drops_the_oldest(self):
         size = len(with_position(frame(1), 1)) + OVERHEAD
         history = self.history = History(60, 100, max_bytes=3 * size, epoch="E")
@@ -127,3 +134,7 @@ class MailboxTests(unittest.TestCase):
         self.box.put("gone", "m3", frame(3), now=0)
         self.box.expire(now=100)
         self.assertEqual((len(self.box), self.box.bytes), (0, 0))
+        for n in range(5000):  # taken at once: the bookkeeping does not pile up
+            self.box.put("busy", f"m{n}", frame(n), now=200)
+            self.box.take("busy", now=200)
+        self.assertLess(len(self.box._order), 2000)

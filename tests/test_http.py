@@ -409,7 +409,7 @@ class RoutingTests(HttpTestCase):
 
     @run
     async def test_unknown_routes_are_404(self):
-        for path in ("/nope", "/", "/api", "/api/", "/api/nope", "/healthz/x",
+        for path in ("/nope", "/api", "/api/", "/api/nope", "/healthz/x",  # "/": the demo
                      "/api/push/x", "/api/stats/x", "/api/groups/g/x", "/api/users",
                      "/api/users/", "/api/users/u/x", "/api/join/x"):
             await self.assertAnswer("GET", path, None, 404,

@@ -27,7 +27,7 @@ class BacklogTests(ControlTestCase):
     @run
     async def test_worker_that_stops_reading_is_restarted_past_the_cap(self):
         events = self.events
-        await self.start_pool(2, max_worker_backlog=64 * 1024, client_send="any")
+        await self.start_pool(2, max_worker_backlog=1024 * 1024, client_send="any")
         clients, by_worker = await self.spread_clients(20, groups=("g",))
         stopped_owner, kept_owner = sorted(by_worker)
         index = int(stopped_owner.split(".")[1])
@@ -36,21 +36,22 @@ class BacklogTests(ControlTestCase):
         os.kill(stopped.pid, signal.SIGSTOP)
         self.addCleanup(lambda: stopped.ended.called or os.kill(stopped.pid, signal.SIGKILL))
 
-        # ~1.2 MB for a worker that reads nothing: past the pipe, the writer's
-        # buffer and the 64 KiB cap.
+        # ~2.4 MB for a worker that reads nothing: past the pipe's 64 KiB and
+        # the 1 MiB cap.  The worker that reads gets the same, one message a
+        # turn, and is left alone.
         sender, kept = by_worker[kept_owner][0], by_worker[kept_owner]
         big = "x" * 60_000
         ids = [(await sender.request("send", to={"group": "g"}, data=[n, big]))["id"]
-               for n in range(20)]
+               for n in range(40)]
         await eventually(lambda: self.pool.workers.get(index) not in (None, stopped)
                          and index in self.pool.ready, what="the stopped worker replaced")
         self.assertTrue(stopped.overflowed)
         said = [e for e in events if e.get("held") is not None]
-        self.assertEqual([(e["index"], e["limit"]) for e in said], [(index, 64 * 1024)])
-        self.assertGreater(said[0]["held"], 64 * 1024)
+        self.assertEqual([(e["index"], e["limit"]) for e in said], [(index, 1024 * 1024)])
+        self.assertGreater(said[0]["held"], 1024 * 1024)
 
         # Nothing was lost on the worker that kept reading.
-        await eventually(lambda: all(len(c.messages) == 20 for c in kept))
+        await eventually(lambda: all(len(c.messages) == 40 for c in kept))
         for c in kept:
             self.assertEqual([m["id"] for m in c.messages], ids)
         for c in by_worker[stopped_owner]:

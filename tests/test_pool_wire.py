@@ -12,13 +12,15 @@ from __future__ import annotations
 import json
 
 from twisted.internet.defer import succeed
+from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from pushsvc.broker.amp import AmpBroker, WorkerProtocol
 from pushsvc.broker.interface import Command, Message
 from pushsvc.history import History
-from pushsvc.pool.master import Pool
+from pushsvc.pool.master import Pool, WorkerProcess
 from pushsvc.pool.wire import (CHUNK, DeliverBatch, Outbox, Perform, PublishBatch, RunCommand,
                                Subscribe, Unsubscribe, pack_publish, unpack_messages,
                                unpack_publishes)
@@ -298,3 +300,35 @@ class PoolBatchTests(PoolTestCase):
             self.assertEqual([m["data"] for m in c.messages], expected, c.session)
             self.assertEqual([m["id"] for m in c.messages],
                              [body["ids"][n] for n in expected])
+
+
+class ReplacementTests(unittest.TestCase):
+    """The slot bookkeeping of a rolling restart, with the pool's clock."""
+
+    def setUp(self):
+        self.clock = Clock()
+        self.pool = Pool(settings(workers=1), None, 1, None, clock=self.clock)
+        self.old = self.worker()
+        self.clock.advance(100)
+        self.new = self.worker()
+        self.new.replacing = self.old
+        self.reason = Failure(ProcessTerminated(exitCode=1))
+
+    def worker(self) -> WorkerProcess:
+        worker = WorkerProcess(self.pool, 0)
+        self.pool.workers[0] = worker
+        self.pool.live.add(worker)
+        return worker
+
+    def test_a_replacement_that_fails_to_start_gives_the_slot_back(self):
+        self.pool.worker_ended(self.new, self.reason)
+        self.assertIs(self.pool.workers[0], self.old)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_a_replacement_that_dies_while_the_old_one_retires_is_restarted(self):
+        self.old.retiring = True
+        self.pool.worker_ended(self.new, self.reason)
+        self.assertNotIn(0, self.pool.workers)
+        [respawn] = self.clock.getDelayedCalls()
+        self.pool.worker_ended(self.old, self.reason)
+        self.assertEqual(respawn.func, self.pool._respawn)

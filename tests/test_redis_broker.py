@@ -398,12 +398,14 @@ class NodesTestCase(ChildTestCase):
 
     timeout = 120
 
-    async def start_nodes(self, workers: int, names=("a", "b")) -> None:
+    async def start_nodes(self, workers: int, names=("a", "b"), config_text: str = "") -> None:
+        """A redis-server and nodes ``names`` on it; ``config_text`` ends
+        their config file."""
         self.redis = RedisServer(self)
         await self.redis.start()
         config = os.path.join(self.cwd, "pushsvc.toml")
         with open(config, "w") as f:  # quick heartbeats: quick to see who is back
-            f.write("[redis]\nheartbeat = 0.5\ntimeout = 2.0\n")
+            f.write("[redis]\nheartbeat = 0.5\ntimeout = 2.0\n" + config_text)
         self.nodes = {}
         for name in names:
             port = free_port()

@@ -3,7 +3,7 @@ with one process and with a pool of workers."""
 
 from __future__ import annotations
 
-from pushsvc.client import ServerError
+from pushsvc.client import ServerError, connect
 from pushsvc.ids import owner
 from tests.helpers import ServerTestCase, eventually, run
 from tests.test_pool import PoolTestCase
@@ -174,3 +174,24 @@ class OneProcessMailboxTests(MailboxMixin, ResumeMixin, ServerTestCase):
 class PoolMailboxTests(MailboxMixin, ResumeMixin, PoolTestCase):
     async def start(self):
         await self.start_pool(2)
+
+
+class HeldFromTheStartTests(ResumeMixin, ServerTestCase):
+    @run
+    async def test_live_messages_wait_for_the_resume_of_a_client_that_said_so(self):
+        self.start_server()
+        first = await self.client("ann", groups=("g1",))
+        epoch = self.welcome(first)["epoch"]
+        await first.disconnect()
+        missed = [await self.push({"group": "g1"}, n) for n in range(3)]
+        again = await connect(self.url + "?resume=1")
+        self.addCleanup(self._close_client, again)
+        await again.request("auth", user="ann")
+        await again.request("join", group="g1")
+        live = await self.push({"group": "g1"}, "live")  # before the resume
+        await again.barrier()
+        self.assertEqual(again.messages, [])
+        ok = await again.request("resume", since=0, epoch=epoch)
+        await again.barrier()
+        self.assertEqual([m["id"] for m in again.messages], missed + [live])
+        self.assertEqual(ok["replayed"], 4)  # the live one was kept too: once, in place

@@ -3,6 +3,7 @@
     pushsvc-admin stats                              one command, then exit
     pushsvc-admin push group:lobby '{"text":"hi"}'
     pushsvc-admin --json sessions u1                 the raw JSON result
+    pushsvc-admin stats --watch 5                    the counters every 5 s, with rates
     pushsvc-admin                                    a prompt: history, help, tab completion
 
 Exit status: 0 done, 1 the server refused or failed (one line on stderr) or
@@ -22,6 +23,7 @@ import os
 import shlex
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -263,7 +265,8 @@ def _kick(words: list[str]) -> Request:
 
 
 COMMANDS: dict[str, Command] = {
-    "stats": Command("", "counters for the whole server", 0, 0,
+    "stats": Command("[--watch [SECONDS]]", "counters for the whole server; --watch: "
+                     "again every SECONDS with rates per second, until Ctrl-C", 0, 0,
                      lambda w: _run("stats"),
                      lambda r: pairs({k: v for k, v in r.items() if k != "worker"})),
     "workers": Command("", "the worker processes: pid, sessions, uptime", 0, 0,
@@ -308,6 +311,100 @@ COMMANDS: dict[str, Command] = {
     "loglevel": Command("LEVEL", f"log from LEVEL up: {', '.join(loglevel.LEVELS)}", 1, 1,
                         _level, lambda r: f"log level: {r['level']}"),
 }
+
+
+# -- stats --watch -------------------------------------------------------------
+
+WATCH_EVERY = 2.0  # seconds between refreshes of ``stats --watch`` by default
+
+# Figures of ``stats`` that are levels, not counts since the start: no rate.
+LEVELS_NOT_COUNTS = ("sessions", "users", "groups")
+
+CLEAR = "\x1b[H\x1b[2J"  # cursor home, clear the screen
+
+
+def rates(before: tuple[float, dict[str, Any]] | None, now: float,
+          stats: dict[str, Any]) -> dict[str, float]:
+    """Per second, how much each counter of ``stats`` grew since ``before``
+    (a (time, stats) pair; None: nothing to compare with yet)."""
+    if before is None or now <= before[0]:
+        return {}
+    elapsed = now - before[0]
+    return {key: (value - before[1].get(key, 0)) / elapsed for key, value in stats.items()
+            if key not in LEVELS_NOT_COUNTS and isinstance(value, (int, float))
+            and not isinstance(value, bool)}
+
+
+def watch_screen(stats: dict[str, Any], per_second: dict[str, float], every: float,
+                 clock: str) -> str:
+    """The ``stats --watch`` table: each figure, and its rate per second."""
+    rows = [(key, f"{value:,}" if isinstance(value, int) else cell(value),
+             "" if key in LEVELS_NOT_COUNTS else
+             f"{per_second[key]:,.1f}" if key in per_second else "-")
+            for key, value in stats.items()]
+    widths = [max(len(row[i]) for row in [("", "VALUE", "PER SECOND"), *rows])
+              for i in range(3)]
+    lines = [f"pushsvc stats at {clock}, every {every:g} s (Ctrl-C stops)", "",
+             f"{''.ljust(widths[0])}  {'VALUE'.rjust(widths[1])}  "
+             f"{'PER SECOND'.rjust(widths[2])}"]
+    lines += [f"{k.ljust(widths[0])}  {v.rjust(widths[1])}  {r.rjust(widths[2])}".rstrip()
+              for k, v, r in rows]
+    return "\n".join(lines)
+
+
+def watch(connection: "Connection", every: float, count: int = 0,
+          as_json: bool = False) -> int:
+    """``stats`` every ``every`` seconds, with the counters' rates, until
+    Ctrl-C (or ``count`` refreshes, 0: no end): a table rewritten in place
+    on a terminal, one after the other otherwise; with ``as_json`` one JSON
+    line per refresh (the figures, ``time`` and ``rates``).  The exit status."""
+    tty = sys.stdout.isatty() and not as_json
+    before, shown = None, 0
+    try:
+        while True:
+            try:
+                stats = connection.call(Run, name="stats", args={})
+            except (AdminError, Unreachable) as e:
+                print(e, file=sys.stderr)
+                return 1
+            now = time.monotonic()
+            stats = {k: v for k, v in stats.items() if k != "worker"}
+            per_second = rates(before, now, stats)
+            if as_json:
+                print(json.dumps({"time": round(time.time(), 3), **stats,
+                                  "rates": {k: round(v, 3) for k, v in per_second.items()}},
+                                 ensure_ascii=False))
+            else:
+                screen = watch_screen(stats, per_second, every, time.strftime("%H:%M:%S"))
+                print(CLEAR + screen if tty else screen + "\n")
+            sys.stdout.flush()
+            before, shown = (now, stats), shown + 1
+            if count and shown >= count:
+                return 0
+            time.sleep(max(0.0, every - (time.monotonic() - now)))
+    except KeyboardInterrupt:  # the way to stop it: not a failure
+        return 0
+
+
+def watch_options(words: list[str]) -> tuple[float, int]:
+    """``[--watch [SECONDS]] [--count N]`` typed after ``stats`` at the prompt:
+    (seconds, count); Usage when they do not read."""
+    every, count, rest = WATCH_EVERY, 0, list(words)
+    try:
+        while rest:
+            word = rest.pop(0)
+            if word == "--watch":
+                if rest and not rest[0].startswith("--"):
+                    every = float(rest.pop(0))
+            elif word == "--count":
+                count = int(rest.pop(0))
+            else:
+                raise Usage(f"unexpected '{word}'")
+    except (ValueError, IndexError):
+        raise Usage("--watch takes a number of seconds, --count a whole number")
+    if every <= 0 or count < 0:
+        raise Usage("--watch takes a number of seconds above 0, --count one of 0 or more")
+    return every, count
 
 
 def usage(name: str) -> str:
@@ -441,7 +538,11 @@ class Console(cmd.Cmd):
     def default(self, line: str) -> None:
         name, _, rest = line.strip().partition(" ")
         try:
-            command, request = prepare(name, interactive_words(name, rest))
+            words = interactive_words(name, rest)
+            if name == "stats" and words:  # stats --watch [SECONDS] [--count N]
+                watch(self.connection, *watch_options(words), self.as_json)
+                return
+            command, request = prepare(name, words)
         except ValueError as e:  # Usage, or shlex: an unclosed quote
             print(e, file=sys.stderr)
             return
@@ -525,6 +626,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", metavar="FILE",
                    help="the server's TOML config: its admin endpoint and secret")
     p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.add_argument("--watch", metavar="SECONDS", type=float, nargs="?", const=WATCH_EVERY,
+                   help="with stats: show it again every SECONDS (default "
+                        f"{WATCH_EVERY:g}) with each counter's rate per second, "
+                        "until Ctrl-C; with --json, one JSON line each time")
+    p.add_argument("--count", metavar="N", type=int, default=0,
+                   help="with --watch: stop after N refreshes")
     p.add_argument("command", nargs="?", help="a command (see below); none for a prompt")
     p.add_argument("words", nargs="*", help="the command's arguments")
     return p.parse_intermixed_args(argv)
@@ -548,6 +655,12 @@ def main(argv: list[str] | None = None) -> None:
         target, secret = connection_of(args)
         # a bad command line is answered without the server
         prepared = None if args.command is None else prepare(args.command, args.words)
+        if (args.watch is not None or args.count) and (
+                args.command != "stats" or args.watch is None or args.watch <= 0
+                or args.count < 0):
+            raise Usage(f"usage: {PROG} stats --watch [SECONDS] [--count N]\n"
+                        "--watch is for stats, with a number of seconds above 0; "
+                        "--count needs --watch")
     except Usage as e:
         print(e, file=sys.stderr)
         sys.exit(2)
@@ -556,7 +669,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     connection = Connection(target, secret)
     try:
-        if prepared is not None:
+        if args.watch is not None:
+            status = watch(connection, args.watch, args.count, args.json)
+        elif prepared is not None:
             status = perform(connection, *prepared, args.json)
         else:
             connection.open()

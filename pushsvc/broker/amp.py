@@ -14,13 +14,14 @@ publishes, subscriptions and commands in the order the engine made them.
 from __future__ import annotations
 
 import json
+import struct
 
 from twisted.internet.defer import maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.protocols import amp
 from zope.interface import implementer
 
-from ..pool.wire import (DeliverBatch, Keep, Outbox, Perform, PublishBatch, Replay, RunCommand,
+from ..pool.wire import (DeliverBatch, Outbox, Perform, PublishBatch, Replay, RunCommand,
                          Subscribe, TakeMail, Unsubscribe, pack_publish, refused,
                          unpack_messages)
 from ..protocol import Address, ProtocolError, encode
@@ -47,7 +48,7 @@ class WorkerProtocol(amp.AMP):
         deliver = self.broker.receiver.deliver
         try:
             records = list(unpack_messages(batch))
-        except ValueError:
+        except (ValueError, struct.error):
             _log.failure("a DeliverBatch from the hub is malformed")
             return {}
         alone = len(records) == 1
@@ -127,19 +128,15 @@ class AmpBroker:
         self.outbox.flush()
         self.hub.callRemote(Unsubscribe, channels=[channel])
 
-    def publish(self, channels, message):
+    def publish(self, channels, message, store=False):
         # Local sessions get it back from the hub too, with its history position.
         to = message.to_text or encode(message.to.to_json())
-        self.outbox.add(self.hub, pack_publish(channels, message.id, to, message.frame))
+        self.outbox.add(self.hub, pack_publish(channels, message.id, to, message.frame, store))
         return succeed(None)
 
     @staticmethod
     def _send(hub: amp.AMP, batch: bytes) -> None:
         hub.callRemote(PublishBatch, batch=batch)
-
-    def keep(self, users, message):
-        self.outbox.flush()
-        self.hub.callRemote(Keep, users=list(users), id=message.id, frame=message.frame)
 
     def mail(self, user):
         d = self.hub.callRemote(TakeMail, user=user)

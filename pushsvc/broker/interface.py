@@ -62,9 +62,12 @@ class IBroker(Interface):
     def unsubscribe(channel):
         """Stop messages on ``channel``; called when its last local session leaves."""
 
-    def publish(channels, message):
+    def publish(channels, message, store=False):
         """Send ``message`` once to each engine subscribed to any of ``channels``.
 
+        ``store``: also keep it, in the mailbox, for each ``user:`` channel
+        among ``channels`` that no engine subscribes to (a user with no
+        session anywhere), decided at the same moment as its routing.
         Returns a Deferred that fires when the broker has taken the message.
         """
 
@@ -73,10 +76,6 @@ class IBroker(Interface):
 
     epoch = Attribute("The epoch of the history behind this broker (str), or None "
                       "when it keeps no history.")
-
-    def keep(users, message):
-        """Keep ``message`` for each of ``users`` who has no session anywhere,
-        until one connects (``mail``) or the history's TTL passes."""
 
     def mail(user):
         """A Deferred firing with the messages kept for ``user``, oldest first,

@@ -36,7 +36,12 @@ class LocalBroker:
     def unsubscribe(self, channel):
         self.subscriptions.discard(channel)
 
-    def publish(self, channels, message):
+    def publish(self, channels, message, store=False):
+        if store and self.mailbox is not None:
+            now = self.clock.seconds()
+            for channel in channels:
+                if channel.startswith("user:") and channel not in self.subscriptions:
+                    self.mailbox.put(channel[5:], message.id, message.frame, now)
         if self.history is not None:
             frame = self.history.record(kept_channels(channels), message.id, message.frame,
                                         self.clock.seconds())
@@ -44,12 +49,6 @@ class LocalBroker:
         if not self.subscriptions.isdisjoint(channels):
             self.receiver.deliver(message)
         return succeed(None)
-
-    def keep(self, users, message):
-        if self.mailbox is not None:
-            for user in users:
-                if f"user:{user}" not in self.subscriptions:
-                    self.mailbox.put(user, message.id, message.frame, self.clock.seconds())
 
     def mail(self, user):
         if self.mailbox is None:

@@ -1,9 +1,10 @@
 """The broker for many nodes: every engine publishes and subscribes through Redis.
 
 Each engine (the one process of ``--workers 0``, or each pool worker) has its
-own ``RedisBroker`` with two connections made with txredisapi's protocols: one
-for commands (the publish script, PUBLISH of cluster commands, the heartbeat)
-and one ``SubscriberProtocol`` for SUBSCRIBE.
+own ``RedisBroker`` with two connections (``redis_link._Link``): one for
+commands (the publish script, PUBLISH of cluster commands, the heartbeat,
+replays and mailboxes) and one ``SubscriberProtocol`` for SUBSCRIBE.  The Lua
+scripts and the bytes they exchange are in ``redis_scripts``.
 
 Channels.  An engine channel ``C`` (``user:U``, ``group:G``, ``tag:T``,
 ``all``, ``worker:NODE.WORKER``) is the Redis channel ``PREFIX + C``; besides
@@ -11,19 +12,25 @@ them each broker subscribes to ``PREFIX_cmd`` (cluster commands) and to its
 own ``PREFIX_reply:ID``.  A broker subscribes to ``C`` when its engine's first
 local session wants it and unsubscribes when the last one leaves, so Redis
 sends each process only what its sessions need.  Keys: ``PREFIX_members`` (a
-sorted set: member id -> expiry, from the Redis server's clock) and
-``PREFIX_node:NODE`` (which process holds a node name).
+sorted set: member id -> expiry, from the Redis server's clock),
+``PREFIX_node:NODE`` (which process holds a node name), and the history's and
+mailboxes' (``redis_scripts``).
 
 Messages.  The messages one engine publishes in a reactor turn leave as one
-call of ``PUBLISH_SCRIPT``: per channel, one payload holding a header (this
-broker's id and the call's number) and the publish records
-(``pool.wire.pack_publish``) of that turn's messages on that channel.  A
-script runs atomically, so a subscriber receives the copies of one call back
-to back: a message published on several channels it subscribes to is
-delivered from the first copy, and the others are dropped by id (only ids of
-multi-channel messages of the current call are remembered).  The publisher
-delivers to its own sessions itself (so local delivery goes on while Redis is
-away) and ignores its own copies.
+call of ``PUBLISH_SCRIPT``, which numbers and keeps those on channels that
+keep history (``history.kept_channels``): Redis is the one keeper of the
+cluster, as the hub is of one machine.  It PUBLISHes per channel one payload
+holding a header (this broker's id, the call's number and the call's first
+position) and the records of that turn's messages on that channel, each with
+its index among the call's kept messages: every receiver splices its
+position into the frame (``protocol.with_position``), so every copy carries
+the same bytes.  A script runs atomically, so a subscriber receives the
+copies of one call back to back: a message published on several channels it
+subscribes to is delivered from the first copy, and the others are dropped by
+id (only ids of multi-channel messages of the current call are remembered).
+The publisher delivers to its own sessions from its own copies, so that they
+get messages in position order with everyone else's; while its subscriber is
+away it delivers them at once, without positions.
 
 Commands.  ``command`` runs the command here and publishes it on ``_cmd``
 with a request id; every other live member runs it and publishes its result
@@ -49,7 +56,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
 import socket
 import struct
@@ -62,96 +68,37 @@ from typing import Any, Callable
 import txredisapi
 from twisted.internet.defer import (Deferred, DeferredList, fail, maybeDeferred,
                                     succeed)
-from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..commands import COMMANDS
-from ..ids import new_incarnation
-from ..pool.wire import pack_publish, unpack_messages, unpack_publishes
-from ..protocol import ProtocolError, encode, parse_address
+from ..history import in_order, kept_channels
+from ..ids import base36, new_incarnation
+from ..pool.wire import pack_publish
+from ..protocol import ProtocolError, encode, parse_address, with_position
 from .interface import Command, IBroker, Message
-from .redis_url import RedisURL, parse_redis_url
+from .redis_link import (RETRY_FIRST, RETRY_JITTER, RETRY_MAX, _command, _Link, _reason,
+                         _SentinelMaster, _Server, _Subscriber)
+from .redis_scripts import (HEARTBEAT_SCRIPT, MEMBERS_SCRIPT, PUBLISH_SCRIPT, REPLAY_SCRIPT,
+                            TAKE_MAIL_SCRIPT, body, parse_body, parse_payload, parse_replay,
+                            payload_body, payload_head, utf8 as _utf8)
+from .redis_url import parse_redis_url
+
+__all__ = ["RedisBroker", "node_token", "RETRY_FIRST", "RETRY_JITTER", "RETRY_MAX", "_Link",
+           "_calls"]
 
 _log = Logger()
 
-RETRY_FIRST = 0.1      # seconds before the first reconnection attempt
-RETRY_MAX = 5.0        # ... doubling up to this
-RETRY_JITTER = 0.2     # +-20 %, so that the nodes do not all come back at once
 BATCH_MESSAGES = 1000  # messages in one call of the publish script at most
 BATCH_BYTES = 1024 * 1024  # ... and bytes (one message may be bigger alone)
 QUEUE_MAX_AGE = 60.0   # seconds a message kept while Redis is away stays worth sending
 MISSED_BEATS = 3       # heartbeat intervals after which a member is taken for gone
 HOLD_POLL = 0.1        # seconds between looks at who is back after an outage
+OWN_CALLS_KEPT = 10000  # script calls whose copies the publisher awaits, at most
 
-MAGIC = b"PS1"
-_HEAD = struct.Struct("!3sH")   # magic, length of the publisher's id
-_SEQ = struct.Struct("!Q")      # the number of the publisher's script call
 MEMBER_RE = re.compile(r"^[A-Za-z0-9_.-]{1,120}$")
-
-# Publishes each payload on its channel, atomically: ARGV = channel, payload, ...
-# (One place to become the history's script: number, RPUSH/LTRIM/PEXPIRE, PUBLISH.)
-PUBLISH_SCRIPT = """
-for i = 1, #ARGV, 2 do
-  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
-end
-return #ARGV / 2
-"""
-
-# KEYS: members, node claim; ARGV: member id, ttl (ms), node token, "1" to register.
-# Claims the node name unless another process holds it, registers the member,
-# forgets expired ones; returns {claimed, holder, live members}.
-HEARTBEAT_SCRIPT = """
-if redis.replicate_commands then redis.replicate_commands() end
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-local holder = redis.call('GET', KEYS[2])
-local claimed = 1
-if holder and holder ~= ARGV[3] then
-  claimed = 0
-else
-  redis.call('SET', KEYS[2], ARGV[3], 'PX', ttl)
-  holder = ARGV[3]
-end
-if claimed == 1 and ARGV[4] == '1' then
-  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-redis.call('PEXPIRE', KEYS[1], ttl)
-return {claimed, holder, redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')}
-"""
-
-# KEYS: members; ARGV: "" or a time T (ms), ttl (ms).  With "": {now, the live
-# members}.  With T: {T, the members that have registered since T}.
-MEMBERS_SCRIPT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-if ARGV[1] == '' then
-  return {now, redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')}
-end
-local since = tonumber(ARGV[1])
-return {since, redis.call('ZRANGEBYSCORE', KEYS[1], since + tonumber(ARGV[2]), '+inf')}
-"""
-
-
-def _command(*args: bytes) -> bytes:
-    """One Redis command in RESP (written straight to the subscriber)."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        parts += (b"$%d\r\n" % len(arg), arg, b"\r\n")
-    return b"".join(parts)
-
-
-def _utf8(text: str) -> bytes:
-    return text.encode("utf-8", "surrogatepass")
-
-
-def _reason(failure: Failure) -> str:
-    return failure.getErrorMessage() or failure.type.__name__
 
 
 # No session is reached through two channels of one of these kinds (a session
@@ -163,10 +110,10 @@ def _kind(channel: str) -> str | None:
     return next((kind for kind in _EXCLUSIVE if channel.startswith(kind)), None)
 
 
-def _calls(entries) -> list[dict[str, list[bytes]]]:
+def _calls(entries, measure: Callable[[Any], int] = len) -> list[dict[str, list]]:
     """Split publish records ``(channels, record)`` into calls of the publish
     script, ``{channel: records}`` each, that keep the publish order for every
-    session.
+    session (``measure(record)``: its bytes).
 
     A subscriber receives a call's payloads channel by channel, in the order
     each channel first appears, and delivers each message from the first copy
@@ -177,8 +124,8 @@ def _calls(entries) -> list[dict[str, list[bytes]]]:
     per batch; a mix of groups and other channels may make more.  A call holds
     at most BATCH_MESSAGES records and BATCH_BYTES bytes (or one record).
     """
-    calls: list[dict[str, list[bytes]]] = []
-    call: dict[str, list[bytes]] = {}
+    calls: list[dict[str, list]] = []
+    call: dict[str, list] = {}
     position: dict[str, int] = {}  # where each channel of the call first appeared
     last_kind = None
     run = 0                      # where the trailing run of one exclusive kind starts
@@ -201,235 +148,10 @@ def _calls(entries) -> list[dict[str, list[bytes]]]:
                 call[channel] = []
             call[channel].append(record)
         count += 1
-        size += len(record)
+        size += measure(record)
     if call:
         calls.append(call)
     return calls
-
-
-# -- connections -------------------------------------------------------------
-
-class _Subscriber(txredisapi.SubscriberProtocol):
-    """txredisapi's subscriber, with every push handed to the broker: messages,
-    subscribe confirmations (by channel) and the answers to PING."""
-
-    link: "_Link"
-
-    def replyReceived(self, reply):
-        if isinstance(reply, list) and reply:
-            kind = reply[0]
-            try:
-                if kind == b"message" and len(reply) == 3:
-                    self.link.broker._received(reply[1], reply[2])
-                    return
-                if kind == b"subscribe" and len(reply) == 3:
-                    self.link.broker._confirmed(reply[1])
-                    return
-                if kind == b"unsubscribe" and len(reply) == 3:
-                    return
-                if kind == b"pong":
-                    self.link.ponged()
-                    return
-            except Exception:  # the connection must outlive one bad message
-                _log.failure("handling a message from redis failed")
-                return
-        super().replyReceived(reply)
-
-
-class _Factory(Factory):
-    """Builds a link's txredisapi protocol, and answers what that protocol asks
-    of its factory when logging in fails."""
-
-    noisy = False
-    isLazy = False
-
-    def __init__(self, link: "_Link"):
-        self.link = link
-
-    def buildProtocol(self, addr):
-        link = self.link
-        proto = link.protocol_class(charset=None, replyTimeout=link.timeout,
-                                    password=link.url.password, dbid=link.dbid,
-                                    convertNumbers=False, username=link.url.username)
-        proto.factory = self
-        proto.link = link
-        proto.whenDisconnected().addCallback(link._lost)
-        return proto
-
-    def stopTrying(self):  # login failed: the link tries again later anyway
-        pass
-
-    def connectionError(self, why):
-        self.link.error = str(why)
-
-
-class _Server:
-    """Where a link connects: the one server of a redis:// URL."""
-
-    def __init__(self, reactor, url: RedisURL, timeout: float):
-        self.reactor, self.url, self.timeout = reactor, url, timeout
-
-    def connect(self, factory) -> Deferred:
-        host, port = self.url.hosts[0]
-        return HostnameEndpoint(self.reactor, host, port, timeout=self.timeout).connect(factory)
-
-    def close(self) -> Deferred:
-        return succeed(None)
-
-
-class _SentinelMaster(_Server):
-    """The master of a Sentinel service, asked for before each connection
-    (txredisapi's Sentinel support)."""
-
-    def __init__(self, reactor, url: RedisURL, timeout: float):
-        super().__init__(reactor, url, timeout)
-        self.sentinel = None
-
-    def connect(self, factory) -> Deferred:
-        if self.sentinel is None:
-            self.sentinel = txredisapi.Sentinel(list(self.url.hosts))
-            self.sentinel.discovery_timeout = self.timeout
-        d = self.sentinel.discover_master(self.url.service)
-        return d.addCallback(lambda address: HostnameEndpoint(
-            self.reactor, address[0], address[1], timeout=self.timeout).connect(factory))
-
-    def close(self) -> Deferred:
-        return self.sentinel.disconnect() if self.sentinel is not None else succeed(None)
-
-
-class _Link:
-    """One connection to Redis that comes back.
-
-    Connects; once txredisapi's protocol has logged in (and, behind a
-    Sentinel, Redis says it is the master) it is ``protocol`` and the broker
-    hears ``_link_up``.  A failed attempt or a lost connection is reported
-    with ``_link_down`` and the next attempt waits ``delay(n)``: 0.1 s after
-    a connection that was up, then doubling to 5 s.  Timers run on ``clock``.
-    """
-
-    def __init__(self, broker: "RedisBroker", name: str, server: _Server, protocol_class,
-                 dbid: int | None, clock, timeout: float):
-        self.broker, self.name, self.server = broker, name, server
-        self.url = server.url
-        self.protocol_class, self.dbid = protocol_class, dbid
-        self.clock, self.timeout = clock, timeout
-        self.protocol = None        # connected, logged in and checked
-        self.attempts = 0           # failed attempts since the last success
-        self.error: str | None = None
-        self.stopped = False
-        self._pending = None        # the connection being made or prepared
-        self._timer = None          # ends a login that takes too long
-        self._retry = None
-        self._ping_sent: float | None = None
-
-    def start(self) -> None:
-        self._retry = None
-        if self.stopped:
-            return
-        self.error = None
-        d = self._pending = self.server.connect(_Factory(self))
-        d.addCallbacks(self._connected, self._failed)
-
-    @staticmethod
-    def delay(attempt: int) -> float:
-        """Seconds before attempt ``attempt`` (1, 2, ...) after failures."""
-        base = min(RETRY_MAX, RETRY_FIRST * 2 ** min(attempt - 1, 16))
-        return base * random.uniform(1 - RETRY_JITTER, 1 + RETRY_JITTER)
-
-    def _connected(self, proto) -> None:
-        self._pending = proto
-        self._timer = self.clock.callLater(self.timeout, self._too_slow, proto)
-        d = proto.whenConnected()
-        if self.url.sentinel:
-            d.addCallback(lambda _: proto.role()).addCallback(self._is_master, proto)
-        d.addCallbacks(lambda _: self._ready(proto), self._not_ready, errbackArgs=(proto,))
-
-    def _too_slow(self, proto) -> None:
-        self._timer = None
-        self.error = f"no login within {self.timeout:g} s"
-        if proto.connected:
-            proto.transport.abortConnection()  # _lost follows
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    @staticmethod
-    def _is_master(role, proto) -> None:
-        if not role or role[0] not in (b"master", "master"):
-            raise ConnectionError(f"the Sentinel's master answers ROLE with {role!r:.80}")
-
-    def _ready(self, proto) -> None:
-        self._cancel_timer()
-        if self.stopped or not proto.connected or proto is not self._pending:
-            return
-        self._pending = None
-        self.protocol, self.attempts, self._ping_sent = proto, 0, None
-        self.broker._link_up(self)
-
-    def _not_ready(self, failure: Failure, proto) -> None:
-        if proto is not self._pending:
-            return
-        self._cancel_timer()
-        self.error = _reason(failure)
-        if proto.connected:
-            proto.transport.abortConnection()  # _lost follows
-
-    def _failed(self, failure: Failure) -> None:
-        self._pending = None
-        if self.stopped:
-            return
-        self.error = _reason(failure)
-        self._again(was_up=False)
-
-    def _lost(self, proto) -> None:
-        if proto is self.protocol:
-            self.protocol = None
-            self._again(was_up=True)
-        elif proto is self._pending:  # lost while logging in or checking
-            self._pending = None
-            self._cancel_timer()
-            self._again(was_up=False)
-
-    def _again(self, was_up: bool) -> None:
-        if self.stopped:
-            return
-        reason = "connection lost" if was_up else (self.error or "connection lost")
-        self.attempts = 1 if was_up else self.attempts + 1
-        self._retry = self.clock.callLater(self.delay(self.attempts), self.start)
-        self.broker._link_down(self, reason)
-
-    def ping(self, now: float) -> None:
-        """PING the subscriber; drop the connection when the last PING of
-        ``timeout`` seconds ago has not been answered (a Redis that hangs)."""
-        if self.protocol is None:
-            return
-        if self._ping_sent is not None:
-            if now - self._ping_sent > self.timeout:
-                self.error = f"no answer to PING within {self.timeout:g} s"
-                self.protocol.transport.abortConnection()
-            return
-        self._ping_sent = now
-        self.protocol.transport.write(_command(b"PING"))
-
-    def ponged(self) -> None:
-        self._ping_sent = None
-
-    def stop(self) -> Deferred:
-        """Stop trying; close the connection; fires once it is closed."""
-        self.stopped = True
-        if self._retry is not None and self._retry.active():
-            self._retry.cancel()
-        proto = self.protocol or self._pending
-        if isinstance(proto, Deferred):
-            proto.cancel()
-            return succeed(None)
-        if proto is None or not proto.connected:
-            return succeed(None)
-        d = proto.whenDisconnected()
-        proto.transport.loseConnection()
-        return d.addCallback(lambda _: None)
 
 
 # -- the broker ------------------------------------------------------------------
@@ -443,6 +165,30 @@ class _Request:
     results: list[Any] = field(default_factory=list)
     answered: set[str] = field(default_factory=set)
     timer: Any = None
+
+
+class _Out:
+    """A published message on its way to Redis: its channels, those that keep
+    history, its publish record, the users to keep it for (``store``), and
+    the message itself when local sessions want it too."""
+
+    __slots__ = ("number", "channels", "message", "record", "kept", "users", "local")
+
+    def __init__(self, number: int, channels: tuple[str, ...], message: Message):
+        self.number = number          # publish order
+        self.channels = channels
+        self.message = message
+        to = message.to_text or encode(message.to.to_json())
+        self.record = pack_publish(channels, message.id, to, message.frame)
+        self.kept: tuple[str, ...] = ()
+        self.users: tuple[str, ...] = ()
+        self.local: Message | None = None
+
+    def size(self) -> int:
+        return len(self.record)
+
+    def order(self) -> int:
+        return self.number
 
 
 _RESUBSCRIBE = object()  # an expected confirmation of a resubscription
@@ -466,7 +212,9 @@ class RedisBroker:
     it and stop the reactor).
     """
 
-    epoch = None  # no history through Redis yet
+    # Called with the seconds each call to Redis took (the publish script, the
+    # heartbeat): the engine's ``pushsvc_redis_round_trip_seconds`` (metrics.py).
+    on_round_trip: Callable[[float], None] | None = None
 
     def __init__(self, settings, owner: str, reactor, clock=None, token: str | None = None,
                  on_fatal: Callable[[str], None] | None = None):
@@ -492,6 +240,12 @@ class RedisBroker:
         self._reply_key = _utf8(f"{prefix}_reply:{self.id}")
         self._members_key = _utf8(prefix + "_members")
         self._node_key = _utf8(f"{prefix}_node:{self.node}")
+        # The history's keys (redis_scripts): its state, its log, its frames.
+        self._history_keys = [_utf8(prefix + "_history"), _utf8(prefix + "_history_log"),
+                              _utf8(prefix + "_history_frames")]
+        self._epoch: str | None = None  # the history's, as Redis last said
+        self._epoch_seed = new_incarnation()
+        self._candidates = count(1)
 
         self.receiver = None
         self.subscriptions: set[str] = set()
@@ -515,12 +269,18 @@ class RedisBroker:
         self._ever_up = False
         self._reason = f"not connected yet to {self.url.describe()}"
 
-        self._pending: list[tuple[tuple[str, ...], bytes]] = []  # this turn's publishes
+        self._pending: list[_Out] = []  # this turn's publishes
         self._pending_bytes = 0
         self._flush_call = None
-        self._local: list[Message] = []  # this turn's publishes for local sessions
+        self._numbers = count()      # publish order
         self._seq = 0
-        self._queue: deque[tuple[float, tuple[str, ...], bytes]] = deque()
+        # The script calls whose copies come back to this engine's own
+        # sessions: (call number, {id: message}), oldest first.
+        self._own: deque[tuple[int, dict[str, Message]]] = deque()
+        self._burst_own = 0          # the last of them that began to come back
+        self._direct: list[Message] = []  # for local sessions at once (no subscriber)
+        self._direct_call = None
+        self._queue: deque[tuple[float, _Out]] = deque()
         self._queue_bytes = 0
         self._dropped_now = 0        # dropped during the current outage
         self._holding = False        # reconnected, waiting for the peers to be back
@@ -538,7 +298,8 @@ class RedisBroker:
         self._heartbeat.clock = self.clock
         self._beating = False
         self._claim_lost_since: float | None = None
-        self._warned_keep = False
+        self._warned_oom = False
+        self._beat_error: str | None = None
 
     # -- life cycle -------------------------------------------------------
 
@@ -555,10 +316,44 @@ class RedisBroker:
             lambda f: _log.failure("the redis heartbeat stopped", f))
 
     def health(self) -> str | None:
-        """None when Redis carries messages both ways, else why not."""
-        if self._cmd.protocol is not None and self._sub_ready:
+        """None when Redis carries messages both ways (and, with history,
+        its epoch is known), else why not."""
+        if (self._cmd.protocol is not None and self._sub_ready
+                and (self._epoch is not None or not self._keeping())):
             return None
         return f"redis unavailable: {self._reason}"
+
+    # -- the history's settings -------------------------------------------
+
+    def _limits(self):
+        """The [history] settings: the engine's (they follow a reload)."""
+        return getattr(self.receiver, "settings", None) or self.settings
+
+    def _keeping(self) -> bool:
+        return self._limits().ttl > 0
+
+    @property
+    def epoch(self) -> str | None:
+        """The history's epoch in Redis (as last seen); None without history."""
+        return self._epoch if self._keeping() else None
+
+    def _set_epoch(self, raw) -> None:
+        if not raw:
+            return
+        epoch = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        if epoch == self._epoch:
+            return
+        if self._epoch is not None:
+            _log.warn("the history in redis has a new epoch ({epoch}): redis lost what it "
+                      "kept; clients that resume get gaps", epoch=epoch)
+        first = self._epoch is None
+        self._epoch = epoch
+        if first:
+            self._maybe_up()
+
+    def _candidate(self) -> bytes:
+        """A fresh epoch, in case the history in Redis has none."""
+        return _utf8(f"{self._epoch_seed}{base36(next(self._candidates))}")
 
     def _stop_reactor(self, reason: str) -> None:
         _log.critical("{reason}; stopping", reason=reason)
@@ -612,6 +407,7 @@ class RedisBroker:
         if link is self._sub:
             self._sub_ready = False
             self._resubscribing = 0
+            self._own_lost()
             expected, self._expect = self._expect, {}
             for waiting in expected.values():  # degraded: they stand at reconnect
                 for d in waiting:
@@ -695,32 +491,27 @@ class RedisBroker:
 
     # -- publishing ---------------------------------------------------------
 
-    def publish(self, channels, message):
-        to = message.to_text or encode(message.to.to_json())
+    def publish(self, channels, message, store=False):
+        """Queue ``message`` for this turn's call of the publish script, which
+        numbers and keeps it, and with ``store`` keeps it in the mailbox of
+        each of its ``user:`` channels nobody subscribes to in Redis: at the
+        moment it is published, so a user either is online for it or finds
+        it in the mailbox."""
         names = tuple(channels)
-        record = pack_publish(names, message.id, to, message.frame)
-        self._pending.append((names, record))
-        self._pending_bytes += len(record)
+        out = _Out(next(self._numbers), names, message)
+        if self._keeping():
+            out.kept = kept_channels(names)
+            if store:
+                out.users = tuple(c[5:] for c in names if c.startswith("user:"))
+        if not self.subscriptions.isdisjoint(names):
+            out.local = message
+        self._pending.append(out)
+        self._pending_bytes += len(out.record)
         if self._flush_call is None:
             self._flush_call = self.clock.callLater(0, self._flush)
-        if not self.subscriptions.isdisjoint(channels):
-            if not self._local:
-                self.clock.callLater(0, self._deliver_local)
-            self._local.append(message)
         if len(self._pending) >= BATCH_MESSAGES or self._pending_bytes >= BATCH_BYTES:
             self._flush()
         return succeed(None)
-
-    def _deliver_local(self) -> None:
-        """Deliver this turn's publishes to local sessions (after the flush
-        that hands them to Redis)."""
-        local, self._local = self._local, []
-        alone = len(local) == 1
-        for message in local:
-            try:
-                self.receiver.deliver(message, alone)
-            except Exception:
-                _log.failure("delivering message {id} failed", id=message.id)
 
     def _flush(self) -> None:
         if self._flush_call is not None:
@@ -731,47 +522,131 @@ class RedisBroker:
         if not pending:
             return
         if self._queue or not self._may_send():
-            self._keep(pending)
+            self._at_once([out.local for out in pending if out.local is not None])
+            self._queue_up(pending)
         else:
             self._send(pending)
 
     def _may_send(self) -> bool:
         return self._cmd.protocol is not None and not self._holding and not self.closed
 
-    def _send(self, entries) -> None:
-        for call in _calls(entries):
-            self._publish(call, sum(len(records) for records in call.values()))
-        self.counters["sent"] += len(entries)
+    def _send(self, outs: list[_Out]) -> None:
+        for call in _calls([(out.channels, out) for out in outs], _Out.size):
+            self._publish(call, sorted({out.number: out for records in call.values()
+                                        for out in records}.values(), key=_Out.order))
+        self.counters["sent"] += len(outs)
 
-    def _publish(self, by_channel: dict[str, list[bytes]], number: int) -> None:
-        """One call of the publish script: per channel, a payload of its records."""
+    def _publish(self, by_channel: dict[str, list[_Out]], outs: list[_Out]) -> None:
+        """One call of the publish script: ``outs`` numbered and kept (those on
+        kept channels; ``outs`` in publish order), stored for offline users,
+        and per channel, a payload of its records."""
         self._seq += 1
-        head = _HEAD.pack(MAGIC, len(self._id_b)) + self._id_b + _SEQ.pack(self._seq)
-        args = []
+        limits = self._limits()
+        keeping = limits.ttl > 0
+        kept = [out for out in outs if out.kept] if keeping else []
+        stored = [out for out in outs if out.users] if keeping else []
+        rel = {out.number: n for n, out in enumerate(kept, 1)}
+        args = [int(limits.ttl * 1000), limits.max_per_channel, limits.max_memory,
+                self._candidate(), self._prefix, payload_head(self._id_b, self._seq),
+                len(kept), len(stored)]
+        for out in kept:
+            args += (body(out.message.id, out.message.frame), len(out.kept),
+                     *map(_utf8, out.kept))
+        for out in stored:
+            args += (body(out.message.id, out.message.frame), len(out.users),
+                     *map(_utf8, out.users))
         for channel, records in by_channel.items():
-            args += (self._key(channel), b"".join([head, *records]))
-        d = self._eval(PUBLISH_SCRIPT, [], args)
-        d.addErrback(self._not_sent, number)
+            args += (self._key(channel),
+                     payload_body([rel.get(out.number, 0) for out in records],
+                                  [out.record for out in records]))
+        local = {out.message.id: out.local for out in outs if out.local is not None}
+        if local:
+            if self._sub_ready:  # they come back from Redis, numbered
+                self._own.append((self._seq, local))
+                if len(self._own) > OWN_CALLS_KEPT:
+                    self._own.popleft()
+            else:
+                self._at_once(list(local.values()))
+        d = self._eval(PUBLISH_SCRIPT, self._history_keys, args)
+        d.addCallbacks(self._published, self._not_sent,
+                       errbackArgs=(self._seq, by_channel, outs))
 
-    def _not_sent(self, failure: Failure, number: int) -> None:
-        self.counters["lost"] += number
+    def _published(self, answer) -> None:
+        self._set_epoch(answer[1] if len(answer) > 1 else None)
+        if self._warned_oom:
+            self._warned_oom = False
+            _log.info("redis keeps history again")
+
+    def _not_sent(self, failure: Failure, seq: int, by_channel, outs: list[_Out]) -> None:
+        # Its own sessions have it at once (those awaiting its copy).
+        for n, (call, local) in enumerate(self._own):
+            if call == seq:
+                del self._own[n]
+                self._at_once(list(local.values()))
+                break
+        if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("OOM"):
+            self._without_history(failure, by_channel, outs)
+            return
+        self.counters["lost"] += len(outs)
         if failure.check(txredisapi.ConnectionError) or self.closed:
             return  # the connection went: logged once as such
         _log.failure("publishing {count} messages through redis failed", failure,
-                     count=number)
+                     count=len(outs))
 
-    def _keep(self, entries) -> None:
+    def _without_history(self, failure: Failure, by_channel, outs: list[_Out]) -> None:
+        """Redis is out of memory (``maxmemory`` with ``noeviction``): the
+        call again with nothing kept, so that messages still flow."""
+        if not self._warned_oom:
+            self._warned_oom = True
+            _log.warn("redis refuses to keep history ({error}): messages go on without "
+                      "history or mailbox while it is out of memory", error=str(failure.value))
+        if not self._may_send() or not by_channel:
+            return
+        self._seq += 1
+        args = [0, 1, 0, self._candidate(), self._prefix,
+                payload_head(self._id_b, self._seq), 0, 0]
+        for channel, records in by_channel.items():
+            args += (self._key(channel), payload_body([0] * len(records),
+                                                      [out.record for out in records]))
+        d = self._eval(PUBLISH_SCRIPT, self._history_keys, args)
+        d.addErrback(lambda f: _log.failure("publishing {count} messages through redis "
+                                            "failed", f, count=len(outs)))
+
+    def _at_once(self, messages: list[Message]) -> None:
+        """Deliver ``messages`` to local sessions (at the end of this turn),
+        without waiting for Redis: its subscriber is away, or the call failed."""
+        if not messages:
+            return
+        self._direct += messages
+        if self._direct_call is None:
+            self._direct_call = self.clock.callLater(0, self._deliver_direct)
+
+    def _deliver_direct(self) -> None:
+        self._direct_call = None
+        messages, self._direct = self._direct, []
+        self._deliver_all(messages)
+
+    def _deliver_all(self, messages: list[Message]) -> None:
+        alone = len(messages) == 1
+        for message in messages:
+            try:
+                self.receiver.deliver(message, alone)
+            except Exception:
+                _log.failure("delivering message {id} failed", id=message.id)
+
+    def _queue_up(self, outs: list[_Out]) -> None:
         """Queue messages for other nodes while Redis is away: the newest
         ``max_queued_messages`` and ``max_queued_bytes`` at most."""
         now = self.clock.seconds()
         limit, limit_bytes = self.settings.redis_max_queued, self.settings.redis_max_queued_bytes
-        for channels, record in entries:
-            self._queue.append((now, channels, record))
-            self._queue_bytes += len(record)
+        for out in outs:
+            out.local = None  # delivered at once
+            self._queue.append((now, out))
+            self._queue_bytes += len(out.record)
             self.counters["queued"] += 1
         while self._queue and (len(self._queue) > limit or self._queue_bytes > limit_bytes):
-            _, _, record = self._queue.popleft()
-            self._queue_bytes -= len(record)
+            _, out = self._queue.popleft()
+            self._queue_bytes -= len(out.record)
             self._dropped_now += 1
             self.counters["dropped"] += 1
 
@@ -781,7 +656,7 @@ class RedisBroker:
             return
         queue, self._queue, self._queue_bytes = self._queue, deque(), 0
         now = self.clock.seconds()
-        fresh = [(c, r) for t, c, r in queue if now - t <= QUEUE_MAX_AGE]
+        fresh = [out for t, out in queue if now - t <= QUEUE_MAX_AGE]
         self._dropped_now += len(queue) - len(fresh)
         self.counters["dropped"] += len(queue) - len(fresh)
         if fresh:
@@ -837,41 +712,63 @@ class RedisBroker:
 
     def _on_messages(self, payload: bytes) -> None:
         try:
-            magic, size = _HEAD.unpack_from(payload)
-            if magic != MAGIC:
-                raise ValueError("not a pushsvc payload")
-            start = _HEAD.size
-            origin = payload[start:start + size]
-            (seq,) = _SEQ.unpack_from(payload, start + size)
-            if origin == self._id_b:  # our own: delivered locally already
-                return
-            body = payload[start + size + _SEQ.size:]
-            records = []
-            for channels, record in unpack_publishes(body):
-                msg_id, to, frame = next(unpack_messages(bytes(record)))
-                records.append((len(channels) > 1, msg_id, to, frame))
-        except (ValueError, struct.error, StopIteration) as e:
+            origin, seq, records = parse_payload(payload)
+        except (ValueError, struct.error, StopIteration, UnicodeDecodeError) as e:
             self._bad("a message payload", e)
+            return
+        if origin == self._id_b:
+            self._own_copies(seq, records)
             return
         if (origin, seq) != self._burst:
             self._burst = (origin, seq)
             self._seen = set()
         deliver = []
-        for several, msg_id, to, frame in records:
+        for several, position, msg_id, to, frame in records:
             if several:
                 if msg_id in self._seen:
                     self.counters["duplicates"] += 1
                     continue
                 self._seen.add(msg_id)
-            deliver.append((msg_id, to, frame))
+            deliver.append((position, msg_id, to, frame))
         alone = len(deliver) == 1
-        for msg_id, to, frame in deliver:
+        for position, msg_id, to, frame in deliver:
             self.counters["received"] += 1
             try:
+                if position is not None:
+                    frame = with_position(frame, position)
                 message = Message(msg_id, parse_address(json.loads(to), sys.maxsize), frame)
                 self.receiver.deliver(message, alone)
             except Exception:
                 _log.failure("delivering message {id} failed", id=msg_id)
+
+    def _own_copies(self, seq: int, records) -> None:
+        """This engine's own messages back from Redis: delivered to its
+        sessions (those it awaits, each once), with their positions."""
+        self._burst_own = seq
+        own = self._own
+        while own and own[0][0] < seq:  # their calls are over
+            own.popleft()
+        if not own or own[0][0] != seq:
+            return
+        waiting = own[0][1]
+        deliver = []
+        for _, position, msg_id, _, _ in records:
+            message = waiting.pop(msg_id, None)
+            if message is None:
+                continue
+            if position is not None:
+                message = Message(msg_id, message.to, with_position(message.frame, position),
+                                  message.to_text)
+            deliver.append(message)
+        self._deliver_all(deliver)
+
+    def _own_lost(self) -> None:
+        """The subscriber went: what it had still to bring back of calls it
+        had not begun to bring goes to the local sessions at once."""
+        last = self._burst_own
+        own, self._own = self._own, deque()
+        self._at_once([message for seq, waiting in own if seq > last
+                       for message in waiting.values()])
 
     def _bad(self, what: str, error: Exception) -> None:
         self.counters["bad"] += 1
@@ -999,18 +896,29 @@ class RedisBroker:
         if self._beating or self._cmd.protocol is None or self.closed:
             return
         self._beating = True
-        d = self._eval(HEARTBEAT_SCRIPT, [self._members_key, self._node_key],
+        d = self._eval(HEARTBEAT_SCRIPT, [self._members_key, self._node_key,
+                                          *self._history_keys],
                        [self._id_b, self._ttl_ms, _utf8(self.token),
-                        b"1" if self._sub_ready else b"0"])
-        d.addCallbacks(self._beaten, lambda f: None)
+                        b"1" if self._sub_ready else b"0", self._candidate()])
+        d.addCallbacks(self._beaten, self._beat_failed)
         d.addBoth(self._beat_done)
 
     def _beat_done(self, _) -> None:
         self._beating = False
 
+    def _beat_failed(self, failure: Failure) -> None:
+        if not failure.check(txredisapi.ResponseError):
+            return  # a connection that went: logged as such
+        error = str(failure.value)
+        if error != self._beat_error:  # once, not every beat
+            self._beat_error = error
+            _log.error("the redis heartbeat failed: {error}", error=error)
+
     def _beaten(self, result) -> None:
-        claimed, holder, members = result
+        claimed, holder, members, epoch = result
+        self._beat_error = None
         self.members = [m.decode("utf-8", "replace") for m in members]
+        self._set_epoch(epoch)
         if claimed:
             self._claim_lost_since = None
             return
@@ -1034,18 +942,63 @@ class RedisBroker:
         proto = self._cmd.protocol
         if proto is None:
             return fail(txredisapi.ConnectionError("not connected to redis"))
-        return maybeDeferred(proto.eval, script, keys, args)
+        d = maybeDeferred(proto.eval, script, keys, args)
+        if self.on_round_trip is not None:
+            from ..metrics import timed
+            timed(d, self.on_round_trip)
+        return d
 
-    # -- history and mailbox (none through Redis yet) -------------------------
+    # -- history and mailbox --------------------------------------------------
 
     def replay(self, channels, since, epoch):
-        return succeed(([], sorted(set(channels))))
+        """The kept messages of ``channels`` after ``since`` and their gaps,
+        read from Redis (``REPLAY_SCRIPT``); this engine's pending publishes
+        are numbered first."""
+        channels = sorted(set(channels))
+        limits = self._limits()
+        if limits.ttl <= 0 or not epoch:
+            return succeed(([], channels))
+        self._flush()
+        d = self._eval(REPLAY_SCRIPT, self._history_keys, [
+            int(limits.ttl * 1000), limits.max_memory, self._prefix, _utf8(epoch),
+            str(since), *map(_utf8, channels)])
 
-    def keep(self, users, message):
-        if not self._warned_keep:
-            self._warned_keep = True
-            _log.warn("pushes with \"store\": true are not kept for offline users "
-                      "with redis (not yet); they are delivered live only")
+        def answered(answer):
+            same, gaps, entries = parse_replay(answer)
+            if not same:
+                if len(answer) > 1:
+                    self._set_epoch(answer[1])
+                return [], channels
+            self._set_epoch(answer[1])
+            found = []
+            for position, raw in entries:
+                msg_id, frame = parse_body(raw)
+                found.append((position, msg_id, with_position(frame, position)))
+            return in_order(found), gaps
+        return d.addCallback(answered)
 
     def mail(self, user):
-        return succeed([])
+        """What the mailbox of ``user`` holds (``TAKE_MAIL_SCRIPT``), once
+        this engine's subscription to the user stands in Redis (from then
+        on, a stored push finds the user online)."""
+        limits = self._limits()
+        if limits.ttl <= 0 or self._cmd.protocol is None:
+            return succeed([])
+        ready = Deferred()
+        waiting = [d for d in self._expect.get(self._key(f"user:{user}"), ())
+                   if d is not _RESUBSCRIBE]
+        if waiting:
+            waiting[-1].addBoth(lambda result: (ready.callback(None), result)[1])
+        else:
+            ready.callback(None)
+        key = _utf8(f"{self.settings.redis_prefix}_mail:{user}")
+        ready.addCallback(lambda _: self._eval(TAKE_MAIL_SCRIPT, [key],
+                                               [int(limits.ttl * 1000)]))
+
+        def taken(bodies):
+            return [parse_body(raw) for raw in bodies]
+
+        def away(failure):
+            failure.trap(txredisapi.ConnectionError)
+            return []
+        return ready.addCallbacks(taken, away)

@@ -15,33 +15,33 @@ master), and its stdout/stderr piped back here and re-logged as
 from __future__ import annotations
 
 import os
-import re
+import struct
 import sys
-from collections import deque
+from collections import Counter, deque
 
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.endpoints import SSL4ServerEndpoint, _TCPServerEndpoint, serverFromString
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.tcp import makeBinding
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..config import ConfigError
-from .. import loglevel
+from .. import loglevel, metrics
 from ..control import ControlError, IControl
 from ..history import History, Mailbox, kept_channels
 from ..protocol import CLOSE_RESTART
 from ..server import LISTEN_ERRORS, exit_cannot_listen
 from ..tls import is_tls
 from .hub import SubscriptionTable
-from .wire import (DeliverBatch, Hello, Keep, Outbox, Perform, PublishBatch, Refused, Reload,
-                   Replay, Retire, RunCommand, SetLogLevel, Subscribe, TakeMail, Unsubscribe,
-                   message_parts, pack_message, protocol_error, reframe, unpack_publishes)
+from .wire import (DeliverBatch, GatherMetrics, Hello, Outbox, Perform, PublishBatch,
+                   Refused, Reload, Replay, Retire, RunCommand, SetLogLevel, Subscribe,
+                   TakeMail, Unsubscribe, message_parts, pack_message, protocol_error,
+                   reframe, unpack_publishes)
 from .worker import AMP_IN, AMP_OUT, ENV, FIRST_SOCKET, describe
 
 _log = Logger()
@@ -51,8 +51,9 @@ MAX_BACKOFF = 30.0      # the longest wait before restarting a crashing worker
 STOP_GRACE = 5.0        # seconds a worker gets beyond close_timeout to exit at shutdown
 COMMAND_TIMEOUT = 10.0  # seconds a worker has to answer a command
 START_TIMEOUT = 30.0    # seconds a rolling restart waits for a new worker to accept
-_LOG_LINE = re.compile(r"^(?P<level>debug|info|warn|error|critical) (?P<namespace>\S+) "
-                       r"(?P<text>.*)$", re.S)
+# How the master re-emits a worker's log event (``WorkerProcess._relay``).
+RELAYED = loglevel.RELAYED
+_LEVELS = tuple(LogLevel.iterconstants())
 
 
 def bind(reactor, description: str, copies: int) -> list:
@@ -157,7 +158,7 @@ class HubProtocol(amp.AMP):
         # An exception out of a responder would make AMP drop this worker's pipe.
         try:
             self.pool.forward(self.worker, batch)
-        except ValueError:
+        except (ValueError, struct.error):
             _log.failure("worker {index} sent a malformed PublishBatch",
                          index=self.worker.index)
         return {}
@@ -165,11 +166,6 @@ class HubProtocol(amp.AMP):
     @Replay.responder
     def replay(self, channels, since, epoch):
         return self.pool.replay(channels, since, epoch)
-
-    @Keep.responder
-    def keep(self, users, id, frame):
-        self.pool.keep(users, id, frame)
-        return {}
 
     @TakeMail.responder
     def take_mail(self, user):
@@ -180,36 +176,19 @@ class HubProtocol(amp.AMP):
         return self.pool.run_command(name, args).addCallback(
             lambda results: {"results": results})
 
+    @GatherMetrics.responder
+    def gather_metrics(self):
+        return self.pool.gather_metrics().addCallback(lambda values: {"values": values})
 
-@implementer(IPushProducer)
-class Backlog:
-    """What the master holds for one worker that is not reading its pipe.
 
-    The pipe's writer pauses this producer when its own buffer is full (the
-    kernel's pipe buffer is full too by then) and resumes it once it has
-    drained; ``write`` counts the bytes written while paused and says False
-    once they pass ``limit``.
+def unsent(writer) -> int:
+    """Bytes a Twisted writer (a FileDescriptor, here a pipe) holds unwritten.
+
+    Read off its buffer's private fields: its producer's pause and resume
+    say only whether it is empty, and a worker that keeps up with a lag would
+    never let it empty.
     """
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.paused = False
-        self.held = 0
-
-    def pauseProducing(self):
-        self.paused = True
-
-    def resumeProducing(self):
-        self.paused = False
-        self.held = 0
-
-    def stopProducing(self):
-        pass
-
-    def write(self, size: int) -> bool:
-        if self.paused:
-            self.held += size
-        return self.held <= self.limit
+    return len(writer.dataBuffer) - writer.offset + writer._tempDataLen
 
 
 class _PipeTransport:
@@ -222,13 +201,14 @@ class _PipeTransport:
         worker = self.worker
         if worker.overflowed:
             return
-        if not worker.backlog.write(len(data)):
-            worker.overflow()
+        pipe = worker.transport.pipes.get(AMP_IN)
+        if pipe is None:  # the pipe is gone; processEnded follows
             return
-        try:
-            worker.transport.writeToChild(AMP_IN, data)
-        except KeyError:  # the pipe is gone; processEnded follows
-            pass
+        held = unsent(pipe) + len(data)
+        if held > worker.pool.settings.max_worker_backlog:
+            worker.overflow(held)
+            return
+        pipe.write(data)
 
     def writeSequence(self, seq):
         self.write(b"".join(seq))
@@ -254,13 +234,13 @@ class WorkerProcess(ProcessProtocol):
         self.pool = pool
         self.index = index
         self.amp = HubProtocol(pool, self)
-        self.backlog = Backlog(pool.settings.max_worker_backlog)
         self.started = pool.clock.seconds()
         self.ended: Deferred = Deferred()
         self.ready = False        # it has said Hello: it accepts clients
         self.retiring = False     # a rolling restart is replacing it
         self.overflowed = False   # killed for not reading its pipe
         self.replacing: WorkerProcess | None = None  # the worker a rolling restart replaces
+        self.spawned_with: tuple = ()  # (settings, log level) it was started with
         self.owner: str | None = None
         self.last_lines: deque[str] = deque(maxlen=8)
         self._partial = {1: b"", 2: b""}
@@ -270,7 +250,6 @@ class WorkerProcess(ProcessProtocol):
 
     def connectionMade(self):
         self.pid = self.transport.pid
-        self.transport.pipes[AMP_IN].registerProducer(self.backlog, True)
         self.amp.makeConnection(_PipeTransport(self))
 
     def up(self) -> Deferred:
@@ -290,13 +269,13 @@ class WorkerProcess(ProcessProtocol):
         self.ready, self.owner = True, owner
         self._fire_up(True)
 
-    def overflow(self) -> None:
-        """The worker holds more than ``max_worker_backlog`` unread: kill it
-        (the pool restarts it, its clients reconnect to the others)."""
+    def overflow(self, held: int) -> None:
+        """The worker would hold more than ``max_worker_backlog`` unread: kill
+        it (the pool restarts it, its clients reconnect to the others)."""
         self.overflowed = True
         _log.error("worker {index} (pid {pid}) has not read {held} bytes of its pipe "
                    "(limit: {limit}); killing it", index=self.index, pid=self.pid,
-                   held=self.backlog.held, limit=self.backlog.limit)
+                   held=held, limit=self.pool.settings.max_worker_backlog)
         _signal(self, "KILL")
 
     def childDataReceived(self, fd, data):
@@ -309,19 +288,25 @@ class WorkerProcess(ProcessProtocol):
             self._relay(line.decode("utf-8", "replace"))
 
     def _relay(self, line: str) -> None:
+        """Re-emit one line of the worker's output: a log event (one line of
+        JSON, ``worker.log_to_master``) keeps its level, namespace, time,
+        fields (a failure's ``traceback`` among them), and gains ``worker``,
+        ``worker_pid``, ``index`` and ``text``: it reads ``worker N: TEXT``,
+        then the traceback; any other line is a warning."""
         if not line.strip():
             return
-        if line.startswith("\t"):  # a continuation (a traceback's lines)
+        event = _worker_event(line) if line.startswith("{") else None
+        if event is None:
             self.last_lines.append(line)
-            _log.info("worker {index}: {text}", index=self.index, text=line.strip())
+            _log.warn(RELAYED, index=self.index, worker=self.index, worker_pid=self.pid,
+                      text=line.strip() if line.startswith("\t") else line)
             return
-        self.last_lines.append(line)
-        found = _LOG_LINE.match(line)
-        if found is None:
-            _log.warn("worker {index}: {text}", index=self.index, text=line)
-            return
-        _log.emit(LogLevel.levelWithName(found["level"]), "worker {index}: {text}",
-                  index=self.index, text=found["text"], worker_namespace=found["namespace"])
+        text = formatEvent(event)
+        self.last_lines.append(text.split("\n", 1)[0])
+        event.pop("log_flattened", None)
+        event.update(log_format=loglevel.RELAYED_FAILURE if "traceback" in event else RELAYED,
+                     index=self.index, text=text, worker=self.index, worker_pid=self.pid)
+        _log.observer(event)
 
     def processEnded(self, reason):
         for fd in (1, 2):
@@ -360,6 +345,12 @@ class Pool(Service):
         self.live: set[WorkerProcess] = set()      # every running worker, retiring ones too
         self.crashes: dict[int, int] = {}
         self.restarts = 0
+        self.reloads: Counter[str] = Counter()  # "ok" / "failed" (PoolControl.reload)
+        self.hub_round_trip = metrics.Histogram()  # Perform, as timed here
+        # GET /metrics: each worker's values at the last scrape, and the counts
+        # of the workers that have ended (so the machine's counters never fall).
+        self._last_values: dict[WorkerProcess, dict] = {}
+        self._ended_values: dict = {}
         self._stopping = False
         self._replacing = False
         self.outbox = Outbox(self.clock, self._deliver)  # WorkerProcess -> records
@@ -387,6 +378,7 @@ class Pool(Service):
         for offset, (fd, _) in enumerate(inherited):
             child_fds[FIRST_SOCKET + offset] = fd
         worker = WorkerProcess(self, index)
+        worker.spawned_with = (self.settings, loglevel.current())
         self.workers[index] = worker
         self.live.add(worker)
         self.reactor.spawnProcess(worker, self.worker_argv[0], self.worker_argv,
@@ -394,18 +386,31 @@ class Pool(Service):
         return worker
 
     def worker_ready(self, worker: WorkerProcess, owner: str) -> None:
+        settings, level = worker.spawned_with
+        if settings is not self.settings:  # a reload came while it started
+            worker.amp.callRemote(Reload, settings=self.settings.to_json()).addErrback(
+                lambda f: _log.failure("reloading worker {index} failed", f,
+                                       index=worker.index))
+        if level != loglevel.current():
+            worker.amp.callRemote(SetLogLevel, level=loglevel.current()).addErrback(
+                lambda f: None)
         worker.hello(owner)
         _log.info("worker {index} ready (pid {pid}, {owner})", index=worker.index,
                   pid=worker.pid, owner=owner)
 
     def worker_ended(self, worker: WorkerProcess, reason) -> None:
         index = worker.index
+        last = self._last_values.pop(worker, None)
+        if last is not None:
+            self._ended_values = metrics.machine_values([self._ended_values,
+                                                         metrics.counts_only(last)])
         self.table.remove_worker(worker)
         self.live.discard(worker)
         if self.workers.get(index) is worker:
             del self.workers[index]
-            if worker.replacing in self.live:  # a failed replacement: the old one stays
-                self.workers[index] = worker.replacing
+            old = worker.replacing
+            if old in self.live and not old.retiring:  # a failed replacement: the old one stays
+                self.workers[index] = old
         if self._stopping or worker.retiring or self.workers.get(index) is not None:
             return
         lived = self.clock.seconds() - worker.started
@@ -448,7 +453,9 @@ class Pool(Service):
         """
         history, now = self.history, self.clock.seconds()
         keeping = history.enabled
-        for channels, record in unpack_publishes(batch):
+        for channels, record, store in unpack_publishes(batch, with_store=True):
+            if store:
+                self.keep(channels, record, now)
             kept = keeping and kept_channels(channels)
             if kept:
                 msg_id, frame = message_parts(record)
@@ -462,12 +469,15 @@ class Pool(Service):
         messages, gaps = self.history.replay(channels, since, epoch, self.clock.seconds())
         return {"messages": _records(messages), "gaps": gaps}
 
-    def keep(self, users, msg_id: str, frame: bytes) -> None:
-        """Keep a message for each of ``users`` no worker has a session of."""
-        now = self.clock.seconds()
-        for user in users:
-            if f"user:{user}" not in self.table.channels:
-                self.mailbox.put(user, msg_id, frame, now)
+    def keep(self, channels, record, now: float) -> None:
+        """Keep a stored push for each of its users no worker has a session of
+        (the mailbox), as the subscriptions stand when it is routed."""
+        offline = [c[5:] for c in channels
+                   if c.startswith("user:") and c not in self.table.channels]
+        if offline:
+            msg_id, frame = message_parts(record)
+            for user in offline:
+                self.mailbox.put(user, msg_id.decode("utf-8", "surrogatepass"), frame, now)
 
     def _deliver(self, worker: WorkerProcess, batch: bytes) -> None:
         if worker in self.live:  # it has not ended meanwhile
@@ -479,8 +489,10 @@ class Pool(Service):
         COMMAND_TIMEOUT, each as (worker, answer or Failure)."""
         self.outbox.flush()  # a command never overtakes a message published before it
         workers = sorted((w for w in self.live if w.ready), key=lambda w: w.index)
-        calls = [w.amp.callRemote(command, **args).addTimeout(COMMAND_TIMEOUT, self.clock)
-                 for w in workers]
+        calls = [w.amp.callRemote(command, **args) for w in workers]
+        if command is Perform:  # the hub's round trips (GET /metrics)
+            calls = [metrics.timed(call, self.hub_round_trip.observe) for call in calls]
+        calls = [call.addTimeout(COMMAND_TIMEOUT, self.clock) for call in calls]
         d = DeferredList(calls, consumeErrors=True)
         return d.addCallback(lambda answers: [(w, answer) for w, (_, answer)
                                               in zip(workers, answers)])
@@ -491,6 +503,23 @@ class Pool(Service):
         return d.addCallback(lambda answers: [a["result"] for _, a in answers
                                               if not isinstance(a, Failure)])
 
+    def gather_metrics(self) -> Deferred:
+        """The machine's metric values (pushsvc/metrics.py): every ready
+        worker's figures summed, the counts of the workers that have ended as
+        they were at the last scrape (a restart does not lower a counter),
+        and the master's own."""
+        def summed(answers):
+            parts = [self._ended_values]
+            for worker, answer in answers:
+                if not isinstance(answer, Failure):
+                    parts.append(answer["result"])
+                    if worker in self.live:
+                        self._last_values[worker] = answer["result"]
+            return metrics.machine_values(
+                parts, workers=len(self.ready), restarts=self.restarts,
+                reloads=dict(self.reloads),
+                round_trips={"hub": self.hub_round_trip.to_json()})
+        return self.ask_all(Perform, name="metrics", args={}).addCallback(summed)
 
     def reload(self, settings) -> Deferred:
         """Hand ``settings`` to every worker, which applies them and reloads the
@@ -501,8 +530,6 @@ class Pool(Service):
         self.settings = self.settings.reloaded(settings)
         self.history.configure(settings)
         self.mailbox.configure(settings)
-        for worker in self.live:
-            worker.backlog.limit = settings.max_worker_backlog
         d = self.ask_all(Reload, settings=settings.to_json())
         return d.addCallback(lambda answers: [
             {"worker": w.index, "pid": w.pid, "ok": not _error_of(a), "error": _error_of(a)}
@@ -521,19 +548,26 @@ class Pool(Service):
         self._replacing = True
         replaced = []
         try:
-            for index in sorted(self.workers):
-                old = self.workers[index]
+            for index in range(self.count):
+                if self._stopping:
+                    raise RestartFailed(f"the server is stopping{_after(replaced)}")
+                old = self.workers.get(index)
+                if old is None:  # crashed meanwhile: the pool is restarting it anyway
+                    continue
                 new = self.spawn(index)
                 new.replacing = old
                 up = new.up().addTimeout(START_TIMEOUT, self.clock)
                 if not await up.addErrback(lambda _: False):
                     _signal(new, "KILL")
                     last = new.last_lines[-1].strip() if new.last_lines else "no output"
+                    kept = "the old one keeps serving" if old in self.live else "restarting it"
                     raise RestartFailed(f"worker {index}'s replacement did not start "
-                                        f"(last output: {last}); the old one keeps serving"
-                                        f"{_after(replaced)}")
+                                        f"(last output: {last}); {kept}{_after(replaced)}")
                 await self.retire(old)
                 new.replacing = None
+                if new not in self.live:
+                    raise RestartFailed(f"worker {index}'s replacement ended while the old "
+                                        f"one retired; restarting it{_after(replaced)}")
                 replaced.append({"worker": index, "old_pid": old.pid, "new_pid": new.pid})
                 _log.info("worker {index} replaced (pid {old} -> {new})", index=index,
                           old=old.pid, new=new.pid)
@@ -571,6 +605,18 @@ def _error_of(answer) -> str | None:
     if isinstance(answer, Failure):
         return f"no answer: {answer.getErrorMessage()}"
     return answer["error"] or None
+
+
+def _worker_event(line: str) -> dict | None:
+    """The log event a worker wrote as a line of JSON, or None if the line is
+    not one (a print, a traceback before logging began)."""
+    try:
+        event = eventFromJSON(line)
+    except ValueError:
+        return None
+    if not isinstance(event, dict) or event.get("log_level") not in _LEVELS:
+        return None
+    return event
 
 
 def _signal(worker: WorkerProcess, name: str) -> None:
@@ -617,11 +663,17 @@ class PoolControl:
         return d.addCallback(listed)
 
     def reload(self):
+        reloads = self.pool.reloads  # GET /metrics: pushsvc_reloads_total
         try:
             settings = self.pool.settings.reread()
         except ConfigError as e:
+            reloads["failed"] += 1
             return fail(e)
-        return self.pool.reload(settings)
+
+        def count(results):
+            reloads["ok" if all(r["ok"] for r in results) else "failed"] += 1
+            return results
+        return self.pool.reload(settings).addCallback(count)
 
     def restart_workers(self):
         return ensureDeferred(self.pool.restart_workers())

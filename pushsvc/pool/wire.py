@@ -77,6 +77,7 @@ class Json(amp.Argument):
 # Text is UTF-8 with lone surrogates allowed (JSON can name them).
 
 _U32 = struct.Struct("!I")
+STORE = 0x80000000  # in a publish record's channel count: keep it for offline users
 _LENGTHS = struct.Struct("!III")
 
 
@@ -84,10 +85,12 @@ def _utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def pack_publish(channels: Iterable[str], msg_id: str, to: bytes, frame: bytes) -> bytes:
-    """One publish record: ``channels``, then the message record."""
+def pack_publish(channels: Iterable[str], msg_id: str, to: bytes, frame: bytes,
+                 store: bool = False) -> bytes:
+    """One publish record: ``channels``, then the message record; ``store``
+    rides in the channel count's high bit (``STORE``)."""
     names = [_utf8(c) for c in channels]
-    parts = [_U32.pack(len(names))]
+    parts = [_U32.pack(len(names) | (STORE if store else 0))]
     for name in names:
         parts += (_U32.pack(len(name)), name)
     parts.append(pack_message(msg_id, to, frame))
@@ -115,8 +118,9 @@ def reframe(record, frame: bytes) -> bytes:
                      frame))
 
 
-def unpack_publishes(batch: bytes) -> Iterator[tuple[list[str], memoryview]]:
-    """Each publish record of ``batch``: (channels, its message record).
+def unpack_publishes(batch: bytes, with_store: bool = False) -> Iterator[tuple]:
+    """Each publish record of ``batch``: (channels, its message record), and
+    its ``store`` flag third when ``with_store``.
 
     The message record is a view into ``batch`` (no copy): ``b"".join`` of
     such views is a ``DeliverBatch``.
@@ -124,6 +128,7 @@ def unpack_publishes(batch: bytes) -> Iterator[tuple[list[str], memoryview]]:
     view, pos, end = memoryview(batch), 0, len(batch)
     while pos < end:
         (count,) = _U32.unpack_from(batch, pos)
+        store, count = bool(count & STORE), count & ~STORE
         pos += 4
         channels = []
         for _ in range(count):
@@ -135,7 +140,7 @@ def unpack_publishes(batch: bytes) -> Iterator[tuple[list[str], memoryview]]:
         id_size, to_size, frame_size = _LENGTHS.unpack_from(batch, pos)
         pos += _LENGTHS.size + id_size + to_size + frame_size
         _check(pos, end)
-        yield channels, view[start:pos]
+        yield (channels, view[start:pos], store) if with_store else (channels, view[start:pos])
 
 
 def unpack_messages(batch: bytes) -> Iterator[tuple[str, bytes, bytes]]:
@@ -224,13 +229,6 @@ class Replay(amp.Command):
     response = [(b"messages", BigBytes()), (b"gaps", amp.ListOf(amp.Unicode()))]
 
 
-class Keep(amp.Command):
-    """Keep a message in the mailbox of each of ``users`` who has no session."""
-    arguments = [(b"users", amp.ListOf(amp.Unicode())), (b"id", amp.Unicode()),
-                 (b"frame", BigBytes())]
-    requiresAnswer = False
-
-
 class TakeMail(amp.Command):
     """What the mailbox kept for ``user``: message records, oldest first."""
     arguments = [(b"user", amp.Unicode())]
@@ -241,6 +239,13 @@ class RunCommand(amp.Command):
     """Run a server-side command on every worker; the list of their results."""
     arguments = [(b"name", amp.Unicode()), (b"args", Json())]
     response = [(b"results", Json())]
+
+
+class GatherMetrics(amp.Command):
+    """The machine's metric values (pushsvc/metrics.py): every ready worker's,
+    summed by the master, with the master's own added (``GET /metrics``)."""
+    arguments: list = []
+    response = [(b"values", Json())]
 
 
 # -- master -> worker ------------------------------------------------------

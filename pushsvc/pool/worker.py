@@ -15,7 +15,7 @@ import signal
 import sys
 
 from twisted.internet.stdio import StandardIO
-from twisted.logger import Logger, eventAsText, globalLogBeginner
+from twisted.logger import Logger, eventAsJSON, eventAsText, globalLogBeginner
 
 from .. import loglevel
 from ..broker import make_broker
@@ -24,7 +24,7 @@ from ..config import Settings
 from ..server import PushServer
 from ..signals import stop_on_signals
 from ..tls import TLSError
-from .wire import Hello, Reload, Retire, SetLogLevel
+from .wire import GatherMetrics, Hello, Reload, Retire, SetLogLevel
 
 ENV = "PUSHSVC_WORKER"
 AMP_IN, AMP_OUT = 3, 4
@@ -43,13 +43,27 @@ def describe(settings: Settings, index: int, families: list[int],
                        "log_level": loglevel.current(), "epoch": epoch})
 
 
+# What a log event holds that says nothing once it has left this process.
+_LOCAL_ONLY = ("log_logger", "log_source", "log_observer", "log_io")
+
+
 def log_to_master(event) -> None:
-    """Write each log event to stdout as ``LEVEL NAMESPACE TEXT`` (more lines of
-    the same event start with a tab); the master re-logs them."""
-    text = eventAsText(event, includeTimestamp=False, includeSystem=False)
-    level = event.get("log_level")
-    sys.stdout.write(f"{level.name if level else 'info'} {event.get('log_namespace', '-')} "
-                     + text.replace("\n", "\n\t") + "\n")
+    """Write each log event to stdout as one line of JSON (twisted.logger's
+    ``eventAsJSON``: its fields and its formatted text; a failure as the
+    ``traceback`` field); the master re-emits it in its own log with the worker's index
+    (``master.WorkerProcess``), as text or JSON (``--log-format``)."""
+    fields = {k: v for k, v in event.items() if k not in _LOCAL_ONLY}
+    failure = fields.pop("log_failure", None)
+    legacy = fields.pop("failure", None)  # twisted.python.log.err's
+    failure = failure if failure is not None else legacy
+    if hasattr(failure, "getTraceback"):  # a Failure does not survive JSON: its text does
+        fields["traceback"] = failure.getTraceback().rstrip("\n")
+    try:
+        line = eventAsJSON(fields)
+    except Exception:  # an event that will not encode: its text, as a plain line
+        line = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        line = line.replace("\n", "\n\t")
+    sys.stdout.write(line + "\n")
     sys.stdout.flush()
 
 
@@ -107,6 +121,9 @@ def main() -> None:
 
     hub = WorkerEnd(broker, server, reactor, on_lost=master_gone)
     StandardIO(hub, stdin=AMP_IN, stdout=AMP_OUT, reactor=reactor)
+    # GET /metrics answers for the whole machine: the master sums the workers.
+    server.site.api.gather_metrics = lambda: hub.callRemote(GatherMetrics).addCallback(
+        lambda answer: answer["values"])
     if isinstance(broker, AmpBroker):
         broker.connect(hub)
     tls = spec.get("tls") or [None] * len(spec["families"])
