@@ -37,16 +37,20 @@ BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 KINDS = (*ADDRESS_KINDS, "all", "mixed")
 
 
+# (has sessions, users, groups, tags, all) -> the kind label; anything else is mixed.
+_KINDS = {(True, False, False, False, False): "session",
+          (False, True, False, False, False): "user",
+          (False, False, True, False, False): "group",
+          (False, False, False, True, False): "tag",
+          (False, False, False, False, True): "all"}
+
+
 def address_kind(to: Address) -> str:
     """The kind of an address for the ``kind`` label: ``session``, ``user``,
-    ``group``, ``tag``, ``all``, or ``mixed`` when it has several."""
-    found = "all" if to.all else None
-    for kind in ADDRESS_KINDS:
-        if getattr(to, kind):
-            if found is not None:
-                return "mixed"
-            found = kind
-    return found or "mixed"
+    ``group``, ``tag``, ``all``, or ``mixed`` when it has several (once per
+    message and per delivery batch: kept cheap)."""
+    return _KINDS.get((bool(to.session), bool(to.user), bool(to.group), bool(to.tag),
+                       to.all), "mixed")
 
 
 class Histogram:
