@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from typing import Any, Callable, NoReturn
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, maybeDeferred
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -574,7 +574,7 @@ class Engine:
         Raises ``too_large`` when ``data`` is over ``max_message_bytes``.
         """
         msg_id = self.ids.message_id()
-        to_text = encode(to.to_json())
+        to_text = to.to_text()
         frame = message_frame(msg_id, to, data, sender, self.settings.max_message_bytes,
                               to_text)
         return Message(msg_id, to, frame, to_text)
@@ -585,10 +585,19 @@ class Engine:
         ``store``: keep it too for each addressed user who is offline, until
         they connect (the mailbox).
         """
+        return self._hand_over(message, store).addCallback(lambda _: message.id)
+
+    def send_all(self, messages: list[tuple[Message, bool]]) -> Deferred:
+        """``send`` for several (message, store) pairs at once; a Deferred
+        firing with their ids, in order."""
+        d = gatherResults([self._hand_over(message, store) for message, store in messages])
+        return d.addCallback(lambda _: [message.id for message, _ in messages])
+
+    def _hand_over(self, message: Message, store: bool) -> Deferred:
         self.counters["published"] += 1
         self.meter.messages_in[metrics.address_kind(message.to)] += 1
-        d = self.broker.publish(channels(message.to), message, store and bool(message.to.user))
-        return d.addCallback(lambda _: message.id)
+        return self.broker.publish(channels(message.to), message,
+                                   store and bool(message.to.user))
 
     def publish(self, to: Address, data: Any, sender: dict[str, Any] | None = None,
                 store: bool = False) -> Deferred:

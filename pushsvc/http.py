@@ -23,7 +23,7 @@ import json
 from typing import Any, Callable
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.internet.defer import gatherResults, maybeDeferred
+from twisted.internet.defer import maybeDeferred
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
@@ -217,8 +217,7 @@ class Batch(JsonResource):
             except ProtocolError as e:
                 raise ProtocolError(e.code, e.message if e.message.startswith(where)
                                     else f"{where}: {e.message}")
-        d = gatherResults([engine.send(m, store) for m, store in messages])
-        return d.addCallback(lambda ids: (202, {"ids": ids}))
+        return engine.send_all(messages).addCallback(lambda ids: (202, {"ids": ids}))
 
 
 class CommandRoute(JsonResource):

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+from json.encoder import encode_basestring, encode_basestring_ascii
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +87,15 @@ class Address:
         return cls(**{kind: names if kind == "all" else
                       tuple(names) if isinstance(names, list) else (names,)
                       for kind, names in value.items()})
+
+    def to_text(self) -> bytes:
+        """``to_json``, encoded (an address of one name without building a dict)."""
+        if not self.all:
+            names = [(kind, getattr(self, kind)) for kind in ADDRESS_KINDS if getattr(self, kind)]
+            if len(names) == 1 and len(names[0][1]) == 1:
+                kind, (name,) = names[0]
+                return b'{"%s":%s}' % (kind.encode("ascii"), encode(name))
+        return encode(self.to_json())
 
     def to_json(self) -> dict[str, Any]:
         """The address as it goes on the wire: single names unwrapped."""
@@ -265,6 +275,11 @@ def encode(frame: Any) -> bytes:
     encoded as ASCII, with every non-ASCII character escaped, which is the same
     JSON.
     """
+    if isinstance(frame, str):  # the commonest value, without an encoder object
+        try:
+            return encode_basestring(frame).encode("utf-8")
+        except UnicodeEncodeError:
+            return encode_basestring_ascii(frame).encode("ascii")
     text = json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
     try:
         return text.encode("utf-8")

@@ -291,3 +291,14 @@ class AddressJsonTests(unittest.TestCase):
                         Address(session=("a.0.i.1", "a.0.i.2"), group=("g",), tag=("t", "é"))):
             self.assertEqual(Address.from_json(json.loads(json.dumps(address.to_json()))),
                              address)
+
+    def test_to_text_is_to_json_encoded(self):
+        for address in (Address(all=True), Address(user=("u",)), Address(group=("é g",)),
+                        Address(tag=('a"b\\\\c',)), Address(user=("a", "b")),
+                        Address(session=("a.0.i.1",), group=("g",)), Address(user=("\ud800",))):
+            self.assertEqual(address.to_text(), encode(address.to_json()))
+            self.assertEqual(Address.from_json(json.loads(address.to_text())), address)
+
+    def test_encoding_a_string_matches_json(self):
+        for text in ("plain", "é\u2028", 'q"\\', "\ud800 lone", "tab\t"):
+            self.assertEqual(json.loads(encode(text)), text)
