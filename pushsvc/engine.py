@@ -22,7 +22,7 @@ from . import commands, metrics
 from .app import API, Answer, App, Deliver, Refused, SessionInfo
 from .broker.interface import Command, IReceiver, Message
 from .ids import IdMaker
-from .protocol import (CLOSE_KICKED, CLOSE_POLICY, CLOSE_TRY_AGAIN, FORBIDDEN,
+from .protocol import (BAD_REQUEST, CLOSE_KICKED, CLOSE_POLICY, CLOSE_TRY_AGAIN, FORBIDDEN,
                        RATE_LIMITED, TOO_MANY_GROUPS, UNAVAILABLE,
                        UNAUTHORIZED, Address, ProtocolError, Request, encode, error_frame,
                        message_frame, name, parse_address, parse_push, parse_request,
@@ -634,6 +634,9 @@ class Engine:
         Live messages for the session wait until the replay is written; one
         that is also in the replay is written once, in its replay place.
         """
+        if session.resumed:  # one replay per connection: each costs the keeper a scan
+            raise ProtocolError(BAD_REQUEST, "this session has resumed already")
+        session.resumed = True
         # Held since it connected (?resume=1), or from now on; the session's
         # next frames wait meanwhile.
         self._replaying.setdefault(session, [])

@@ -19,7 +19,7 @@ ALL = "all"
 class Session:
     """One connected client: its id, user, groups and tags, and its connection."""
 
-    __slots__ = ("id", "user", "groups", "tags", "conn", "gate", "mailed", "timer")
+    __slots__ = ("id", "user", "groups", "tags", "conn", "gate", "mailed", "resumed", "timer")
 
     def __init__(self, session_id: str, conn: Any = None):
         self.id = session_id
@@ -29,6 +29,7 @@ class Session:
         self.conn = conn
         self.gate = None  # a Deferred while replies wait for subscriptions (engine)
         self.mailed = None  # ids of the messages its user's mailbox gave it (engine)
+        self.resumed = False  # it has sent its one resume (engine)
         self.timer = None  # a DelayedCall: its auth timeout or token expiry (engine)
 
     def describe(self) -> dict[str, Any]:

@@ -67,6 +67,7 @@ FLUSH_AT = 64 * 1024
 # Frames one message may come in.  Browsers send a message as one frame and
 # other clients in a few; a flood of tiny fragments costs a list entry each.
 MAX_FRAGMENTS = 1024
+FRAGMENTS_PER_TOKEN = 16  # every 16th fragment of a message costs a token, like a message
 
 # A refused (rate-limited) frame is parsed for its ref only up to this size.
 REF_PARSE_LIMIT = 4096
@@ -199,6 +200,11 @@ class PushServerProtocol(WebSocketServerProtocol):
     def onMessageFrameBegin(self, length):
         super().onMessageFrameBegin(length)
         self._fragments += 1
+        if (self._fragments % FRAGMENTS_PER_TOKEN == 0 and self.session is not None
+                and not self.failedByMe):
+            # Fragments cost the parser as much as messages: a flood of them
+            # spends tokens too, and a long one ends in 1008 like any flood.
+            self._within_rate()
         if self._fragments > MAX_FRAGMENTS and not self.failedByMe:
             self._fail_connection(CLOSE_TOO_BIG, f"a message in more than {MAX_FRAGMENTS} "
                                                  f"fragments")

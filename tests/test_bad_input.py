@@ -208,6 +208,21 @@ class WebSocketBadInputTests(BadInputTestCase):
         await self.recovered()
 
     @run
+    async def test_messages_in_many_fragments_spend_the_rate_too(self):
+        await self.begin(messages_per_second=50.0, message_burst=200)
+        client = await raw.open_raw(self.port)
+        one = raw.frame(b"{", fin=False) + b"".join(
+            raw.frame(b" ", raw.CONTINUATION, fin=False) for _ in range(998)) + raw.frame(
+            b"}", raw.CONTINUATION)
+        client.transport.write(one * 20)  # 20 messages, each ~63 tokens' worth
+        await self.push_watch(2)
+        self.assertEqual(await self.closed_with(client), 1008)
+        served = [f for f in client.json_frames() if f["op"] == "error"]
+        self.assertLess(len(served), 20)
+        self.assertEqual(self.engine.counters["dropped_flood"], 1)
+        await self.recovered()
+
+    @run
     async def test_connections_reset_mid_frame(self):
         await self.begin()
         joined = []

@@ -593,3 +593,12 @@ class ReplayTests(EngineTestCase):
         # The replay has 2 and 3; the held 1 (seen) and 3 (replayed) are dropped.
         self.assertEqual([w.get("id", w["op"]) for w in s.conn.take()], [missed, live, "ok"])
         self.assertNotEqual(seen, missed)
+
+    def test_a_session_resumes_once(self):
+        s = self.open(user="ann")
+        self.handle(s, {"op": "resume", "ref": 1, "since": 0, "epoch": "E"})
+        self.answer.callback(([], []))
+        s.conn.take()
+        [error] = self.handle(s, {"op": "resume", "ref": 2, "since": 0, "epoch": "E"})
+        self.assertEqual((error["code"], error["ref"]), ("bad_request", 2))
+        self.assertEqual(len(self.asked), 1)
