@@ -70,11 +70,19 @@ MAX_WAITING = 100
 
 INTERNAL = "internal"  # the error code of a hook that failed
 
-# Live messages one session may hold until its resume is replayed.
+# Live messages one session may hold until its resume is replayed (and at
+# most max_buffered_bytes of them, as for a client that reads slowly).
 MAX_HELD = 10_000
 
 # The ops served before a successful auth in ``auth.mode = "required"``.
 BEFORE_AUTH = ("auth", "ping")
+
+
+class _Held(list):
+    """The live messages held for a session until its replay is written:
+    (id, position, prepared frame) each, and their ``bytes``."""
+
+    bytes = 0
 
 
 class Overloaded(Exception):
@@ -107,7 +115,7 @@ class Engine:
                      "leave": self._leave, "send": self._send, "resume": self._replay}
         # Sessions being replayed what they missed: the live messages for them
         # wait here meanwhile, (id, prepared frame) each.
-        self._replaying: dict[Session, list[tuple[str, Any]]] = {}
+        self._replaying: dict[Session, _Held] = {}
         self.app: App | None = None
         self.api = API(self)
         # The frames of sessions whose earlier request (or connect) is in the
@@ -639,7 +647,7 @@ class Engine:
         session.resumed = True
         # Held since it connected (?resume=1), or from now on; the session's
         # next frames wait meanwhile.
-        self._replaying.setdefault(session, [])
+        self._replaying.setdefault(session, _Held())
         d = self.broker.replay(session_channels(session), request.since, request.epoch)
         return d.addBoth(self._replayed, session, request)
 
@@ -647,7 +655,7 @@ class Engine:
         """Hold the live messages for ``session`` until its ``resume`` (a
         client that connects with ``?resume=1``): so none of them comes
         before, or twice with, what the replay gives."""
-        self._replaying.setdefault(session, [])
+        self._replaying.setdefault(session, _Held())
 
     def _replayed(self, result, session: Session, request: Request) -> None:
         if session not in self._replaying:  # closed meanwhile
@@ -655,7 +663,7 @@ class Engine:
         if isinstance(result, Failure):
             _log.failure("reading the history for session {session} (user {user}) failed",
                          result, session=session.id, user=session.user)
-            self._end_replay(session, set(), request.since)
+            self._end_replay(session, set(), self._since(request))
             raise ProtocolError(UNAVAILABLE, "the history cannot be read now")
         messages, gaps = result
         if session.mailed:
@@ -663,14 +671,20 @@ class Engine:
         for _, frame in messages:
             self.reply(session, frame)
         self._after_replies(session, self._end_replay, session,
-                            {msg_id for msg_id, _ in messages}, request.since)
+                            {msg_id for msg_id, _ in messages}, self._since(request))
         self._ok(session, request, replayed=len(messages), gaps=gaps)
 
-    def _end_replay(self, session: Session, replayed: set[str], since: int) -> None:
+    def _since(self, request: Request) -> int | None:
+        """The position the client had, when it counts in this history's epoch."""
+        return request.since if request.epoch == self.broker.epoch else None
+
+    def _end_replay(self, session: Session, replayed: set[str], since: int | None) -> None:
         """Write the live messages held for the session, but those the replay
-        had and those the client had before (at or below ``since``)."""
+        had and those the client had before (at or below ``since``, when
+        ``since`` is of this epoch)."""
         for msg_id, position, prepared in self._replaying.pop(session, ()):
-            if msg_id not in replayed and (position is None or position > since):
+            if msg_id not in replayed and (since is None or position is None
+                                           or position > since):
                 session.conn.send_prepared(prepared)
 
     def _hold(self, targets, message: Message, prepared) -> list[Session]:
@@ -680,8 +694,10 @@ class Engine:
             held = self._replaying.get(session)
             if held is None:
                 live.append(session)
-            elif len(held) < MAX_HELD:
+            elif (len(held) < MAX_HELD
+                  and held.bytes + len(message.frame) <= self.settings.max_buffered_bytes):
                 held.append((message.id, position_of(message.frame), prepared))
+                held.bytes += len(message.frame)
             else:  # it would rather reconnect than wait this long
                 del self._replaying[session]
                 session.conn.close(CLOSE_TRY_AGAIN, "too many messages during the resume")

@@ -198,7 +198,9 @@ class Mailbox:
         box = self._boxes.setdefault(user, deque())
         box.append((now, msg_id, frame))
         self._order.append((now, user))
-        if len(self._order) > 2 * len(self) + 1024:  # entries taken or pushed out early
+        # Entries taken or pushed out early leave their place here: compact
+        # once they outnumber the kept ones (at most bytes / OVERHEAD of them).
+        if len(self._order) > 2 * (self.bytes // OVERHEAD) + 1024:
             self._order = deque(sorted((t, u) for u, b in self._boxes.items() for t, _, _ in b))
         self.bytes += len(frame) + OVERHEAD
         if len(box) > self.max_messages:

@@ -144,10 +144,11 @@ def json_line(event: dict, fields: dict[str, Any] | None = None) -> str:
         except Exception:
             out["traceback"] = repr(failure)
     try:
-        return json.dumps(out, default=_plain, ensure_ascii=False) + "\n"
+        # ASCII: a lone surrogate (from client data) has no UTF-8 form.
+        return json.dumps(out, default=_plain, ensure_ascii=True) + "\n"
     except ValueError:  # a circular value
         return json.dumps({k: _plain(v) if k not in ("time", "level") else v
-                           for k, v in out.items()}, ensure_ascii=False) + "\n"
+                           for k, v in out.items()}, ensure_ascii=True) + "\n"
 
 
 def json_file_observer(out, fields: dict[str, Any] | None = None) -> FileLogObserver:

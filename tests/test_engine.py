@@ -602,3 +602,21 @@ class ReplayTests(EngineTestCase):
         [error] = self.handle(s, {"op": "resume", "ref": 2, "since": 0, "epoch": "E"})
         self.assertEqual((error["code"], error["ref"]), ("bad_request", 2))
         self.assertEqual(len(self.asked), 1)
+
+    def test_a_client_from_another_epoch_gets_every_held_message(self):
+        s = self.open(user="ann", groups=("g",))
+        self.engine.hold(s)
+        live = self.publish("live", group=("g",))            # pos 1 in this epoch
+        self.handle(s, {"op": "resume", "ref": 1, "since": 500, "epoch": "OLD"})
+        self.answer.callback(([], ["group:g"]))
+        written = s.conn.take()
+        self.assertEqual(self.msg(written[0])["id"], live)  # not taken for one the client had
+        self.assertEqual(written[1]["op"], "ok")
+
+    def test_what_a_held_session_may_hold_is_bounded_by_max_buffered_bytes(self):
+        self.start(broker=LocalBroker(self.history, Clock()), max_buffered_bytes=4096)
+        s = self.open(user="ann")
+        self.engine.hold(s)
+        for n in range(10):
+            self.publish("x" * 1000, user=("ann",))
+        self.assertEqual(s.conn.closed, [(1013, "too many messages during the resume")])

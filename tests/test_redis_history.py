@@ -203,6 +203,17 @@ class RedisHistoryTests(BrokerTestCase):
         self.assertEqual(json.loads(messages[0][1])["pos"], 1)
 
     @run
+    async def test_a_channel_list_that_outlived_its_history_hands_over_nothing(self):
+        a, ea, b, eb = await self.pair()
+        a.publish(*message("a.0.x.M1", user=["alice"]))
+        await self.settle(a)
+        self.redis.call("DEL", "pushsvc:_history")  # evicted: a new epoch, old lists stay
+        b.publish(*message("b.0.x.M1", user=["bob"]))  # position 1 again, in the new epoch
+        await self.settle(b)
+        messages, gaps = await a.replay(["user:alice"], 0, b.epoch)
+        self.assertEqual((messages, gaps), ([], ["user:alice"]))
+
+    @run
     async def test_while_redis_is_away_local_delivery_goes_on_without_positions(self):
         a, ea, b, eb = await self.pair()
         await self.subscribe(a, "group:g")

@@ -77,7 +77,8 @@ from ..commands import COMMANDS
 from ..history import in_order, kept_channels
 from ..ids import base36, new_incarnation
 from ..pool.wire import pack_publish
-from ..protocol import ProtocolError, encode, parse_address, with_position
+from ..protocol import Address, ProtocolError, encode, parse_address, with_position
+from ..routing import channels as route
 from .interface import Command, IBroker, Message
 from .redis_link import (RETRY_FIRST, RETRY_JITTER, RETRY_MAX, _command, _Link, _reason,
                          _SentinelMaster, _Server, _Subscriber)
@@ -970,9 +971,14 @@ class RedisBroker:
                     self._set_epoch(answer[1])
                 return [], channels
             self._set_epoch(answer[1])
-            found = []
+            found, wanted = [], set(channels)
             for position, raw in entries:
                 msg_id, frame = parse_body(raw)
+                if not wanted.intersection(route(Address.from_json(json.loads(frame)["to"]))):
+                    # A channel's list outlived the history it points into (keys
+                    # evicted or deleted): never hand over another's message.
+                    _log.warn("the history in Redis is inconsistent; resume reports gaps")
+                    return [], channels
                 found.append((position, msg_id, with_position(frame, position)))
             return in_order(found), gaps
         return d.addCallback(answered)

@@ -204,7 +204,7 @@ class _PipeTransport:
         pipe = worker.transport.pipes.get(AMP_IN)
         if pipe is None:  # the pipe is gone; processEnded follows
             return
-        held = unsent(pipe) + len(data)
+        held = unsent(pipe)  # before this write: one big answer alone is fine
         if held > worker.pool.settings.max_worker_backlog:
             worker.overflow(held)
             return
