@@ -664,6 +664,7 @@ class Engine:
             _log.failure("reading the history for session {session} (user {user}) failed",
                          result, session=session.id, user=session.user)
             self._end_replay(session, set(), self._since(request))
+            session.resumed = False  # it may try again
             raise ProtocolError(UNAVAILABLE, "the history cannot be read now")
         messages, gaps = result
         if session.mailed:

@@ -573,6 +573,9 @@ class ReplayTests(EngineTestCase):
         self.assertEqual(self.msg(written[0])["id"], live)
         self.assertEqual((written[1]["op"], written[1]["code"]), ("error", "unavailable"))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+        self.answer = Deferred()  # it may try again
+        self.handle(s, {"op": "resume", "ref": 2, "since": 0, "epoch": "E"})
+        self.assertEqual(len(self.asked), 2)
 
     def test_a_session_closed_during_the_replay_is_forgotten(self):
         s = self.open(user="ann")
