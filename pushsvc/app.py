@@ -6,6 +6,7 @@ with any of these functions (docs/app.md tells the whole story)::
     on_connect(session, api)                 a client connected
     on_auth(session, api, user, token)       it asks to be a user: may refuse or pick the user
     on_message(session, api, to, data)       it sends: may deliver, change, refuse or answer
+    on_join(session, api, group, data)       it joins a group of a namespace with join = "hook"
     on_disconnect(session, api)              it has gone
 
 ``session`` is a ``SessionInfo`` snapshot and ``api`` an ``API``.  A hook may
@@ -29,7 +30,7 @@ from twisted.internet.defer import Deferred
 from .commands import make_command
 from .protocol import parse_address
 
-HOOKS = ("on_connect", "on_auth", "on_message", "on_disconnect")
+HOOKS = ("on_connect", "on_auth", "on_message", "on_join", "on_disconnect")
 
 # sys.modules name of a module loaded from a path: the file's stem after this.
 PATH_MODULE_PREFIX = "pushsvc_app_"
@@ -54,6 +55,13 @@ class Deliver:
     object like a client's ``to``) or, when it is None, where the client sent it."""
     data: Any
     to: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    """``on_join``'s answer: let the session join, with ``data`` attached to
+    it as a member (shown in ``presence`` answers and ``joined`` events)."""
+    data: Any = None
 
 
 _NOTHING = object()

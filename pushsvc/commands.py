@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], bool, tuple[str, ...]]] = {
     "untag": (("tag",), True, ()),
     "kick": ((), True, ("reason",)),
     "group": (("group",), False, ()),
+    "presence": (("group",), False, ()),
     "user": (("user",), False, ()),
     "groups": ((), False, ()),
     "stats": ((), False, ()),

@@ -170,6 +170,22 @@ def _redis_prefix(value: Any) -> str:
     return value
 
 
+def _backend_url(value: Any) -> str:
+    """'' (none) or an http:// or https:// URL with a host (``proxy.*_url``)."""
+    from urllib.parse import urlsplit
+    value = _text(value).strip()
+    if value:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _separator(value: Any) -> str:
+    from .namespaces import check_separator
+    return check_separator(value)
+
+
 def _app(value: Any) -> str:
     value = _text(value)
     if value and not (value.endswith(".py") or MODULE_RE.match(value)):
@@ -341,6 +357,26 @@ SPECS: tuple[Spec, ...] = (
     Spec("policy", "client_send", "joined", _choice("joined", "any", "none"),
          "what a client's send may address: 'joined' groups only, 'any' "
          "address, or 'none'"),
+    Spec("policy", "namespace_separator", ":", _separator,
+         "what ends a group's namespace: 'team:7' is in namespace 'team'"),
+    # The backend that decides joins and sends (pushsvc/proxy.py, docs/security.md).
+    Spec("proxy", "join_url", "", _backend_url,
+         "URL the workers POST a join to in namespaces with join = 'proxy'; '' = none",
+         attr="proxy_join_url"),
+    Spec("proxy", "send_url", "", _backend_url,
+         "URL the workers POST a client's send to in namespaces with client_send = "
+         "'proxy'; '' = none", attr="proxy_send_url"),
+    Spec("proxy", "timeout", 2.0, _seconds(0.1),
+         "seconds the backend has to answer", attr="proxy_timeout"),
+    Spec("proxy", "max_in_flight", 100, _int(1),
+         "requests to the backend one worker has under way at once; past it the "
+         "request counts as failed", attr="proxy_max_in_flight"),
+    Spec("proxy", "on_error", "deny", _choice("deny", "allow"),
+         "what a join or send gets when the backend fails (error, timeout, bad "
+         "answer)", attr="proxy_on_error"),
+    Spec("proxy", "secret", "", _text,
+         "sent to the backend as 'Authorization: Bearer SECRET'; '' = no header",
+         attr="proxy_secret"),
     # Client tokens (pushsvc/tokens.py, docs/protocol.md#authentication).
     Spec("auth", "mode", "none", _choice("none", "token", "required"),
          "client authentication: 'none' (development: auth with a user name is "
@@ -413,6 +449,14 @@ class Settings:
     allowed_origins: list[str] = field(default_factory=list)
     trusted_proxies: list[str] = field(default_factory=list)
     client_send: str = "joined"
+    namespace_separator: str = ":"
+    namespaces: dict[str, dict[str, Any]] = field(default_factory=dict)
+    proxy_join_url: str = ""
+    proxy_send_url: str = ""
+    proxy_timeout: float = 2.0
+    proxy_max_in_flight: int = 100
+    proxy_on_error: str = "deny"
+    proxy_secret: str = ""
     auth_mode: str = "none"
     jwt_secret: str = ""
     jwt_public_key_file: str = ""
@@ -463,6 +507,8 @@ def read_toml(path: str) -> dict[str, dict[str, Any]]:
         raise ConfigError("--config", f"{path} is not valid TOML: {e}")
     known = {(s.section, s.key) for s in SPECS}
     for section, table in data.items():
+        if section == "namespaces":  # tables of their own: build_settings checks them
+            continue
         if not isinstance(table, dict):
             raise ConfigError(section, f"unknown setting in {path}")
         for key in table:
@@ -496,6 +542,24 @@ def _check_auth(values: dict[str, Any]) -> None:
                               "RSA key, ES256 for an EC P-256 key)")
 
 
+def _check_namespaces(raw: Any, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The ``[namespaces.NAME]`` tables, checked, each with the proxy URL its
+    rules need."""
+    from .namespaces import TableError, check_tables
+    try:
+        tables = check_tables(raw, values["namespace_separator"])
+    except TableError as e:
+        raise ConfigError(e.key, e.problem)
+    needs = (("join", "proxy_join_url", "proxy.join_url"),
+             ("client_send", "proxy_send_url", "proxy.send_url"))
+    for name, table in tables.items():
+        for key, attr, setting in needs:
+            if table.get(key) == "proxy" and not values[attr]:
+                raise ConfigError(f"namespaces.{name or chr(34) * 2}.{key}",
+                                  f"'proxy' needs {setting} (the backend's URL)")
+    return tables
+
+
 def build_settings(config_path: str | None = None,
                    overrides: dict[str, Any] | None = None) -> Settings:
     """Fold defaults, the TOML file and command-line ``overrides`` (by key).
@@ -521,6 +585,7 @@ def build_settings(config_path: str | None = None,
         raise ConfigError("server.admin_secret",
                           "must be set when the admin endpoint is tcp:")
     _check_auth(values)
+    values["namespaces"] = _check_namespaces(file_values.get("namespaces", {}), values)
     if values["ping_timeout"] < values["ping_interval"]:
         raise ConfigError("timeouts.ping_timeout",
                           "must be at least timeouts.ping_interval")

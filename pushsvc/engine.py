@@ -22,13 +22,14 @@ from . import commands, metrics
 from .app import API, Answer, App, Deliver, Refused, SessionInfo
 from .broker.interface import Command, IReceiver, Message
 from .ids import IdMaker
+from .joins import Grant, Joins, presence_frame
+from .namespaces import Namespaces
 from .protocol import (BAD_REQUEST, CLOSE_KICKED, CLOSE_POLICY, CLOSE_TRY_AGAIN, FORBIDDEN,
                        RATE_LIMITED, TOO_MANY_GROUPS, UNAVAILABLE,
                        UNAUTHORIZED, Address, ProtocolError, Request, encode, error_frame,
                        message_frame, name, parse_address, parse_push, parse_request,
                        position_of, reply_frame)
-from .routing import (channels, check_client_send, recipients, session_channels,
-                      worker_channel)
+from .routing import channels, recipients, session_channels, worker_channel
 from .sessions import Session, SessionRegistry
 from .tokens import Claims, KeyFileError, TokenError, TokenVerifier
 
@@ -63,7 +64,9 @@ COUNTERS = ("published", "delivered", "sent_by_clients", "dropped_slow", "refuse
             # limits.COUNTERS, counted by the I/O edges (docs/security.md)
             "rate_limited", "dropped_flood", "dropped_large", "dropped_invalid",
             "refused_ip", "refused_origin", "slow_handshakes", "http_invalid",
-            "http_bad_key", "http_forbidden", "http_too_large")
+            "http_bad_key", "http_forbidden", "http_too_large",
+            # the backend's answers (pushsvc/proxy.py)
+            "proxy_allow", "proxy_deny", "proxy_error")
 
 # A session's frames that may wait while the application handles an earlier one.
 MAX_WAITING = 100
@@ -94,7 +97,8 @@ class Engine:
     """Sessions, ops, delivery and commands for one process."""
 
     def __init__(self, settings, broker, ids: IdMaker, clock,
-                 prepare: Callable[[bytes], Any] = lambda frame: frame):
+                 prepare: Callable[[bytes], Any] = lambda frame: frame,
+                 backend: Callable[..., Any] | None = None):
         self.settings = settings
         self.broker = broker
         self.ids = ids
@@ -112,7 +116,8 @@ class Engine:
         self._keepalive = LoopingCall(self._check_alive)
         self._keepalive.clock = clock
         self._ops = {"ping": self._ping, "auth": self._auth, "join": self._join,
-                     "leave": self._leave, "send": self._send, "resume": self._replay}
+                     "leave": self._leave, "send": self._send, "resume": self._replay,
+                     "presence": self._presence}
         # Sessions being replayed what they missed: the live messages for them
         # wait here meanwhile, (id, prepared frame) each.
         self._replaying: dict[Session, _Held] = {}
@@ -123,6 +128,12 @@ class Engine:
         self._waiting: dict[Session, deque[bytes]] = {}
         # Client tokens: None when no key is configured (pushsvc/tokens.py).
         self.tokens: TokenVerifier | None = TokenVerifier.from_settings(settings)
+        # backend(url, settings, count, observe) makes a BackendProxy (pushsvc/proxy.py).
+        self._backend = backend
+        self.joins = Joins(Namespaces.from_settings(settings), clock, lambda: self.tokens,
+                           self._hook, self._call, self._expired)
+        self.send_proxy = None
+        self._use_backend(settings)
 
     # -- life cycle -------------------------------------------------------
 
@@ -137,12 +148,17 @@ class Engine:
     def stop(self) -> None:
         if self._keepalive.running:
             self._keepalive.stop()
+        for proxy in (self.joins.proxy, self.send_proxy):
+            if proxy is not None:
+                proxy.close()
 
     def configure(self, settings) -> None:
         """Use ``settings`` from now on (a reload): limits, policy, timeouts,
         token keys (the public key file is read again)."""
         required = self.settings.auth_mode == "required"
+        self._use_backend(settings, self.settings)
         self.settings = settings
+        self.joins.namespaces = Namespaces.from_settings(settings)
         self._keepalive.interval = settings.ping_interval
         try:
             self.tokens = TokenVerifier.from_settings(settings)
@@ -150,6 +166,28 @@ class Engine:
             _log.error("reload: the token keys stay as they were: {error}", error=str(e))
         if required != (settings.auth_mode == "required"):
             self._time_anonymous()
+
+    def _use_backend(self, settings, old=None) -> None:
+        """Ask the backend at ``proxy.join_url`` and ``proxy.send_url``, anew
+        when a reload changed the [proxy] settings."""
+        keys = ("proxy_join_url", "proxy_send_url", "proxy_timeout", "proxy_max_in_flight",
+                "proxy_on_error", "proxy_secret")
+        if old is not None and all(getattr(old, k) == getattr(settings, k) for k in keys):
+            return
+        for proxy in (self.joins.proxy, self.send_proxy):
+            if proxy is not None:
+                proxy.close()
+        self.joins.proxy = self.send_proxy = None
+        if self._backend is None:
+            return
+        observe = self.meter.round_trip("proxy")
+
+        def count(result: str) -> None:
+            self.counters[f"proxy_{result}"] += 1
+        if settings.proxy_join_url:
+            self.joins.proxy = self._backend(settings.proxy_join_url, settings, count, observe)
+        if settings.proxy_send_url:
+            self.send_proxy = self._backend(settings.proxy_send_url, settings, count, observe)
 
     def _time_anonymous(self) -> None:
         """After ``auth.mode`` changed to or from "required": start or stop the
@@ -213,6 +251,10 @@ class Engine:
         """Forget a session: it leaves every group, tag and user map."""
         hook = self._hook("on_disconnect")
         info = None if hook is None else SessionInfo.of(session)
+        if self.registry.get(session.id) is session:
+            for group in session.groups:
+                self._announce("left", session, group)
+        self.joins.gone(session)
         self.registry.remove(session)
         self._waiting.pop(session, None)
         self._replaying.pop(session, None)
@@ -453,7 +495,7 @@ class Engine:
         if session.user is not None and session.user != user:
             raise ProtocolError(FORBIDDEN, "this session is already bound to another user")
         if claims is not None:
-            joining = sum(1 for g in claims.groups if g not in session.groups)
+            joining = sum(1 for g in claims.groups if g not in session.groups and "*" not in g)
             if len(session.groups) + joining > self.settings.max_groups_per_session:
                 raise ProtocolError(TOO_MANY_GROUPS, "the token's groups would put the "
                                     "session in more than "
@@ -461,8 +503,13 @@ class Engine:
         anonymous = session.user is None
         self.registry.set_user(session, user)
         if claims is not None:
+            # Server-side joins: the token's names, not its patterns (those
+            # only let the session join what they match, see joins.py).
+            self.joins.claims[session] = claims.groups
+            self.joins.payloads[session] = claims.payload
             for group in claims.groups:
-                self.registry.join(session, group)
+                if "*" not in group and self.registry.join(session, group):
+                    self._announce("joined", session, group)
             for tag in claims.tags:
                 self.registry.tag(session, tag)
         if anonymous or claims is not None:
@@ -520,28 +567,111 @@ class Engine:
         return (group in session.groups
                 or len(session.groups) < self.settings.max_groups_per_session)
 
-    def _join(self, session: Session, request: Request) -> None:
-        if not self._may_join(session, request.group):
+    def _check_room(self, session: Session, group: str) -> None:
+        if not self._may_join(session, group):
             raise ProtocolError(TOO_MANY_GROUPS, "a session may be in at most "
                                 f"{self.settings.max_groups_per_session} groups")
-        self.registry.join(session, request.group)
+
+    def _join(self, session: Session, request: Request) -> Deferred | None:
+        """``join``: as the group's namespace allows (``Joins.decide``), and
+        while it has room (``max_members``); ``ok`` once joined.  A join of a
+        group the session is in renews its subscription token."""
+        group = request.group
+        if group in session.groups and request.token is None:
+            self._ok(session, request)
+            return None
+        self._check_room(session, group)
+        d = self.joins.decide(session, group, request.token, request.data,
+                              lambda: SessionInfo.of(session))
+        cap = self.joins.namespaces.of(group).max_members
+        if cap and group not in session.groups:
+            d.addCallback(self._below_cap, group, cap)
+        return d.addCallback(self._admit, session, request)
+
+    def _below_cap(self, grant: Grant, group: str, cap: int) -> Deferred:
+        """``grant`` while ``group`` has fewer than ``cap`` members on every
+        worker and node (counted now: joins at the same moment may pass it)."""
+        def counted(result: dict[str, Any]) -> Grant:
+            if result.get("sessions", 0) >= cap:
+                raise ProtocolError(FORBIDDEN, f"group '{group}' is full ({cap} members)")
+            return grant
+        return self.run(Command("presence", {"group": group})).addCallback(counted)
+
+    def _admit(self, grant: Grant, session: Session, request: Request) -> None:
+        if self._gone(session):  # it closed while the backend or hook decided
+            return
+        group = request.group
+        if group not in session.groups:
+            self._check_room(session, group)  # it may have joined others meanwhile
+            self.joins.admitted(session, group, grant, self._leeway())
+            self.registry.join(session, group)
+            self._announce("joined", session, group)
+        else:
+            self.joins.admitted(session, group, grant, self._leeway())
         self._ok(session, request)
+
+    def _leeway(self) -> float:
+        return self.tokens.leeway if self.tokens is not None else 0.0
+
+    def _depart(self, session: Session, group: str) -> bool:
+        """Take ``session`` out of ``group``, telling the other members when
+        the namespace says so; False if it was not in it."""
+        if group not in session.groups:
+            return False
+        self._announce("left", session, group)
+        self.joins.left(session, group)
+        return self.registry.leave(session, group)
+
+    def _announce(self, op: str, session: Session, group: str) -> None:
+        """Publish a ``joined``/``left`` event to ``group``'s members, on every
+        worker and node, when its namespace has events on; not kept."""
+        frame = self.joins.event(op, session, group)
+        if frame is not None:
+            to = Address(group=(group,))
+            self.broker.publish((f"group:{group}",), Message(self.ids.message_id(), to, frame))
+
+    def _expired(self, session: Session, group: str) -> None:
+        """A subscription token ran out: out of the group, and told why."""
+        if not self._gone(session) and self._depart(session, group):
+            self._tell(session, "left", group, "token expired")
 
     def _leave(self, session: Session, request: Request) -> None:
-        self.registry.leave(session, request.group)
+        self._depart(session, request.group)
         self._ok(session, request)
 
+    def _presence(self, session: Session, request: Request) -> Deferred:
+        """``presence``: the group's members on every worker and node, for a
+        member, where the namespace allows it."""
+        group = request.group
+        if not self.joins.namespaces.of(group).presence:
+            raise ProtocolError(FORBIDDEN, f"presence is off for group '{group}'")
+        if group not in session.groups:
+            raise ProtocolError(FORBIDDEN, f"not a member of group '{group}'")
+        d = self.run(Command("presence", {"group": group}))
+        return d.addCallback(lambda result: self.reply(
+            session, presence_frame(result, group, request.ref)))
+
     def _send(self, session: Session, request: Request) -> Deferred | None:
-        check_client_send(self.settings.client_send, session, request.to)
+        ask = self.joins.namespaces.check_send(session, request.to)
         self.counters["sent_by_clients"] += 1
+        if ask and self.send_proxy is not None:
+            d = self.joins.ask_send(self.send_proxy, session, request.to.to_json(),
+                                    request.data)
+            return d.addCallback(lambda data: self._hand_to_app(session, request, data))
+        return self._hand_to_app(session, request, request.data)
+
+    def _hand_to_app(self, session: Session, request: Request, data: Any) -> Deferred | None:
+        """A client's send that the rules allow: to ``on_message``, then out."""
+        if self._gone(session):
+            return None
         hook = self._hook("on_message")
         if hook is None:
-            self._pass_on(session, request, request.to, request.data)
+            self._pass_on(session, request, request.to, data)
             return None
 
         def outcome(result: Any) -> Answer | tuple[Address, Any]:
             if result is None or result is True:
-                return request.to, request.data
+                return request.to, data
             if result is False:
                 raise Refused()
             if isinstance(result, Answer):
@@ -553,7 +683,7 @@ class Engine:
             raise TypeError(f"on_message returned {result!r}; expected None, True, "
                             "False, Deliver or Answer")
         return self._call("on_message", hook, SessionInfo.of(session), request.to.to_json(),
-                          request.data, result=outcome).addCallback(
+                          data, result=outcome).addCallback(
             self._sent, session, request)
 
     def _sent(self, outcome: Answer | tuple[Address, Any], session: Session,
@@ -741,20 +871,22 @@ class Engine:
                 continue
             self.registry.join(session, group)
             self._tell(session, "joined", group, "server")
+            self._announce("joined", session, group)
             joined += 1
         return {"sessions": joined, "refused": refused}
 
     def _cmd_leave(self, group: str, **target: str) -> dict[str, Any]:
         left = 0
         for session in self._targets(**target):
-            if self.registry.leave(session, group):
+            if self._depart(session, group):
                 self._tell(session, "left", group, "server")
                 left += 1
         return {"sessions": left}
 
     def _cmd_destroy(self, group: str) -> dict[str, Any]:
         members = list(self.registry.group_members(group))
-        for session in members:
+        for session in members:  # every member goes: no one is told of the others
+            self.joins.left(session, group)
             self.registry.leave(session, group)
             self._tell(session, "left", group, "destroyed")
         return {"sessions": len(members)}
@@ -766,8 +898,15 @@ class Engine:
         return {"sessions": sum(self.registry.untag(s, tag) for s in self._targets(**target))}
 
     def _cmd_group(self, group: str) -> dict[str, Any]:
-        return {"members": [{"session": s.id, "user": s.user}
-                            for s in self.registry.group_members(group)]}
+        return {"members": [self._member(s, group) for s in self.registry.group_members(group)]}
+
+    def _member(self, session: Session, group: str) -> dict[str, Any]:
+        data = self.joins.data(session, group)
+        member = {"session": session.id, "user": session.user}
+        return member if data is None else {**member, "data": data}
+
+    def _cmd_presence(self, group: str) -> dict[str, Any]:
+        return self.joins.presence(self.registry.group_members(group), group)
 
     def _cmd_user(self, user: str) -> dict[str, Any]:
         return {"sessions": [s.describe() for s in self.registry.user_sessions(user)]}

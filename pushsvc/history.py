@@ -24,7 +24,7 @@ from collections import deque
 from typing import Any
 
 from .ids import new_incarnation
-from .protocol import with_position
+from .protocol import is_message, with_position
 from .sessions import ALL
 
 KEPT_KINDS = ("user:", "group:", "tag:")
@@ -93,12 +93,12 @@ class History:
     def record(self, kept: tuple[str, ...], msg_id, frame: bytes, now: float) -> bytes:
         """Keep a message published on channels of which ``kept`` keep history
         (``kept_channels``); its frame as clients get it (with its position
-        when it is kept, else as it came).
+        when it is kept, else as it came).  Only ``msg`` frames are kept.
 
         ``msg_id`` is kept as given (the hub keeps it as UTF-8 bytes) and
         given back by ``replay``.
         """
-        if not kept or not self.enabled:
+        if not kept or not self.enabled or not is_message(frame):
             return frame
         entries = self._entries
         if entries and entries[0][_TIME] <= now - self.ttl:

@@ -5,8 +5,10 @@ scalar) is echoed in the reply::
 
     {"op":"auth","user":"u1"}            development mode (auth off)
     {"op":"auth","token":"..."}          signed token (when configured)
-    {"op":"join","group":"g1"}
+    {"op":"join","group":"g1"}           or with "token" (a subscription token)
+                                         and "data" (for the backend or on_join)
     {"op":"leave","group":"g1"}
+    {"op":"presence","group":"g1"}       who is in the group
     {"op":"send","to":ADDRESS,"data":ANY}
     {"op":"ping"}
 
@@ -16,7 +18,9 @@ Server frames::
     {"op":"ok","ref":...}
     {"op":"pong","ref":...}
     {"op":"msg","id":"...","to":ADDRESS,"data":ANY,"from":{...}}
-    {"op":"joined"|"left","group":"g1","reason":"server"|"destroyed"}
+    {"op":"joined"|"left","group":"g1","reason":"server"|"destroyed"|...}   you
+    {"op":"joined"|"left","group":"g1","session":"...","user":...}         another member
+    {"op":"presence","group":"g1","sessions":N,"anonymous":N,"users":{...}}
     {"op":"error","ref":...,"code":"...","message":"..."}
 
 An ADDRESS is an object with one or more of ``session``, ``user``, ``group``,
@@ -242,7 +246,13 @@ def parse_request(text: str | bytes, max_targets: int = 100) -> Request:
             raise ProtocolError(BAD_REQUEST, "'op' must be a string")
         if op == "ping":
             return Request(op, ref)
-        if op in ("join", "leave"):
+        if op == "join":
+            token = frame.get("token")
+            if token is not None and (not isinstance(token, str) or not token):
+                raise ProtocolError(BAD_REQUEST, "'token' must be a non-empty string")
+            return Request(op, ref, group=name(frame.get("group"), "group"), token=token,
+                           data=frame.get("data"))
+        if op in ("leave", "presence"):
             return Request(op, ref, group=name(frame.get("group"), "group"))
         if op == "auth":
             if "token" in frame:
@@ -303,6 +313,12 @@ def reply_frame(op: str, ref: Any = None, **fields: Any) -> bytes:
 
 
 _MSG_HEAD = b'{"op":"msg",'
+
+
+def is_message(frame: bytes) -> bool:
+    """Whether ``frame`` is a ``msg`` frame (only those are kept for a resume;
+    not the ``joined``/``left`` events published to a group's members)."""
+    return frame.startswith(_MSG_HEAD)
 
 
 def with_position(frame: bytes, position: int) -> bytes:

@@ -1,4 +1,4 @@
-"""Routing decisions: address -> channels, address -> local sessions, send policy.
+"""Routing decisions: address -> channels, address -> local sessions.
 
 No I/O.  A message is published once on the set of channels its address
 covers; every process that subscribes to one of them gets it once and picks its
@@ -13,7 +13,7 @@ session never costs a subscription.
 from __future__ import annotations
 
 from .ids import owner
-from .protocol import FORBIDDEN, Address, ProtocolError
+from .protocol import Address
 from .sessions import ALL, Session, SessionRegistry
 
 
@@ -62,22 +62,3 @@ def recipients(registry: SessionRegistry, address: Address) -> set[Session] | li
         if session is not None:
             found.add(session)
     return found
-
-
-def check_client_send(policy: str, session: Session, address: Address) -> None:
-    """Raise ``forbidden`` unless ``policy`` lets ``session`` send to ``address``.
-
-    Policies: ``any`` (every address), ``joined`` (only groups the session is
-    in), ``none`` (clients may not send).
-    """
-    if policy == "any":
-        return
-    if policy == "joined":
-        only_groups = not (address.all or address.user or address.tag or address.session)
-        outside = [g for g in address.group if g not in session.groups]
-        if only_groups and not outside:
-            return
-        if outside:
-            raise ProtocolError(FORBIDDEN, f"not a member of group '{outside[0]}'")
-        raise ProtocolError(FORBIDDEN, "clients may only send to groups they have joined")
-    raise ProtocolError(FORBIDDEN, "clients may not send messages")

@@ -84,6 +84,18 @@ class ListenerService(StreamServerEndpointService):
         return port
 
 
+def backend_maker(reactor):
+    """What the engine makes its BackendProxy with (pushsvc/proxy.py): for
+    ``url``, as the [proxy] ``settings`` say, with its metrics callbacks."""
+    def make(url: str, settings, count, observe):
+        from .proxy import BackendProxy
+        return BackendProxy(reactor, url, timeout=settings.proxy_timeout,
+                            max_in_flight=settings.proxy_max_in_flight,
+                            on_error=settings.proxy_on_error, secret=settings.proxy_secret,
+                            observe=observe, count=count)
+    return make
+
+
 class PushServer(MultiService):
     """One process serving WebSocket clients and the HTTP API.
 
@@ -105,7 +117,8 @@ class PushServer(MultiService):
             settings, worker, reactor, clock,
             otherwise=lambda: LocalBroker(self.history, clock or reactor, self.mailbox))
         self.engine = Engine(settings, self.broker, IdMaker(settings.node, worker),
-                             clock or reactor, prepare=prepare_frame)
+                             clock or reactor, prepare=prepare_frame,
+                             backend=backend_maker(reactor))
         self.engine.set_app(load_app(settings.app))  # AppError when it cannot load
         self.ws_factory = PushServerFactory(self.engine, settings, reactor)
         self.site = build_site(self.engine, self.ws_factory, settings, reactor=clock)

@@ -89,6 +89,19 @@ def warn_if_open(settings: Settings, log: Logger = _log) -> bool:
     return True
 
 
+def warn_if_open_namespaces(settings: Settings, log: Logger = _log) -> bool:
+    """Warn loudly when clients must authenticate but some namespace lets
+    anyone join its groups (``join = "open"``); True if so."""
+    from .namespaces import Namespaces
+    names = Namespaces.from_settings(settings).open_in_secure_mode()
+    if not names:
+        return False
+    log.warn("SECURITY WARNING: auth.mode is {mode!r} but any client may join the groups "
+             "of namespace(s) {names} (join = \"open\"): do not carry private data there.",
+             mode=settings.auth_mode, names=", ".join(repr(n) for n in names))
+    return True
+
+
 def makeService(options: Options):
     """Build the service tree for the options twistd parsed: one process
     (``--workers 0``) or a master with a pool of workers."""
@@ -96,6 +109,7 @@ def makeService(options: Options):
 
     settings = options.settings
     warn_if_open(settings)
+    warn_if_open_namespaces(settings)
     count = os.cpu_count() or 1 if settings.workers is None else settings.workers
     if count == 0:
         from .control import LocalControl

@@ -23,13 +23,19 @@ How a token is checked:
 - ``sub``: the user, a name as the protocol allows (``protocol.name``);
 - ``groups`` and ``tags`` (optional): lists of names the session joins and is
   tagged with; at most ``max_groups_per_session`` groups and ``MAX_TAGS`` tags.
+  A group name with ``*`` in it is a pattern: the session is not joined to
+  it, but may join every group it matches (``namespaces.granted``).
+
+A *subscription token* (``verify_subscription``) lets one user join one group:
+claims ``sub`` (the session's user), ``group`` and ``exp``, same keys and
+algorithms.  A token with a ``group`` claim never authenticates a connection.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import jwt
@@ -89,6 +95,7 @@ class Claims:
     groups: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     expires: float | None = None  # its ``exp`` (seconds since the epoch), if any
+    payload: dict[str, Any] | None = field(default=None, compare=False)  # every claim
 
 
 def check_secret(secret: str) -> str:
@@ -229,7 +236,31 @@ class TokenVerifier:
                    max_groups=settings.max_groups_per_session)
 
     def verify(self, token: str, now: float) -> Claims:
-        """The claims of ``token`` at time ``now``; TokenError if it is refused."""
+        """The claims of a connection token at time ``now``; TokenError if it
+        is refused."""
+        payload = self._payload(token)
+        if "group" in payload:
+            raise TokenError("this is a subscription token (claim 'group'): send it with "
+                             "join, not auth")
+        return self._claims(payload, now)
+
+    def verify_subscription(self, token: str, user: str | None, group: str,
+                            now: float) -> float | None:
+        """Check a subscription token: a token for ``group`` alone (claim
+        ``group``) given to ``user`` (claim ``sub``); its expiry (``exp``), or
+        TokenError if it is refused."""
+        payload = self._payload(token)
+        if payload.get("group") != group:
+            raise TokenError(f"the token is not for group '{group}' (claim 'group')")
+        expires = self._times(payload, now)
+        if user is None:
+            raise TokenError("authenticate first: a subscription token is for a user")
+        if payload.get("sub") != user:
+            raise TokenError("the token is for another user (claim 'sub')")
+        return expires
+
+    def _payload(self, token: str) -> dict[str, Any]:
+        """The payload of ``token`` once its signature, aud and iss are checked."""
         if not isinstance(token, str) or not token:
             raise TokenError("the token must be a non-empty string")
         if len(token) > MAX_TOKEN_CHARS:
@@ -260,9 +291,23 @@ class TokenVerifier:
                 raise TokenError("malformed token: not a JSON Web Token")
         if payload is None:
             raise TokenError("bad token signature")
-        return self._claims(payload, now)
+        if not isinstance(payload, dict):
+            raise TokenError("malformed token: not a JSON Web Token")
+        return payload
 
     def _claims(self, payload: dict[str, Any], now: float) -> Claims:
+        expires = self._times(payload, now)
+        if payload.get("sub") is None:
+            raise TokenError("the token has no 'sub' claim (the user)")
+        try:
+            user = name(payload["sub"], "sub")
+        except ProtocolError as e:
+            raise TokenError(f"the token's claim 'sub': {e.message}")
+        return Claims(user, _names(payload, "groups", self.max_groups),
+                      _names(payload, "tags", MAX_TAGS), expires, payload)
+
+    def _times(self, payload: dict[str, Any], now: float) -> float | None:
+        """Check ``exp``, ``nbf`` and ``iat`` against ``now``; the expiry."""
         expires = _number(payload, "exp")
         if expires is None:
             if self.require_exp:
@@ -276,11 +321,4 @@ class TokenVerifier:
         if issued is not None and issued > now + self.leeway:
             raise TokenError("the token was issued in the future (claim 'iat'); "
                              "are the clocks right?")
-        if payload.get("sub") is None:
-            raise TokenError("the token has no 'sub' claim (the user)")
-        try:
-            user = name(payload["sub"], "sub")
-        except ProtocolError as e:
-            raise TokenError(f"the token's claim 'sub': {e.message}")
-        return Claims(user, _names(payload, "groups", self.max_groups),
-                      _names(payload, "tags", MAX_TAGS), expires)
+        return expires

@@ -414,7 +414,8 @@ class CommandTests(EngineTestCase):
                          {"worker": "test.0", "sessions": 3, "users": 2, "groups": 1,
                           "published": 1,
                           "delivered": 1, "sent_by_clients": 0, "dropped_slow": 0,
-                          "refused_full": 0, **dict.fromkeys(LIMIT_COUNTERS, 0)})
+                          "refused_full": 0, **dict.fromkeys(LIMIT_COUNTERS, 0),
+                          "proxy_allow": 0, "proxy_deny": 0, "proxy_error": 0})
 
 
 class KeepaliveTests(EngineTestCase):

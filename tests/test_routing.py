@@ -3,7 +3,8 @@
 from twisted.trial import unittest
 
 from pushsvc.protocol import FORBIDDEN, Address, ProtocolError
-from pushsvc.routing import channels, check_client_send, recipients
+from pushsvc.namespaces import Namespaces
+from pushsvc.routing import channels, recipients
 from pushsvc.sessions import Session, SessionRegistry
 
 
@@ -78,7 +79,14 @@ class RecipientsTests(unittest.TestCase):
         self.assertEqual(self.ids(group=("g1",), all=True), ["a", "b", "c", "d"])
 
 
+def check_client_send(policy, session, address):
+    """The send check of a server without namespace tables."""
+    return Namespaces({}, client_send=policy).check_send(session, address) or None
+
+
 class ClientSendTests(unittest.TestCase):
+    """policy.client_send for groups without a [namespaces] table."""
+
     def setUp(self):
         self.session = Session("s")
         self.session.groups.update({"g1", "g2"})

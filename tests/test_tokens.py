@@ -319,6 +319,10 @@ class OpenWarningTests(unittest.TestCase):
         self.assertEqual(len(events), 1)
 
 
+# Groups without a namespace open to every client, as in the development mode.
+OPEN = {"": {"join": "open"}}
+
+
 class TokenServerTestCase(ServerTestCase):
     """A real server on loopback whose engine runs on a Clock set to NOW."""
 
@@ -390,7 +394,8 @@ class TokenAuthTests(TokenServerTestCase):
 
     @run
     async def test_anonymous_sessions_still_work_in_token_mode(self):
-        self.start()
+        """Unauthenticated sessions may join what an open namespace allows."""
+        self.start(namespaces=OPEN)
         c = await self.open()
         await c.request("join", group="g")
         msg_id = await self.push({"group": "g"}, "hi")
@@ -412,7 +417,7 @@ class TokenAuthTests(TokenServerTestCase):
 
     @run
     async def test_too_many_groups_in_the_token(self):
-        self.start(max_groups_per_session=2)
+        self.start(max_groups_per_session=2, namespaces=OPEN)
         c = await self.open()
         await c.request("join", group="mine")
         with self.assertRaises(ServerError) as e:
@@ -487,7 +492,8 @@ class RequiredModeTests(TokenServerTestCase):
 
     @run
     async def test_auth_in_time_stops_the_timeout(self):
-        self.start(auth_mode="required", auth_timeout=10.0, jwt_require_exp=False)
+        self.start(auth_mode="required", auth_timeout=10.0, jwt_require_exp=False,
+                   namespaces=OPEN)
         c = await self.open()
         await c.request("auth", token=token(exp=None))
         await c.request("join", group="g")
@@ -498,7 +504,7 @@ class RequiredModeTests(TokenServerTestCase):
 
     @run
     async def test_url_token_in_required_mode(self):
-        self.start(auth_mode="required")
+        self.start(auth_mode="required", namespaces=OPEN)
         c = await self.open("?token=" + token())
         await c.request("join", group="g")               # served after the url's auth
         self.assertEqual(c.user, "alice")

@@ -77,7 +77,7 @@ from ..commands import COMMANDS
 from ..history import in_order, kept_channels
 from ..ids import base36, new_incarnation
 from ..pool.wire import pack_publish
-from ..protocol import Address, ProtocolError, encode, parse_address, with_position
+from ..protocol import Address, ProtocolError, encode, is_message, parse_address, with_position
 from ..routing import channels as route
 from .interface import Command, IBroker, Message
 from .redis_link import (RETRY_FIRST, RETRY_JITTER, RETRY_MAX, _command, _Link, _reason,
@@ -500,7 +500,7 @@ class RedisBroker:
         it in the mailbox."""
         names = tuple(channels)
         out = _Out(next(self._numbers), names, message)
-        if self._keeping():
+        if self._keeping() and is_message(message.frame):  # not a joined/left event
             out.kept = kept_channels(names)
             if store:
                 out.users = tuple(c[5:] for c in names if c.startswith("user:"))
