@@ -180,14 +180,14 @@ class Engine:
         self.joins.proxy = self.send_proxy = None
         if self._backend is None:
             return
-        observe = self.meter.round_trip("proxy")
 
         def count(result: str) -> None:
             self.counters[f"proxy_{result}"] += 1
-        if settings.proxy_join_url:
-            self.joins.proxy = self._backend(settings.proxy_join_url, settings, count, observe)
-        if settings.proxy_send_url:
-            self.send_proxy = self._backend(settings.proxy_send_url, settings, count, observe)
+
+        def make(url: str):
+            return url and self._backend(url, settings, count, self.meter.round_trip("proxy"))
+        self.joins.proxy = make(settings.proxy_join_url) or None
+        self.send_proxy = make(settings.proxy_send_url) or None
 
     def _time_anonymous(self) -> None:
         """After ``auth.mode`` changed to or from "required": start or stop the

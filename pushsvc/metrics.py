@@ -144,6 +144,8 @@ def engine_values(engine) -> dict[str, Any]:
                          "bad_key": counters["http_bad_key"],
                          "forbidden": counters["http_forbidden"],
                          "too_large": counters["http_too_large"]},
+        "proxy": {"allow": counters["proxy_allow"], "deny": counters["proxy_deny"],
+                  "error": counters["proxy_error"]},
         "round_trips": {name: h.to_json() for name, h in meter.round_trips.items()},
         "reloads": dict(meter.reloads),
     }
@@ -234,6 +236,9 @@ class MachineCollector:
         yield by(CounterMetricFamily, "pushsvc_http_refused", "HTTP requests refused, by "
                  "cause (400, 401, 403, 413/431).", "http_refused", "cause",
                  ("invalid", "bad_key", "forbidden", "too_large"))
+        yield by(CounterMetricFamily, "pushsvc_proxy_requests", "Joins and sends the "
+                 "backend proxy decided, by result (error: no usable answer).", "proxy",
+                 "result", ("allow", "deny", "error"))
         yield counter("pushsvc_worker_restarts", "Workers restarted after they ended "
                       "(crashed, killed).", "restarts")
         yield by(CounterMetricFamily, "pushsvc_reloads", "Reloads (pushsvc-admin reload, "
@@ -241,7 +246,9 @@ class MachineCollector:
         texts = {"hub": "Round trips between the master and a worker (Perform), as the "
                         "master times them, in seconds.",
                  "redis": "Round trips of the calls to Redis (publish script, heartbeat), "
-                          "in seconds."}
+                          "in seconds.",
+                 "proxy": "Round trips of the requests to the backend proxy that got an "
+                          "answer, in seconds."}
         for name, text in texts.items():
             histogram = v.get("round_trips", {}).get(name)
             if histogram is None:

@@ -5,11 +5,17 @@ per-namespace send policies, and reloading the tables."""
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 
+from twisted.internet import reactor
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
 from pushsvc.app import App
 from pushsvc.client import ServerError
+from pushsvc.metrics import local_values, render
 from tests.helpers import run
 from tests.test_tokens import NOW, OTHER_SECRET, TokenServerTestCase, token
 
@@ -340,3 +346,109 @@ class ReloadTests(JoinTestCase):
                                    namespaces={"pub": {"join": "open"}}))
         await c.request("join", group="pub:1")
         self.assertEqual(self.groups(c), {"pub:1"})
+
+
+class Backend(Resource):
+    """A backend for the proxy: records each document, answers with
+    ``answer(document)`` (a dict, or an int status with an empty body)."""
+
+    isLeaf = True
+
+    def __init__(self, answer):
+        super().__init__()
+        self.answer = answer
+        self.documents: list[dict] = []
+        self.headers: list = []
+
+    def render_POST(self, request):
+        document = json.loads(request.content.read())
+        self.documents.append(document)
+        self.headers.append(request.getHeader("authorization"))
+        answer = self.answer(document)
+        if isinstance(answer, int):
+            request.setResponseCode(answer)
+            return b""
+        request.setHeader("content-type", "application/json")
+        return json.dumps(answer).encode()
+
+
+class ProxyTests(JoinTestCase):
+    """join = "proxy" and client_send = "proxy": a real backend over HTTP decides."""
+
+    def backend(self, answer) -> tuple[Backend, str]:
+        resource = Backend(answer)
+        port = reactor.listenTCP(0, Site(resource), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return resource, f"http://127.0.0.1:{port.getHost().port}/decide"
+
+    def start_with(self, url: str, **overrides):
+        overrides.setdefault("namespaces", {"team": {"join": "proxy",
+                                                     "client_send": "proxy"}})
+        self.start(proxy_join_url=url, proxy_send_url=url, proxy_secret="b4ck3nd",
+                   **overrides)
+
+    def exposition(self) -> str:
+        """What GET /metrics shows for this one-process server."""
+        return render(local_values(self.engine))[0].decode()
+
+    @staticmethod
+    def rule(document):
+        if document["event"] == "send":
+            return ({"allow": True, "data": {"checked": document["data"]}}
+                    if document["data"] != "rude" else {"allow": False, "reason": "be nice"})
+        if document["group"] == "team:7":
+            return {"allow": True, "data": {"role": "lead"}}
+        return {"allow": False, "reason": f"{document['user']} is not in {document['group']}"}
+
+    @run
+    async def test_the_backend_decides_joins_and_sends(self):
+        backend, url = self.backend(self.rule)
+        self.start_with(url)
+        c = await self.alice(role="admin")
+        await c.request("join", group="team:7", data={"device": "phone"})
+        self.assertEqual(await self.refused(c, group="team:8"), "alice is not in team:8")
+        self.assertEqual(self.groups(c), {"team:7"})
+        document = backend.documents[0]
+        self.assertEqual({k: document[k] for k in ("event", "session", "user", "group",
+                                                   "namespace", "data")},
+                         {"event": "join", "session": c.session, "user": "alice",
+                          "group": "team:7", "namespace": "team", "data": {"device": "phone"}})
+        self.assertEqual((document["claims"]["sub"], document["claims"]["role"]),
+                         ("alice", "admin"))
+        self.assertEqual(backend.headers[0], "Bearer b4ck3nd")
+        reply = await c.request("presence", group="team:7")
+        self.assertEqual(reply["users"], {"alice": {"sessions": 1, "data": {"role": "lead"}}})
+
+        reply = await c.request("send", to={"group": "team:7"}, data="hello")
+        await c.wait_for_messages(1)
+        self.assertEqual((c.messages[0]["id"], c.messages[0]["data"]),
+                         (reply["id"], {"checked": "hello"}))
+        with self.assertRaises(ServerError) as caught:
+            await c.request("send", to={"group": "team:7"}, data="rude")
+        self.assertEqual(caught.exception.frame["message"], "be nice")
+        text = self.exposition()
+        self.assertIn('pushsvc_proxy_requests_total{result="allow"} 2.0', text)
+        self.assertIn('pushsvc_proxy_requests_total{result="deny"} 2.0', text)
+        self.assertIn("pushsvc_proxy_round_trip_seconds_count 4.0", text)
+
+    @run
+    async def test_a_failing_backend_denies_or_allows_as_configured(self):
+        backend, url = self.backend(lambda document: 500)
+        self.start_with(url)
+        c = await self.alice()
+        self.assertEqual(await self.refused(c, group="team:1"),
+                         "the backend could not decide: the backend answered HTTP 500")
+        self.flushLoggedErrors()
+        self.server.reload(replace(self.server.settings, proxy_on_error="allow"))
+        await c.request("join", group="team:1")
+        self.assertEqual(self.groups(c), {"team:1"})
+        self.assertIn('pushsvc_proxy_requests_total{result="error"} 2.0', self.exposition())
+
+    @run
+    async def test_claims_and_subscription_tokens_skip_the_backend(self):
+        backend, url = self.backend(self.rule)
+        self.start_with(url)
+        c = await self.alice(groups=["team:1"])
+        await c.request("join", group="team:2", token=sub_token("team:2"))
+        self.assertEqual(self.groups(c), {"team:1", "team:2"})
+        self.assertEqual(backend.documents, [])
