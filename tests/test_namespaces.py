@@ -3,6 +3,8 @@ token patterns and the send policies.  No sockets."""
 
 from __future__ import annotations
 
+import os
+
 from twisted.logger import Logger
 from twisted.trial import unittest
 
@@ -172,3 +174,39 @@ class SendPolicyTests(unittest.TestCase):
         with self.assertRaises(ProtocolError) as caught:
             namespaces.check_send(self.session, Address(group=("chat:1",)))
         self.assertEqual(caught.exception.message, "clients may not send messages")
+
+
+class DocumentedExamplesTests(unittest.TestCase):
+    """The namespace tables shown in etc/pushsvc.toml and docs/security.md load."""
+
+    ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def load(self, text: str, **overrides):
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write(text)
+        return build_settings(path, overrides)
+
+    def test_the_sample_files_commented_tables(self):
+        with open(os.path.join(self.ROOT, "etc", "pushsvc.toml")) as f:
+            lines = f.read().splitlines()
+        start = lines.index("#   [namespaces.team]")
+        end = lines.index('#   join = "open"', start) + 1
+        text = "\n".join(line[4:] for line in lines[start:end])
+        s = self.load(text)
+        namespaces = Namespaces.from_settings(s)
+        self.assertEqual(namespaces.of("team:1"), Namespace("team", "token", "joined"))
+        self.assertEqual(namespaces.of("lobby").join, "open")
+
+    def test_the_security_guide_example(self):
+        with open(os.path.join(self.ROOT, "docs", "security.md")) as f:
+            text = f.read()
+        section = text[text.index("## Who may join what"):]
+        start = section.index("```toml") + len("```toml")
+        block = section[start:section.index("```", start)]
+        s = self.load(block.replace('jwt_secret = "..."', f'jwt_secret = "{SECRET}"'))
+        namespaces = Namespaces.from_settings(s)
+        self.assertEqual([namespaces.of(g).join for g in ("team:7:chat", "ask:1",
+                                                           "announce:x", "hr-salaries")],
+                         ["token", "proxy", "server", "token"])
+        self.assertEqual(namespaces.of("announce:x").client_send, "none")
