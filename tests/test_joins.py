@@ -15,9 +15,11 @@ from twisted.web.server import Site
 
 from pushsvc.app import App
 from pushsvc.client import ServerError
+from pushsvc.config import ConfigError
+from pushsvc.control import LocalControl
 from pushsvc.metrics import local_values, render
 from tests.helpers import run
-from tests.test_tokens import NOW, OTHER_SECRET, TokenServerTestCase, token
+from tests.test_tokens import NOW, OTHER_SECRET, SECRET, TokenServerTestCase, token
 
 OPEN = {"": {"join": "open"}}
 
@@ -346,6 +348,27 @@ class ReloadTests(JoinTestCase):
                                    namespaces={"pub": {"join": "open"}}))
         await c.request("join", group="pub:1")
         self.assertEqual(self.groups(c), {"pub:1"})
+
+
+    @run
+    async def test_a_bad_table_fails_the_reload_and_keeps_the_rules(self):
+        path = self.mktemp()
+
+        def write(table: str) -> None:
+            with open(path, "w") as f:
+                f.write(f'[auth]\nmode = "token"\njwt_secret = "{SECRET}"\n'
+                        f'[namespaces.pub]\n{table}\n')
+        write('join = "open"')
+        self.start(config_path=path, namespaces={"pub": {"join": "open"}})
+        write('join = "opne"')
+        failure = self.failureResultOf(LocalControl(self.server).reload(), ConfigError)
+        self.assertEqual(str(failure.value), "namespaces.pub.join: must be one of open, "
+                                             "token, proxy, hook, server; got 'opne'")
+        c = await self.alice()
+        await c.request("join", group="pub:1")              # still open
+        write('join = "server"')
+        self.successResultOf(LocalControl(self.server).reload())
+        self.assertIn("only the server", await self.refused(c, group="pub:2"))
 
 
 class Backend(Resource):

@@ -141,6 +141,12 @@ class StartupTests(ChildTestCase):
         await self.check_refused("limits.max_connections", "--config", path)
 
     @run
+    async def test_config_bad_namespace_table(self):
+        path = self.write_config('[namespaces.team]\njoin = "maybe"\n')
+        line = await self.check_refused("namespaces.team.join", "--config", path)
+        self.assertIn("must be one of open, token, proxy, hook, server", line)
+
+    @run
     async def test_config_invalid_toml(self):
         path = self.write_config("[limits\nmax_connections = 5\n")
         await self.check_refused("--config", "--config", path)
