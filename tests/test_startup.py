@@ -97,6 +97,25 @@ class StartupTests(ChildTestCase):
         with self.assertRaises(ConnectError):
             await self.http("GET", "/healthz")
 
+    @run
+    async def test_a_second_server_on_a_busy_port_refuses_to_start(self):
+        """With a pool (SO_REUSEPORT) or one process, a port another server
+        listens on ends start-up with the same one line; the first serves on."""
+        port = free_port()
+        first = self.spawn("twistd", "--workers", "2", "--port", str(port), "--admin", "")
+        await self.wait_serving(first, port)
+        lines = set()
+        for workers in ("2", "0"):
+            line = await self.check_refused(f"tcp:{port}", "--workers", workers, "--port",
+                                            str(port), "--admin", "")
+            lines.add(line)
+        self.assertEqual(lines, {f"pushsvc: cannot listen on tcp:{port}:backlog=1024: "
+                                 "[Errno 98] Address already in use"})
+        clients = [await self.client(user="u") for _ in range(8)]
+        msg_id = await self.push({"user": "u"}, "to all eight")
+        await eventually(lambda: all(c.messages for c in clients), what="the push")
+        self.assertEqual({c.messages[0]["id"] for c in clients}, {msg_id})
+
     # -- refusing bad input
 
     @run

@@ -15,6 +15,7 @@ master), and its stdout/stderr piped back here and re-logged as
 from __future__ import annotations
 
 import os
+import socket
 import struct
 import sys
 from collections import Counter, deque
@@ -22,7 +23,8 @@ from collections import Counter, deque
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
 from twisted.internet.endpoints import SSL4ServerEndpoint, _TCPServerEndpoint, serverFromString
-from twisted.internet.error import ProcessExitedAlready
+from twisted.internet.abstract import isIPv6Address
+from twisted.internet.error import CannotListenError, ProcessExitedAlready
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.tcp import makeBinding
 from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent
@@ -56,6 +58,25 @@ RELAYED = loglevel.RELAYED
 _LEVELS = tuple(LogLevel.iterconstants())
 
 
+def check_free(interface: str, number: int) -> None:
+    """CannotListenError when another process listens on ``interface``:``number``.
+
+    Sockets with SO_REUSEPORT share a port with any other such socket of
+    the same user: a second server on the port would bind too, and the
+    kernel would split the clients between the two.  A socket without it
+    cannot bind where anyone listens, so one is tried first.
+    """
+    family = socket.AF_INET6 if isIPv6Address(interface) else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((interface, number))
+    except OSError as e:
+        raise CannotListenError(interface, number, e)
+    finally:
+        probe.close()
+
+
 def bind(reactor, description: str, copies: int) -> list:
     """Bind ``description`` in the master; its listening ports, not accepting.
 
@@ -71,6 +92,8 @@ def bind(reactor, description: str, copies: int) -> list:
     factory.noisy = False
     if isinstance(endpoint, (_TCPServerEndpoint, SSL4ServerEndpoint)):
         ports, number = [], endpoint._port
+        if number:
+            check_free(endpoint._interface, number)
         for _ in range(copies):
             binding = makeBinding(endpoint._interface, number, reuseAddress=True,
                                   reusePort=True)
