@@ -319,6 +319,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("timeouts", "close_timeout", 3.0, _seconds(0.1),
          "seconds to wait for a client's close handshake (and for all "
          "clients at shutdown)"),
+    Spec("timeouts", "restart_drain", 5.0, _seconds(0),
+         "seconds over which a worker retired by restart-workers spreads the "
+         "closes of its clients; 0 = all at once", attr="restart_drain"),
     Spec("history", "ttl", 60.0, _seconds(0),
          "seconds a message is kept for clients that resume; 0 = no history"),
     Spec("history", "max_per_channel", 100, _int(1),
@@ -435,6 +438,7 @@ class Settings:
     ping_timeout: float = 60.0
     handshake_timeout: float = 10.0
     close_timeout: float = 3.0
+    restart_drain: float = 5.0
     ttl: float = 60.0
     max_per_channel: int = 100
     max_memory: int = 64 * 1024 * 1024

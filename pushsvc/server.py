@@ -161,13 +161,18 @@ class PushServer(MultiService):
                           certificate=describe_certificate(options))
         return None
 
-    def retire(self, code: int, reason: str) -> Deferred:
-        """Stop accepting, then close every client with ``code``; fires when
-        all are gone (a rolling restart's old worker)."""
+    def stop_accepting(self) -> Deferred:
+        """Close the listeners; fires when they are closed."""
         stops = [service.stopService() for service in self
                  if isinstance(service, ListenerService) and service.running]
-        d = DeferredList([s for s in stops if isinstance(s, Deferred)])
-        return d.addCallback(lambda _: self.ws_factory.close_all(code, reason))
+        return DeferredList([s for s in stops if isinstance(s, Deferred)])
+
+    def retire(self, code: int, reason: str, drain: float = 0.0) -> Deferred:
+        """Stop accepting, then close every client with ``code``, spread over
+        ``drain`` seconds; fires when all are gone (a rolling restart's old
+        worker)."""
+        return self.stop_accepting().addCallback(
+            lambda _: self.ws_factory.close_all(code, reason, over=drain))
 
     def listen(self, reactor, description: str) -> ListenerService:
         """Add a listener on a Twisted endpoint string; it starts with the service.

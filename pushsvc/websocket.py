@@ -66,6 +66,9 @@ FLUSH_AT = 64 * 1024
 
 # Frames one message may come in.  Browsers send a message as one frame and
 # other clients in a few; a flood of tiny fragments costs a list entry each.
+# Seconds between two batches of clients closed by a rolling restart's drain.
+DRAIN_STEP = 0.1
+
 MAX_FRAGMENTS = 1024
 FRAGMENTS_PER_TOKEN = 16  # every 16th fragment of a message costs a token, like a message
 
@@ -466,17 +469,33 @@ class PushServerFactory(WebSocketServerFactory):
     def pop_close_waiters(self, conn: PushServerProtocol) -> list[Deferred]:
         return self._close_waiters.pop(conn, [])
 
-    def close_all(self, code: int = CLOSE_GOING_AWAY,
-                  reason: str = "server going away") -> Deferred:
-        """Close every client; fires when all are gone (Autobahn drops any
-        client that does not answer within ``close_timeout``)."""
+    def close_all(self, code: int = CLOSE_GOING_AWAY, reason: str = "server going away",
+                  over: float = 0.0) -> Deferred:
+        """Close every client, in batches spread evenly over ``over`` seconds
+        (a batch every DRAIN_STEP: their reconnects are not one storm); fires
+        when all are gone (Autobahn drops any client that does not answer
+        within ``close_timeout``)."""
+        conns = list(self.connections)
         waits = []
-        for conn in list(self.connections):
+        for conn in conns:
             d = Deferred()
             self._close_waiters.setdefault(conn, []).append(d)
             waits.append(d)
+        steps = max(1, min(len(conns), int(over / DRAIN_STEP) + 1))
+        size = -(-len(conns) // steps)
+        for step in range(steps):
+            batch = conns[step * size:(step + 1) * size]
+            if step == 0:
+                self._close(batch, code, reason)
+            else:
+                self.reactor.callLater(step * DRAIN_STEP, self._close, batch, code, reason)
+        return DeferredList(waits)
+
+    def _close(self, conns: list[PushServerProtocol], code: int, reason: str) -> None:
+        for conn in conns:
+            if conn not in self.connections:  # gone meanwhile
+                continue
             if conn.state == OPEN:
                 conn.close(code, reason)
             else:
                 conn.dropConnection(abort=True)
-        return DeferredList(waits)

@@ -252,7 +252,7 @@ class PoolTests(TLSTestCase):
         with self.assertRaises(RestartFailed) as caught:
             await master.pool.restart_workers()
         self.assertIn("cannot serve TLS", str(caught.exception))
-        self.assertIn("the old one keeps serving", str(caught.exception))
+        self.assertIn("the old workers keep serving", str(caught.exception))
         # The failed replacement's end gives the slot back to the old worker;
         # nothing is respawned.
         await eventually(lambda: len(master.pool.live) == 2, what="the replacement gone")

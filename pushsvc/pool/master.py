@@ -41,8 +41,8 @@ from ..server import LISTEN_ERRORS, exit_cannot_listen
 from ..tls import is_tls
 from .hub import SubscriptionTable
 from .wire import (DeliverBatch, GatherMetrics, Hello, Outbox, Perform, PublishBatch,
-                   Refused, Reload, Replay, Retire, RunCommand, SetLogLevel, Subscribe,
-                   TakeMail, Unsubscribe, message_parts, pack_message, protocol_error,
+                   Refused, Reload, Replay, Retire, RunCommand, SetLogLevel, StopAccepting,
+                   Subscribe, TakeMail, Unsubscribe, message_parts, pack_message, protocol_error,
                    reframe, unpack_publishes)
 from .worker import AMP_IN, AMP_OUT, ENV, FIRST_SOCKET, describe
 
@@ -559,63 +559,83 @@ class Pool(Service):
             for w, a in answers])
 
     async def restart_workers(self) -> dict:
-        """Replace each worker in turn by a new one: the new one accepts on
-        the slot's sockets before the old one stops accepting and closes its
-        clients with 1012 (they reconnect at once and are served).
+        """Replace every worker by a new one, each client closed once.
 
-        A replacement that does not come up leaves the old worker serving and
-        ends the restart with RestartFailed.
+        First every replacement starts and accepts on its slot's sockets
+        beside the old worker; then every old worker stops accepting, so a
+        client that reconnects can only reach a new one; then the old workers
+        close their clients with 1012, spread over ``timeouts.restart_drain``
+        seconds, and exit.  A replacement that does not come up is killed with
+        the others started so far: the old workers keep serving, nothing
+        changed, and the restart ends with RestartFailed.
         """
         if self._replacing:
             raise RestartFailed("a rolling restart is already running")
         self._replacing = True
-        replaced = []
         try:
-            for index in range(self.count):
-                if self._stopping:
-                    raise RestartFailed(f"the server is stopping{_after(replaced)}")
-                old = self.workers.get(index)
-                if old is None:  # crashed meanwhile: the pool is restarting it anyway
-                    continue
-                new = self.spawn(index)
-                new.replacing = old
-                up = new.up().addTimeout(START_TIMEOUT, self.clock)
-                if not await up.addErrback(lambda _: False):
-                    _signal(new, "KILL")
-                    last = new.last_lines[-1].strip() if new.last_lines else "no output"
-                    kept = "the old one keeps serving" if old in self.live else "restarting it"
-                    raise RestartFailed(f"worker {index}'s replacement did not start "
-                                        f"(last output: {last}); {kept}{_after(replaced)}")
-                await self.retire(old)
-                new.replacing = None
-                if new not in self.live:
-                    raise RestartFailed(f"worker {index}'s replacement ended while the old "
-                                        f"one retired; restarting it{_after(replaced)}")
-                replaced.append({"worker": index, "old_pid": old.pid, "new_pid": new.pid})
-                _log.info("worker {index} replaced (pid {old} -> {new})", index=index,
-                          old=old.pid, new=new.pid)
+            pairs = await self._start_replacements()
+            olds = [old for _, old in pairs]
+            stops = [old.amp.callRemote(StopAccepting).addTimeout(COMMAND_TIMEOUT, self.clock)
+                     for old in olds]
+            await DeferredList(stops, consumeErrors=True)
+            await DeferredList([self.retire(old) for old in olds])
         finally:
             self._replacing = False
+        ended = [str(new.index) for new, _ in pairs if new not in self.live]
+        if ended:
+            raise RestartFailed(f"the replacement of worker {', '.join(ended)} ended while "
+                                "the old workers retired; the pool restarts it")
+        replaced = []
+        for new, old in pairs:
+            new.replacing = None
+            replaced.append({"worker": new.index, "old_pid": old.pid, "new_pid": new.pid})
+            _log.info("worker {index} replaced (pid {old} -> {new})", index=new.index,
+                      old=old.pid, new=new.pid)
         return {"replaced": replaced}
 
+    async def _start_replacements(self) -> list[tuple[WorkerProcess, WorkerProcess]]:
+        """A new worker for each slot, accepting: (new, old) pairs; on a
+        failure every new one is killed and RestartFailed says why."""
+        pairs = []
+        for index in range(self.count):
+            if self._stopping:
+                self._abandon(pairs)
+                raise RestartFailed("the server is stopping; nothing was replaced")
+            old = self.workers.get(index)
+            if old is None:  # crashed meanwhile: the pool is restarting it anyway
+                continue
+            new = self.spawn(index)
+            new.replacing = old
+            pairs.append((new, old))
+            up = new.up().addTimeout(START_TIMEOUT, self.clock)
+            if not await up.addErrback(lambda _: False):
+                last = new.last_lines[-1].strip() if new.last_lines else "no output"
+                self._abandon(pairs)
+                raise RestartFailed(f"worker {index}'s replacement did not start "
+                                    f"(last output: {last}); the old workers keep serving")
+        return pairs
+
+    @staticmethod
+    def _abandon(pairs) -> None:
+        """Kill the replacements of ``pairs``: their slots go back to the old ones."""
+        for new, _ in pairs:
+            _signal(new, "KILL")
+
     def retire(self, worker: WorkerProcess) -> Deferred:
-        """Have ``worker`` close its clients with 1012 and exit; fires when it has
-        (killed if it takes longer than close_timeout + STOP_GRACE)."""
+        """Have ``worker`` close its clients with 1012 over the drain period
+        and exit; fires when it has (killed if it takes longer than the drain,
+        close_timeout and STOP_GRACE)."""
         worker.retiring = True
-        worker.amp.callRemote(Retire, code=CLOSE_RESTART,
-                              reason="server restarting, reconnect")
-        kill = self.clock.callLater(self.settings.close_timeout + STOP_GRACE,
+        drain = self.settings.restart_drain
+        worker.amp.callRemote(Retire, code=CLOSE_RESTART, reason="server restarting, reconnect",
+                              drain=drain)
+        kill = self.clock.callLater(drain + self.settings.close_timeout + STOP_GRACE,
                                     _signal, worker, "KILL")
         return worker.ended.addBoth(lambda _: kill.active() and kill.cancel())
 
 
 class RestartFailed(Exception):
     """A rolling restart stopped; the text says where and why."""
-
-
-def _after(replaced: list[dict]) -> str:
-    done = ", ".join(str(r["worker"]) for r in replaced)
-    return f" (replaced before it: worker {done})" if done else ""
 
 
 def _records(messages: list[tuple[str, bytes]]) -> bytes:

@@ -292,8 +292,15 @@ class SetLogLevel(amp.Command):
     response: list = []
 
 
+class StopAccepting(amp.Command):
+    """Stop accepting new clients (a rolling restart's replacements accept
+    them); answered once the listeners are closed."""
+
+
 class Retire(amp.Command):
-    """Stop accepting, close every client with ``code`` and ``reason``, exit
-    (a rolling restart has started this worker's replacement)."""
-    arguments = [(b"code", amp.Integer()), (b"reason", amp.Unicode())]
+    """Stop accepting, close every client with ``code`` and ``reason``,
+    spread over ``drain`` seconds, and exit (a rolling restart has started
+    this worker's replacement)."""
+    arguments = [(b"code", amp.Integer()), (b"reason", amp.Unicode()),
+                 (b"drain", amp.Float())]
     requiresAnswer = False

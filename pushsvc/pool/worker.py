@@ -24,7 +24,7 @@ from ..config import Settings
 from ..server import PushServer
 from ..signals import stop_on_signals
 from ..tls import TLSError
-from .wire import GatherMetrics, Hello, Reload, Retire, SetLogLevel
+from .wire import GatherMetrics, Hello, Reload, Retire, SetLogLevel, StopAccepting
 
 ENV = "PUSHSVC_WORKER"
 AMP_IN, AMP_OUT = 3, 4
@@ -90,11 +90,15 @@ class WorkerEnd(WorkerProtocol):
         loglevel.set_level(level)
         return {}
 
+    @StopAccepting.responder
+    def stop_accepting(self):
+        return self.server.stop_accepting().addCallback(lambda _: {})
+
     @Retire.responder
-    def retire(self, code, reason):
-        _log.info("retiring: closing {count} clients with {code}",
-                  count=len(self.server.ws_factory.connections), code=code)
-        self.server.retire(code, reason).addBoth(lambda _: self.reactor.stop())
+    def retire(self, code, reason, drain):
+        _log.info("retiring: closing {count} clients with {code} over {drain:g} s",
+                  count=len(self.server.ws_factory.connections), code=code, drain=drain)
+        self.server.retire(code, reason, drain).addBoth(lambda _: self.reactor.stop())
         return {}
 
 
