@@ -149,12 +149,17 @@ class History:
         oldest first, as (id, frame); and the channels (sorted) that lost one
         after ``since``.
 
-        A client of another ``epoch`` (or of none) gets nothing and every
-        channel as a gap.
+        A client of another ``epoch`` (or of none: the keeper restarted since
+        it connected) gets every kept message of its channels, and every
+        channel as a gap (what the old epoch kept is gone).  A position this
+        keeper never gave gets nothing and every channel as a gap.
         """
         channels = sorted(set(channels))
-        if epoch != self.epoch or not self.enabled or since > self.position:
+        other = epoch != self.epoch
+        if not self.enabled or (since > self.position and not other):
             return [], channels
+        if other:
+            since = 0
         self.expire(now)
         found = []
         gaps = []
@@ -167,7 +172,7 @@ class History:
                 if entry[_POSITION] <= since:
                     break
                 found.append((entry[_POSITION], entry[_ID], entry[_FRAME]))
-        return in_order(found), gaps
+        return in_order(found), channels if other else gaps
 
 
 class Mailbox:

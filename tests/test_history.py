@@ -97,9 +97,13 @@ class HistoryTests(unittest.TestCase):
         self.assertEqual(self.replay(["group:g"], 0), ([3, 4, 5], ["group:g"]))
 
     def test_another_epoch_or_a_future_position_is_a_gap_everywhere(self):
+        """A client of another epoch (the keeper restarted) gets everything
+        this epoch keeps, and a gap everywhere; a future position nothing."""
         self.record(1, "group:g")
-        self.assertEqual(self.replay(["group:g", "all"], 0, epoch="OTHER"),
-                         ([], ["all", "group:g"]))
+        self.record(2, "group:other")
+        for since in (0, 1, 7):
+            self.assertEqual(self.replay(["group:g", "all"], since, epoch="OTHER"),
+                             ([1], ["all", "group:g"]))
         self.assertEqual(self.replay(["group:g"], 9), ([], ["group:g"]))
 
     def test_ttl_zero_keeps_nothing(self):

@@ -70,9 +70,9 @@ class PureTests(unittest.TestCase):
     def test_bodies_and_replay_answers(self):
         frame = b'{"op":"msg","id":"m\xc3\xa9","data":1}'
         self.assertEqual(parse_body(body("m\u00e9", frame)), ("m\u00e9", frame))
-        self.assertEqual(parse_replay([0, b"E"]), (False, [], []))
+        self.assertEqual(parse_replay([0, b"E"]), (0, [], []))
         self.assertEqual(parse_replay([1, b"E", 1, b"group:g", b"3", b"x", b"5", b"y"]),
-                         (True, ["group:g"], [(3, b"x"), (5, b"y")]))
+                         (1, ["group:g"], [(3, b"x"), (5, b"y")]))
 
     def test_in_order_gives_each_message_once_by_position(self):
         self.assertEqual(in_order([(5, "b", b"B"), (2, "a", b"A"), (5, "b", b"B"),
@@ -141,8 +141,8 @@ class RedisHistoryTests(BrokerTestCase):
                          (messages, []))  # since 3: nothing lost after it
         self.assertEqual(await a.replay(["user:u", "tag:none"], 0, a.epoch),
                          (messages[2:], []))
-        self.assertEqual(await a.replay(["group:g", "all"], 0, "another"),
-                         ([], ["all", "group:g"]))
+        self.assertEqual(await a.replay(["group:g", "all"], 5, "another"),
+                         (messages, ["all", "group:g"]))  # what this epoch keeps
         self.assertEqual(await a.replay(["group:g"], 99, a.epoch), ([], ["group:g"]))
         self.assertEqual(await a.replay(["group:g"], 0, None), ([], ["group:g"]))
 

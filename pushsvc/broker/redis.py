@@ -965,8 +965,8 @@ class RedisBroker:
             str(since), *map(_utf8, channels)])
 
         def answered(answer):
-            same, gaps, entries = parse_replay(answer)
-            if not same:
+            state, gaps, entries = parse_replay(answer)
+            if not state:
                 if len(answer) > 1:
                     self._set_epoch(answer[1])
                 return [], channels
@@ -980,7 +980,7 @@ class RedisBroker:
                     _log.warn("the history in Redis is inconsistent; resume reports gaps")
                     return [], channels
                 found.append((position, msg_id, with_position(frame, position)))
-            return in_order(found), gaps
+            return in_order(found), channels if state == 2 else gaps
         return d.addCallback(answered)
 
     def mail(self, user):

@@ -215,8 +215,9 @@ return {base, epoch}
 # KEYS: history, log, frames.  ARGV: ttl (ms), max_bytes, prefix, epoch, since,
 # channels...  The kept messages of the channels after since, each once, by
 # position, and the channels that let go of one after since: {1, epoch, gap
-# count, gaps..., position, body, ...}; {0, epoch or false} for another epoch or
-# a position never given.
+# count, gaps..., position, body, ...}; for another epoch the same from
+# position 0, with 2 first; {0, epoch or false} for a position never given or
+# no history.
 REPLAY_SCRIPT = _PRELUDE + _HISTORY + """
 local ttl, max_bytes, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
 local since = tonumber(ARGV[5])
@@ -224,7 +225,8 @@ local epoch = redis.call('HGET', KEYS[1], 'epoch')
 if not epoch then return {0, false} end
 local pos, floor, bytes = expire(KEYS[1], KEYS[2], KEYS[3], now_ms(), ttl, max_bytes)
 redis.call('HSET', KEYS[1], 'floor', str(floor), 'bytes', str(bytes))
-if epoch ~= ARGV[4] or since > pos then return {0, epoch} end
+local other = epoch ~= ARGV[4]
+if other then since = 0 elseif since > pos then return {0, epoch} end
 local wanted, gaps = {}, {}
 for j = 6, #ARGV do
   local channel = ARGV[j]
@@ -246,7 +248,7 @@ end
 local positions = {}
 for p in pairs(wanted) do positions[#positions + 1] = p end
 table.sort(positions)
-local out = {1, epoch, #gaps}
+local out = {other and 2 or 1, epoch, #gaps}
 for _, channel in ipairs(gaps) do out[#out + 1] = channel end
 for start = 1, #positions, 1000 do
   local fields = {}
@@ -378,11 +380,12 @@ def parse_payload(payload: bytes) -> tuple[bytes, int, list[tuple[bool, int | No
     return origin, seq, messages
 
 
-def parse_replay(answer) -> tuple[bool, list[str], list[tuple[int, bytes]]]:
-    """REPLAY_SCRIPT's answer: (same epoch, gaps, [(position, body)])."""
+def parse_replay(answer) -> tuple[int, list[str], list[tuple[int, bytes]]]:
+    """REPLAY_SCRIPT's answer: (0 nothing read, 1 the client's epoch or 2
+    another; gaps; [(position, body)])."""
     if not answer or int(answer[0]) == 0:
-        return False, [], []
+        return 0, [], []
     count = int(answer[2])
     gaps = [str(g, "utf-8", "surrogatepass") for g in answer[3:3 + count]]
     rest = answer[3 + count:]
-    return True, gaps, [(int(rest[k]), rest[k + 1]) for k in range(0, len(rest), 2)]
+    return int(answer[0]), gaps, [(int(rest[k]), rest[k + 1]) for k in range(0, len(rest), 2)]
