@@ -45,8 +45,6 @@ DEFAULT_ADMIN = "unix:pushsvc-admin.sock:mode=600:lockfile=1"
 
 def _int(low: int, high: int | None = None) -> Callable[[Any], int]:
     def check(value: Any) -> int:
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"must be a whole number, got {value!r}")
         if value < low or (high is not None and value > high):
@@ -58,11 +56,6 @@ def _int(low: int, high: int | None = None) -> Callable[[Any], int]:
 
 def _seconds(low: float) -> Callable[[Any], float]:
     def check(value: Any) -> float:
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise ValueError(f"must be a number of seconds, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"must be a number of seconds, got {value!r}")
         if not math.isfinite(value) or value < low:
@@ -77,6 +70,12 @@ def _choice(*choices: str) -> Callable[[Any], str]:
             raise ValueError(f"must be one of {', '.join(choices)}; got {value!r}")
         return value
     return check
+
+
+def _whole(text: str) -> int | str:
+    """A flag's text as a whole number when it is one (else as it is, for
+    the check to refuse): the command line has only text, a TOML file types."""
+    return int(text) if re.fullmatch(r"\s*-?\d+\s*", text) else text
 
 
 def _workers(value: Any) -> int | None:
@@ -102,11 +101,6 @@ def _strings(value: Any) -> list[str]:
 
 def _per_second(value: Any) -> float:
     """A rate: a finite number >= 0 (0 = no limit)."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise ValueError(f"must be a number per second, got {value!r}")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"must be a number per second, got {value!r}")
     if not math.isfinite(value) or value < 0:
@@ -249,6 +243,7 @@ class Spec:
     help: str
     flag: str | None = None
     attr: str | None = None  # its name in Settings, when not ``key``
+    parse: Callable[[str], Any] | None = None  # the flag's text -> a value to check
 
     @property
     def setting(self) -> str:
@@ -262,12 +257,13 @@ class Spec:
 
 SPECS: tuple[Spec, ...] = (
     Spec("server", "port", 8080, _int(0, 65535),
-         "TCP port for WebSocket (/ws) and the HTTP API", flag="port"),
+         "TCP port for WebSocket (/ws) and the HTTP API", flag="port", parse=_whole),
     Spec("server", "listen", [], _endpoints,
          "Twisted endpoint strings to listen on, instead of the port "
          "(repeatable)", flag="listen"),
     Spec("server", "workers", "auto", _workers,
-         "worker processes: 'auto' = one per CPU, 0 = one process", flag="workers"),
+         "worker processes: 'auto' = one per CPU, 0 = one process", flag="workers",
+         parse=_whole),
     Spec("server", "node", "", _node,
          "this machine's name in session ids (default: host name)", flag="node"),
     Spec("server", "app", "", _app,
@@ -581,6 +577,8 @@ def build_settings(config_path: str | None = None,
         if overrides.get(spec.key) is not None:
             raw = overrides[spec.key]
             name = f"--{spec.flag}" if spec.flag else name
+            if spec.parse is not None and isinstance(raw, str):
+                raw = spec.parse(raw)
         try:
             values[spec.name] = spec.check(raw)
         except ValueError as e:

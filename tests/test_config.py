@@ -82,7 +82,7 @@ class BuildSettingsTests(unittest.TestCase):
             ({"node": "n" * 33}, "--node: must be 1-32 letters, digits, '_' or '-'"),
             ({"node": "a.b"}, "--node: must be 1-32 letters, digits, '_' or '-'"),
             ({"listen": [""]}, "--listen: must be a list of Twisted endpoint strings"),
-            ({"max_connections": "0"},
+            ({"max_connections": 0},
              "limits.max_connections: must be at least 1, got 0"),
             ({"ping_interval": "soon"},
              "timeouts.ping_interval: must be a number of seconds, got 'soon'"),
@@ -94,6 +94,13 @@ class BuildSettingsTests(unittest.TestCase):
         cases = [
             ("[server]\nport = true", "server.port: must be a whole number, got True"),
             ("[server]\nport = 80.0", "server.port: must be a whole number, got 80.0"),
+            # a file has types: a number in quotes is a string, not a number
+            ("[server]\nport = \"8090\"", "server.port: must be a whole number, got '8090'"),
+            ("[server]\nworkers = \"2\"", "server.workers: must be a whole number, got '2'"),
+            ("[timeouts]\nping_interval = \"5\"",
+             "timeouts.ping_interval: must be a number of seconds, got '5'"),
+            ("[limits]\nmessages_per_second = \"5\"",
+             "limits.messages_per_second: must be a number per second, got '5'"),
             ("[server]\nlisten = [1]", "server.listen: must be a list of Twisted endpoint "
                                        "strings"),
             ("[server]\nnode = 7", "server.node: must be 1-32 letters, digits, '_' or '-'"),
