@@ -19,6 +19,7 @@ from .engine import Engine
 from .history import History, Mailbox
 from .http import build_site
 from .ids import IdMaker
+from .logtext import address_text, plural
 from .tls import TLSContext, TLSError, describe_certificate, is_tls
 from .websocket import PushServerFactory, prepare_frame
 
@@ -41,7 +42,8 @@ class EngineService(Service):
         self.engine.stop()
         count = len(self.ws_factory.connections)
         if count:
-            _log.info("closing {count} client connections", count=count)
+            _log.info("closing {clients}", clients=plural(count, "client connection"),
+                      count=count)
         # The broker goes last: it may still carry what the closing sessions sent.
         return self.ws_factory.close_all().addBoth(lambda _: self.engine.broker.close())
 
@@ -79,8 +81,8 @@ class ListenerService(StreamServerEndpointService):
 
     def _listening(self, port):
         address = port.getHost()
-        _log.info("listening on {endpoint} ({host}:{port})", endpoint=self.description,
-                  host=getattr(address, "host", ""), port=getattr(address, "port", ""))
+        _log.info("listening on {endpoint} ({address})", endpoint=self.description,
+                  address=address_text(address))
         return port
 
 

@@ -67,6 +67,9 @@ class StaticFile(Resource):
             request.setResponseCode(304)
             return b""
         request.setHeader(b"content-type", self.content_type)
+        if request.method == b"HEAD":  # the length, without the body twisted.web would eat
+            request.setHeader(b"content-length", b"%d" % len(self.body))
+            return b""
         return self.body
 
 
