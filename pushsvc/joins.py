@@ -51,21 +51,21 @@ class Joins:
 
     ``tokens()`` gives the current ``TokenVerifier`` (None: no keys),
     ``hook(name)`` the application's hook (None: none), ``call`` runs a hook
-    as the engine does (``Engine._call``), ``proxy`` is the backend asked in
-    ``proxy`` namespaces (None: none), ``expired(session, group)`` is called
-    when a subscription token runs out.
+    as the engine does (``Hooks.call``), ``expired(session, group)`` is
+    called when a subscription token runs out, and ``backends.join`` is the
+    backend asked in ``proxy`` namespaces (None: none; ``proxy.Backends``).
     """
 
     def __init__(self, namespaces: Namespaces, clock, tokens: Callable[[], Any],
                  hook: Callable[[str], Any], call: Callable[..., Deferred],
-                 expired: Callable[[Session, str], None], proxy=None):
+                 expired: Callable[[Session, str], None], backends=None):
         self.namespaces = namespaces
         self.clock = clock
         self.tokens = tokens
         self.hook = hook
         self.call = call
         self.expired = expired
-        self.proxy = proxy
+        self.backends = backends
         self.claims: dict[Session, tuple[str, ...]] = {}   # a token's groups claim
         self.payloads: dict[Session, dict[str, Any]] = {}  # the token's claims, for the proxy
         self._members: dict[Session, dict[str, _Member]] = {}
@@ -85,8 +85,9 @@ class Joins:
             return succeed(Grant(self._subscription(session, group, token)))
         if namespace.join == "open" or granted(self.claims.get(session, ()), group):
             return succeed(Grant())
-        if namespace.join == "proxy" and self.proxy is not None:
-            return self.proxy.ask({
+        proxy = None if self.backends is None else self.backends.join
+        if namespace.join == "proxy" and proxy is not None:
+            return proxy.ask({
                 "event": "join", "session": session.id, "user": session.user,
                 "group": group, "namespace": namespace.name,
                 "claims": self.payloads.get(session), "data": data,

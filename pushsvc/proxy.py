@@ -290,3 +290,47 @@ class _CappedBody(Protocol):
         """Stop reading for good: the connection closes, unfit for reuse."""
         if self.transport is not None:
             self.transport.stopProducing()
+
+
+# The [proxy] settings: a reload that changes one makes the backends anew.
+PROXY_SETTINGS = ("proxy_join_url", "proxy_send_url", "proxy_timeout",
+                  "proxy_max_in_flight", "proxy_on_error", "proxy_secret")
+
+
+class Backends:
+    """The backends the [proxy] settings name: ``join`` (``proxy.join_url``)
+    and ``send`` (``proxy.send_url``), each None when not set.
+
+    ``make(url, settings, count, observe)`` makes one (a ``BackendProxy``);
+    ``count`` and ``observe`` are handed to each (its metrics).
+    """
+
+    def __init__(self, make: Callable[..., Any] | None, count: Callable[[str], None],
+                 observe: Callable[[], Callable[[float], None]]):
+        self._make = make
+        self._count = count
+        self._observe = observe
+        self._settings = None
+        self.join: BackendProxy | None = None
+        self.send: BackendProxy | None = None
+
+    def configure(self, settings) -> None:
+        """Use ``settings``' backends: made anew when a [proxy] setting changed."""
+        old, self._settings = self._settings, settings
+        if old is not None and all(getattr(old, k) == getattr(settings, k)
+                                   for k in PROXY_SETTINGS):
+            return
+        self.close()
+        self.join = self._backend(settings.proxy_join_url, settings)
+        self.send = self._backend(settings.proxy_send_url, settings)
+
+    def _backend(self, url: str, settings) -> BackendProxy | None:
+        if not url or self._make is None:
+            return None
+        return self._make(url, settings, self._count, self._observe())
+
+    def close(self) -> None:
+        for backend in (self.join, self.send):
+            if backend is not None:
+                backend.close()
+        self.join = self.send = None

@@ -347,4 +347,4 @@ class WaitingLimitTests(EngineTestCase):
         held.callback(Answer())
         self.assertEqual(s.conn.take(), [{"op": "ok", "ref": ref}
                                          for ref in range(MAX_WAITING + 1)])
-        self.assertEqual(self.engine._waiting, {})
+        self.assertEqual(self.engine.waiting, {})

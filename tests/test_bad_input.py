@@ -93,7 +93,7 @@ class BadInputTestCase(ServerTestCase):
                          what="everything but the bystander let go")
         self.assertEqual(list(engine.registry.users.members), ["bystander"])
         self.assertEqual(list(engine.registry.groups.members), ["watch"])
-        self.assertEqual(engine._waiting, {})
+        self.assertEqual(engine.waiting, {})
         self.assertEqual(live_objects(), self.baseline)
         self.assertLess(len(gc.get_objects()), self.baseline_total + OBJECT_SLACK)
 

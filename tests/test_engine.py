@@ -583,7 +583,7 @@ class ReplayTests(EngineTestCase):
         self.handle(s, {"op": "resume", "ref": 1, "since": 0, "epoch": "E"})
         self.engine.close(s)
         self.answer.callback(([], []))
-        self.assertEqual((s.conn.take(), self.engine._replaying), ([], {}))
+        self.assertEqual((s.conn.take(), self.engine.replays.held), ([], {}))
 
     def test_a_session_held_from_its_start_gets_the_replay_first_and_nothing_twice(self):
         s = self.open(user="ann", groups=("g",))

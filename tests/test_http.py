@@ -18,7 +18,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from pushsvc.engine import COUNTERS
+from pushsvc.counters import COUNTERS
 from tests.helpers import ServerTestCase, run
 
 
