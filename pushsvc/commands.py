@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[tuple[str, ...], bool, tuple[str, ...]]] = {
     "stats": ((), False, ()),
     "sessions": ((), False, ("user",)),
 }
+# The commands that change sessions: POST /api/NAME (the others are read
+# through GET routes).
+ACTIONS = ("join", "leave", "destroy", "tag", "untag", "kick")
+
 MAX_REASON = 120  # a close reason must fit a close frame (123 bytes)
 
 
