@@ -41,35 +41,70 @@ class AdminTestCase(ServerTestCase):
     """A one-process server with its admin endpoint on a unix socket in a temp
     folder (a relative path: a socket path holds at most 107 bytes)."""
 
-    def start_admin(self, endpoint: str | None = None, secret: str = "", **overrides):
+    def start_admin(self, endpoint: str | None = None, secret: str = "",
+                    again: bool = False, **overrides):
+        """The admin endpoint; ``again``: on the same socket as before (a
+        restarted server).  ``self.connections``: every console connection."""
         if not hasattr(self, "server"):
             self.start_server(**overrides)
-        folder = self.mktemp()
-        os.makedirs(folder)
-        self.socket = os.path.join(folder, "admin.sock")
+        if not again:
+            folder = self.mktemp()
+            os.makedirs(folder)
+            self.socket = os.path.join(folder, "admin.sock")
+            self.connections = []
         endpoint = endpoint or f"unix:{self.socket}:mode=600:lockfile=1"
         settings = replace(self.server.settings, admin=endpoint, admin_secret=secret)
         self.control = LocalControl(self.server)
         service = admin_service(settings, self.control, reactor)
+        build = service.factory.buildProtocol
+        service.factory.buildProtocol = lambda addr: self._track(build(addr))
         service.startService()
         self.addCleanup(service.stopService)
         return service
 
-    def console(self, *args: str, stdin: bytes | None = None,
-                connect: str | None = None) -> Child:
-        """``pushsvc-admin ARGS`` as a child process, at this server's socket."""
+    def _track(self, protocol):
+        self.connections.append(protocol)
+        return protocol
+
+    async def stop_admin(self, service) -> None:
+        """Stop listening and close every console connection, as a server that
+        stops does; return once they are closed on this side."""
+        await service.stopService()
+        for protocol in self.connections:
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
+        await eventually(lambda: all(p.transport is None for p in self.connections),
+                         what="the console connections closing")
+
+    def console(self, *args: str, stdin: bytes | None = None, connect: str | None = None,
+                cwd: str | None = None, keep_stdin: bool = False,
+                close_stdout: bool = False) -> Child:
+        """``pushsvc-admin ARGS`` as a child process, at this server's socket
+        (``connect=""``: no --connect, the default socket in ``cwd``).
+        ``keep_stdin``: stdin stays open (write lines with ``child.transport.write``);
+        ``close_stdout``: nobody reads its output (a pipe whose reader left)."""
         child = Child()
+        if connect is None:
+            connect = getattr(self, "socket", "none.sock")
         argv = [sys.executable, "-m", "pushsvc.admin.cli",
-                "--connect", connect or getattr(self, "socket", "none.sock"), *args]
+                *(["--connect", connect] if connect else []), *args]
         env = {**os.environ, "HOME": os.path.abspath(self.mktemp())}
         env.pop(cli.SECRET_ENV, None)
-        reactor.spawnProcess(child, sys.executable, argv, env=env, path=os.getcwd())
+        reactor.spawnProcess(child, sys.executable, argv, env=env, path=cwd or os.getcwd())
         child.pid = child.transport.pid  # the transport forgets it at the end
+        if close_stdout:
+            child.transport.closeStdout()
         if stdin is not None:
             child.transport.write(stdin)
+        if not keep_stdin:
             child.transport.closeStdin()
         self.addCleanup(child.kill)
         return child
+
+    async def said(self, child: Child, text: str, where: str = "stdout") -> None:
+        """Wait until the child has written ``text`` (on ``where``)."""
+        await eventually(lambda: text in getattr(child, where).decode(),
+                         what=f"{text!r} on the console's {where}")
 
     async def finished(self, child: Child) -> tuple[int, str, str]:
         status = await child.exited()
@@ -182,7 +217,7 @@ class ConsoleTests(AdminTestCase):
         status, out, err = await self.finished(child)
         self.assertEqual(status, 0)
         self.assertIn("GROUP  SESSIONS\nlobby         1\n", out)
-        self.assertIn("usage: pushsvc-admin push TARGET JSON\n", out)
+        self.assertIn("usage: pushsvc-admin push TARGET DATA\n", out)
         self.assertIn("sent message ", out)
         self.assertIn("unknown command 'bogus'", err)
         self.assertIn("usage: pushsvc-admin loglevel LEVEL\n", err)
@@ -203,16 +238,169 @@ class ConsoleTests(AdminTestCase):
         self.assertEqual([status for status, _, _ in results], [2, 2, 2, 2])
         errors = [err for _, _, err in results]
         self.assertIn("unknown command 'bogus'", errors[0])
-        self.assertEqual(errors[1], "usage: pushsvc-admin push TARGET JSON\n"
-                                    "JSON is not valid JSON: {nope\n")
+        self.assertEqual(errors[1], "usage: pushsvc-admin push TARGET DATA\n"
+                                    "DATA starts like JSON but is not valid JSON: {nope; "
+                                    "quote it for the shell ('{\"text\": \"hi\"}'), or to "
+                                    "send text, write it as a JSON string ('\"{nope\"')\n")
         self.assertIn("bad TARGET 'lobby'", errors[2])
         self.assertTrue(errors[3].startswith("usage: pushsvc-admin kick USER|session:ID"))
 
     @run
-    async def test_no_server(self):
-        status, out, err = await self.finished(self.console("stats", connect="gone.sock"))
-        self.assertEqual((status, out, err),
-                         (1, "", "cannot connect to gone.sock — is pushsvc running?\n"))
+    async def test_no_server_names_the_endpoint_it_tried(self):
+        """Run from a folder with no server (the default socket), at an absolute
+        path, at a TCP port: one line naming the endpoint, and why."""
+        folder = os.path.abspath(self.mktemp())
+        os.makedirs(folder)
+        port = free_port()
+        far = "/" + "z" * 200 + ".sock"  # longer than a unix socket address holds
+        cases = [self.console("stats", connect="", cwd=folder),
+                 self.console("stats", connect=os.path.join(folder, "gone.sock")),
+                 self.console("stats", connect=f"tcp:{port}:interface=127.0.0.1"),
+                 self.console("stats", connect=far)]
+        results = await gatherResults([ensureDeferred(self.finished(c)) for c in cases])
+        self.assertEqual(results, [
+            (1, "", f"cannot connect to unix:pushsvc-admin.sock ({folder}/pushsvc-admin.sock): "
+                    "No such file or directory; is pushsvc running, and is this its run "
+                    "directory? Use --connect to give its endpoint\n"),
+            (1, "", f"cannot connect to unix:{folder}/gone.sock: No such file or directory; "
+                    "is pushsvc running?\n"),
+            (1, "", f"cannot connect to tcp:127.0.0.1:{port}: Connection refused; "
+                    "is pushsvc running?\n"),
+            (1, "", f"cannot connect to unix:{far}: its path is longer than a unix socket "
+                    "address holds (107 bytes), even relative to this folder; run the "
+                    "console nearer to it\n")])
+
+    @run
+    async def test_a_malformed_endpoint_is_a_bad_endpoint(self):
+        values = ["tcp:x", "unix:", "tcp:99999", "tcp:0", "", "ssl:8443"]
+        cases = [self.console("stats", "--connect", value, connect="") for value in values]
+        results = await gatherResults([ensureDeferred(self.finished(c)) for c in cases])
+        self.assertEqual([status for status, _, _ in results], [2] * len(values))
+        for value, (_, out, err) in zip(values, results):
+            self.assertEqual(out, "")
+            self.assertTrue(err.startswith(f"bad endpoint '{value}': "), err)
+            self.assertEqual(err.count("\n"), 1, err)
+            self.assertIn("use a socket path, unix:PATH or tcp:PORT", err)
+
+    @run
+    async def test_interactive_reconnects_after_the_server_restarts(self):
+        """The prompt outlives its server: after a restart the next command
+        connects again; while it is away each command says so in one line;
+        ``quit`` (or end of input) on a dead connection leaves with status 0."""
+        service = self.start_admin()
+        await self.client("u1", groups=("lobby",))
+        listing = "GROUP  SESSIONS\nlobby         1\n"
+        child = self.console(keep_stdin=True)
+        child.transport.write(b"groups\n")
+        await self.said(child, listing)
+
+        await self.stop_admin(service)  # restarted between two commands
+        service = self.start_admin(again=True)
+        child.transport.write(b"groups\n")
+        await eventually(lambda: child.stdout.decode().count(listing) == 2)
+
+        await self.stop_admin(service)  # away: one line, and the prompt stays
+        child.transport.write(b"groups\n")
+        await self.said(child, "is pushsvc running", where="stderr")
+        service = self.start_admin(again=True)
+        child.transport.write(b"groups\n")
+        await eventually(lambda: child.stdout.decode().count(listing) == 3)
+
+        await self.stop_admin(service)
+        child.transport.write(b"quit\n")
+        status, out, err = await self.finished(child)
+        self.assertEqual(status, 0)
+        self.assertEqual(err, f"cannot connect to unix:{self.socket} "
+                              f"({os.path.abspath(self.socket)}): No such file or directory; "
+                              "is pushsvc running, and is this its run directory? "
+                              "Use --connect to give its endpoint\n")
+
+        service = self.start_admin(again=True)
+        child = self.console(keep_stdin=True)
+        await self.said(child, "connected to ")
+        await self.stop_admin(service)
+        child.transport.closeStdin()  # Ctrl-D
+        status, out, err = await self.finished(child)
+        self.assertEqual((status, err), (0, ""))
+
+    @run
+    async def test_a_reader_that_leaves_early_ends_it_quietly(self):
+        """``pushsvc-admin sessions | head -1``: once nobody reads its output,
+        the console exits with 141 (as if killed by SIGPIPE), no traceback."""
+        self.start_admin()
+        cases = [self.console("sessions", close_stdout=True),
+                 self.console("stats", "--watch", "0.1", close_stdout=True),
+                 self.console("--json", "stats", "--watch", "0.1", close_stdout=True),
+                 self.console("help", close_stdout=True),
+                 self.console(stdin=b"groups\n", close_stdout=True),
+                 self.console("--help", close_stdout=True)]
+        results = await gatherResults([ensureDeferred(self.finished(c)) for c in cases])
+        self.assertEqual(results[:-1], [(141, "", "")] * (len(cases) - 1))
+        # argparse's --help ignores a failed write itself: 0, quietly too
+        self.assertIn(results[-1], [(0, "", ""), (141, "", "")])
+
+    @run
+    async def test_help_one_shot_as_at_the_prompt(self):
+        """``help`` and ``help COMMAND`` need no server and say what the
+        prompt's do."""
+        cases = [self.console("help", connect="gone.sock"),
+                 self.console("help", "push", connect="gone.sock"),
+                 self.console("help", "bogus", connect="gone.sock")]
+        results = await gatherResults([ensureDeferred(self.finished(c)) for c in cases])
+        (status, every, err), (push_status, push, push_err), bogus = results
+        self.assertEqual((status, err, push_status, push_err), (0, "", 0, ""))
+        self.assertTrue(every.startswith("commands:\n  stats [--watch [SECONDS]]"), every)
+        self.assertIn("\n  push TARGET DATA ", every)
+        self.assertTrue(every.endswith("\n  help [COMMAND]\n"), every)
+        self.assertTrue(push.startswith("usage: pushsvc-admin push TARGET DATA\n  send DATA"),
+                        push)
+        self.assertEqual(bogus[:2], (2, ""))
+        self.assertTrue(bogus[2].startswith("unknown command 'bogus'; the commands are:\n"))
+
+        self.start_admin()
+        status, out, err = await self.finished(self.console(stdin=b"help push\nhelp\n"))
+        self.assertEqual((status, err), (0, ""))
+        self.assertIn(push, out)
+        self.assertIn(every.replace("  help [COMMAND]\n", ""), out)
+
+    @run
+    async def test_push_plain_text_is_sent_as_a_string(self):
+        """DATA that is not JSON, and does not start like JSON, is text."""
+        self.start_admin()
+        c = await self.client("u1", groups=("lobby",))
+        sent = [("hi",), ('{"a": 1}',), ("42",), ("hello", "world"), ('"quoted"',)]
+        for words in sent:
+            status, out, _ = await self.finished(self.console("push", "group:lobby", *words))
+            self.assertEqual(status, 0)
+        child = self.console(stdin=b"push group:lobby it's plain text\n"
+                                   b"push group:lobby {\"a\": [1, 2]}\n")
+        self.assertEqual((await self.finished(child))[0], 0)
+        messages = await c.wait_for_messages(7)
+        self.assertEqual([m["data"] for m in messages],
+                         ["hi", {"a": 1}, 42, "hello world", "quoted", "it's plain text",
+                          {"a": [1, 2]}])
+
+        # JSON that lost its quotes to the shell: an error that says how to quote
+        status, out, err = await self.finished(
+            self.console("push", "group:lobby", "{text:hi}"))
+        self.assertEqual((status, out), (2, ""))
+        self.assertEqual(err, "usage: pushsvc-admin push TARGET DATA\n"
+                              "DATA starts like JSON but is not valid JSON: {text:hi}; "
+                              "quote it for the shell ('{\"text\": \"hi\"}'), or to send "
+                              "text, write it as a JSON string ('\"{text:hi}\"')\n")
+
+    @run
+    async def test_json_stats_totals_have_no_worker(self):
+        """``--json stats`` is the whole server's: no ``worker`` field (the
+        rows of ``--json workers`` keep theirs)."""
+        self.start_admin()
+        cases = [self.console("--json", "stats"), self.console("--json", "workers")]
+        (status, stats, _), (_, workers, _) = await gatherResults(
+            [ensureDeferred(self.finished(c)) for c in cases])
+        self.assertEqual(status, 0)
+        self.assertNotIn("worker", json.loads(stats))
+        self.assertEqual(json.loads(stats)["sessions"], 0)
+        self.assertEqual([w["worker"] for w in json.loads(workers)], [0])
 
     @run
     async def test_tcp_with_secret(self):
@@ -374,9 +562,43 @@ class ArgumentTests(unittest.TestCase):
         self.assertEqual(cli.parse_endpoint("tcp:localhost:9999"), T(host="localhost", port=9999))
         self.assertEqual(cli.parse_endpoint("tcp6:9999:interface=\\:\\:1"),
                          T(host="::1", port=9999))
-        self.assertEqual(str(T(host="::1", port=9)), "[::1]:9")
-        for bad in ("unix:", "tcp:interface=127.0.0.1", "tcp:x"):
-            self.assertRaises(ValueError, cli.parse_endpoint, bad)
+        self.assertEqual(str(T(host="::1", port=9)), "tcp:[::1]:9")
+        self.assertEqual(str(T(path="a.sock")), "unix:a.sock")
+        self.assertEqual(T(path="a.sock").describe(),
+                         f"unix:a.sock ({os.path.abspath('a.sock')})")
+        self.assertEqual(T(path="/run/a.sock").describe(), "unix:/run/a.sock")
+        for bad in ("unix:", "tcp:interface=127.0.0.1", "tcp:x", "tcp:70000", "tcp:0", "",
+                    " ", "ssl:8443:privateKey=k.pem"):
+            self.assertRaises(cli.BadEndpoint, cli.parse_endpoint, bad)
+
+    def test_a_socket_path_too_long_for_a_unix_address(self):
+        """Relative to the current folder when it fits that way, else one line."""
+        near = os.path.abspath(os.path.join("x" * 50, "y" * 40, "admin.sock"))
+        self.assertEqual(cli.Target(path=near).reachable_path(),
+                         os.path.join("x" * 50, "y" * 40, "admin.sock"))
+        far = "/" + "z" * 200 + ".sock"
+        with self.assertRaises(cli.Unreachable) as e:
+            cli.Target(path=far).reachable_path()
+        self.assertIn(f"cannot connect to unix:{far}: its path is longer than a unix socket "
+                      f"address holds", str(e.exception))
+
+    def test_push_data(self):
+        self.assertEqual(cli.parse_data('{"a": 1}'), {"a": 1})
+        self.assertEqual(cli.parse_data("42"), 42)
+        self.assertEqual(cli.parse_data('"42"'), "42")
+        self.assertEqual(cli.parse_data("hi"), "hi")
+        self.assertEqual(cli.parse_data("it's 5 o'clock"), "it's 5 o'clock")
+        for bad in ("{text:hi}", "[1,", '"open', " {x"):
+            self.assertRaises(cli.Usage, cli.parse_data, bad)
+        _, (_, args) = cli.prepare("push", ["all", "hello", "world"])
+        self.assertEqual(args, {"to": {"all": True}, "data": "hello world"})
+
+    def test_help(self):
+        self.assertTrue(cli.help_for([]).endswith("\n  help [COMMAND]"))
+        self.assertTrue(cli.help_for([], prompt=True).endswith("\n  help [COMMAND]\n  quit"))
+        self.assertEqual(cli.help_for(["group"]),
+                         "usage: pushsvc-admin group GROUP\n  the sessions in GROUP")
+        self.assertRaises(cli.Usage, cli.help_for, ["bogus"])
 
     def test_command_arguments(self):
         command, (request, args) = cli.prepare("kick", ["u1", "see", "you"])
@@ -397,6 +619,8 @@ class ArgumentTests(unittest.TestCase):
         self.assertEqual(words("push", "group:g '{\"a\": 1}'"), ["group:g", '{"a": 1}'])
         self.assertEqual(words("push", 'all "hi"'), ["all", '"hi"'])
         self.assertEqual(words("kick", 'u1 "two words"'), ["u1", "two words"])
+        self.assertEqual(words("push", "all it's"), ["all", "it's"])
+        self.assertEqual(words("push", "all two words"), ["all", "two words"])
 
     def test_completion(self):
         console = cli.Console.__new__(cli.Console)
@@ -553,7 +777,9 @@ class PoolConsoleTests(ChildTestCase):
         workers = json.loads(await self.said("--json", "workers"))
         self.assertEqual(sorted(w["worker"] for w in workers), [0, 1])
         self.assertEqual(sum(w["sessions"] for w in workers), 20)
-        self.assertEqual(json.loads(await self.said("--json", "stats"))["sessions"], 20)
+        totals = json.loads(await self.said("--json", "stats"))
+        self.assertEqual(totals["sessions"], 20)
+        self.assertNotIn("worker", totals)
 
         await self.said("push", "group:lobby", '{"text": "hello"}')
         await eventually(lambda: all(c.messages for c in clients))

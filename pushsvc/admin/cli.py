@@ -1,13 +1,14 @@
 """``pushsvc-admin``: the console of a running pushsvc.
 
     pushsvc-admin stats                              one command, then exit
-    pushsvc-admin push group:lobby '{"text":"hi"}'
+    pushsvc-admin push group:lobby '{"text":"hi"}'   DATA: JSON, or plain text as a string
     pushsvc-admin --json sessions u1                 the raw JSON result
     pushsvc-admin stats --watch 5                    the counters every 5 s, with rates
     pushsvc-admin                                    a prompt: history, help, tab completion
 
 Exit status: 0 done, 1 the server refused or failed (one line on stderr) or
-cannot be reached, 2 a bad command or argument (its usage on stderr).
+cannot be reached, 2 a bad command or argument (its usage on stderr), 141
+its output's reader left (``| head``), quietly, as a tool killed by SIGPIPE.
 
 The AMP calls run on a reactor in a background thread (``blockingCallFromThread``),
 so one-shot and interactive use share one blocking path.
@@ -21,6 +22,7 @@ import errno
 import json
 import os
 import shlex
+import socket
 import sys
 import threading
 import time
@@ -29,7 +31,8 @@ from typing import Any, Callable
 
 from twisted.internet.endpoints import (TCP4ClientEndpoint, TCP6ClientEndpoint,
                                         UNIXClientEndpoint, connectProtocol)
-from twisted.internet.error import ConnectError, ConnectionClosed
+from twisted.internet.defer import succeed
+from twisted.internet.error import ConnectError, ConnectionClosed, DNSLookupError
 from twisted.internet.threads import blockingCallFromThread
 from twisted.protocols import amp
 
@@ -50,6 +53,10 @@ class Usage(ValueError):
 
 # -- where the server is -----------------------------------------------------
 
+# The longest unix socket path connect() takes, in bytes (sun_path less its NUL).
+UNIX_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+
+
 @dataclass(frozen=True)
 class Target:
     """The admin endpoint as a client sees it: a unix socket path, or a host and port."""
@@ -59,14 +66,45 @@ class Target:
 
     def endpoint(self, reactor):
         if self.path:
-            return UNIXClientEndpoint(reactor, self.path)
+            return UNIXClientEndpoint(reactor, self.reachable_path())
         kind = TCP6ClientEndpoint if ":" in self.host else TCP4ClientEndpoint
         return kind(reactor, self.host, self.port)
 
+    def reachable_path(self) -> str:
+        """The socket path to connect to: as given, or (when that is longer
+        than a unix socket address holds) relative to the current folder;
+        Unreachable when neither fits."""
+        for path in (self.path, os.path.relpath(self.path)):
+            if len(os.fsencode(path)) <= UNIX_PATH_MAX:
+                return path
+        raise Unreachable(f"cannot connect to {self.describe()}: its path is longer than a "
+                          f"unix socket address holds ({UNIX_PATH_MAX} bytes), even relative "
+                          f"to this folder; run the console nearer to it")
+
     def __str__(self) -> str:
         if self.path:
-            return self.path
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+            return f"unix:{self.path}"
+        return f"tcp:[{self.host}]:{self.port}" if ":" in self.host else \
+            f"tcp:{self.host}:{self.port}"
+
+    def describe(self) -> str:
+        """``str()``, and a relative socket path's full path."""
+        if self.path and not os.path.isabs(self.path):
+            return f"{self} ({os.path.abspath(self.path)})"
+        return str(self)
+
+
+class BadEndpoint(ValueError):
+    """An admin endpoint string the console cannot use; ``str()`` is the one line."""
+
+    def __init__(self, description: str, why: str):
+        super().__init__(f"bad endpoint '{description}': {why}; use a socket path, "
+                         f"unix:PATH or tcp:PORT (the server's string, "
+                         f"e.g. tcp:7001:interface=127.0.0.1)")
+
+
+# Endpoint kinds a server may listen on that the console cannot connect to.
+OTHER_KINDS = ("ssl", "tls", "tcp4", "udp", "systemd", "stdio", "tor", "onion")
 
 
 def _fields(text: str) -> list[tuple[str, str | None]]:
@@ -90,8 +128,12 @@ def _fields(text: str) -> list[tuple[str, str | None]]:
 def parse_endpoint(description: str) -> Target:
     """The admin endpoint from the server's endpoint string (``unix:PATH:mode=600``,
     ``tcp:PORT:interface=127.0.0.1``), a client one (``unix:path=PATH``,
-    ``tcp:host=H:port=P``) or a bare socket path; ValueError if it is none."""
+    ``tcp:host=H:port=P``) or a bare socket path; BadEndpoint if it is none."""
+    if not description.strip():
+        raise BadEndpoint(description, "it is empty")
     kind, colon, rest = description.partition(":")
+    if colon and kind.lower() in OTHER_KINDS:
+        raise BadEndpoint(description, f"the console connects over unix or tcp, not {kind}")
     if not colon or kind not in ("unix", "tcp", "tcp6"):
         return Target(path=description)
     fields = _fields(rest)
@@ -100,14 +142,16 @@ def parse_endpoint(description: str) -> Target:
     if kind == "unix":
         path = named.get("path") or named.get("address") or next(iter(positional), "")
         if not path:
-            raise ValueError(f"no socket path in {description!r}")
+            raise BadEndpoint(description, "no socket path")
         return Target(path=path)
     host = (named.get("host") or named.get("interface")
             or (positional[0] if len(positional) > 1 else "")
             or ("::1" if kind == "tcp6" else "127.0.0.1"))
     port = named.get("port") or next(reversed(positional), "")
     if not port.isdigit():
-        raise ValueError(f"no port in {description!r}")
+        raise BadEndpoint(description, "no port number")
+    if not 0 < int(port) < 65536:
+        raise BadEndpoint(description, f"port {port} is not between 1 and 65535")
     return Target(host=host, port=int(port))
 
 
@@ -143,6 +187,20 @@ def parse_json(text: str, what: str) -> Any:
         return decode_json(text)
     except ProtocolError as e:
         raise Usage(f"{what} is {e}: {text}")
+
+
+def parse_data(text: str) -> Any:
+    """``push``'s DATA: a JSON value, or else plain text, sent as a JSON string.
+    Text that starts like a JSON object, array or string (``{``, ``[``, ``"``)
+    but does not parse is refused (likely JSON the shell took the quotes of)."""
+    try:
+        return decode_json(text)
+    except ProtocolError:
+        if text.lstrip()[:1] not in ("{", "[", '"'):
+            return text
+    raise Usage(f"DATA starts like JSON but is not valid JSON: {text}; quote it for the "
+                f"shell ('{{\"text\": \"hi\"}}'), or to send text, write it as a JSON "
+                f"string ('{json.dumps(text, ensure_ascii=False)}')")
 
 
 # -- showing results ---------------------------------------------------------
@@ -237,6 +295,8 @@ class Command:
     request: Callable[[list[str]], Request]
     show: Callable[[Any], str]
     errors: Callable[[Any], list[str]] = lambda result: []
+    # the server's result as the user sees it (shown, or printed by --json)
+    answer: Callable[[Any], Any] = lambda result: result
 
     def build(self, name: str, words: list[str]) -> Request:
         if len(words) < self.low or (self.high is not None and len(words) > self.high):
@@ -259,6 +319,12 @@ def _targeted(name: str, key: str) -> Callable[[list[str]], Request]:
     return lambda words: _run(name, **parse_who(words[0]), **{key: words[1]})
 
 
+def _totals(stats: dict[str, Any]) -> dict[str, Any]:
+    """``stats`` for the whole server: without the ``worker`` that each
+    worker's counters carry (merged, it names only one of them)."""
+    return {k: v for k, v in stats.items() if k != "worker"}
+
+
 def _kick(words: list[str]) -> Request:
     reason = {"reason": " ".join(words[1:])} if len(words) > 1 else {}
     return _run("kick", **parse_who(words[0]), **reason)
@@ -267,8 +333,7 @@ def _kick(words: list[str]) -> Request:
 COMMANDS: dict[str, Command] = {
     "stats": Command("[--watch [SECONDS]]", "counters for the whole server; --watch: "
                      "again every SECONDS with rates per second, until Ctrl-C", 0, 0,
-                     lambda w: _run("stats"),
-                     lambda r: pairs({k: v for k, v in r.items() if k != "worker"})),
+                     lambda w: _run("stats"), pairs, answer=_totals),
     "workers": Command("", "the worker processes: pid, sessions, uptime", 0, 0,
                        lambda w: (Workers, {}), _workers),
     "sessions": Command("[USER]", "sessions (of USER, or everyone's): groups and tags",
@@ -284,10 +349,11 @@ COMMANDS: dict[str, Command] = {
                      lambda w: _run("group", group=w[0]),
                      lambda r: table(["session", "user"],
                                      [[m["session"], m["user"]] for m in r["members"]])),
-    "push": Command("TARGET JSON", "send JSON to TARGET: all, session:ID, user:U, group:G, "
-                    "tag:T or an address object", 2, 2,
+    "push": Command("TARGET DATA", "send DATA to TARGET (all, session:ID, user:U, group:G, "
+                    "tag:T or an address object); DATA is JSON, or else plain text, sent as "
+                    "a string (the rest of the words); quote JSON for the shell", 2, None,
                     lambda w: (Push, {"to": parse_target(w[0]),
-                                      "data": parse_json(w[1], "JSON")}),
+                                      "data": parse_data(" ".join(w[1:]))}),
                     lambda r: f"sent message {r['id']}"),
     "join": Command("USER|session:ID GROUP", "put the user's sessions (or one session) in GROUP",
                     2, 2, _targeted("join", "group"), _count("joined")),
@@ -368,7 +434,7 @@ def watch(connection: "Connection", every: float, count: int = 0,
                 print(e, file=sys.stderr)
                 return 1
             now = time.monotonic()
-            stats = {k: v for k, v in stats.items() if k != "worker"}
+            stats = _totals(stats)
             per_second = rates(before, now, stats)
             if as_json:
                 print(json.dumps({"time": round(time.time(), 3), **stats,
@@ -418,62 +484,148 @@ def help_text() -> str:
                      for name, c in COMMANDS.items())
 
 
+def help_for(words: list[str], prompt: bool = False) -> str:
+    """What ``help [COMMAND]`` says (the prompt's list adds ``quit``);
+    Usage for an unknown command."""
+    if not words:
+        return f"commands:\n{help_text()}\n  help [COMMAND]" + ("\n  quit" if prompt else "")
+    if len(words) == 1 and words[0] in COMMANDS:
+        return f"{usage(words[0])}\n  {COMMANDS[words[0]].help}"
+    if len(words) == 1 and words[0] in ("help", "quit"):
+        return {"help": "help [COMMAND]: the commands, or one command's usage",
+                "quit": "quit (or Ctrl-D): leave the prompt"}[words[0]]
+    raise Usage(f"unknown command '{' '.join(words)}'; the commands are:\n{help_text()}")
+
+
 # -- talking to the server ---------------------------------------------------
 
 class Unreachable(Exception):
     """The admin endpoint cannot be reached; ``str()`` is the one line to show."""
 
 
+class _Client(amp.AMP):
+    """The console's end of a connection; knows when it is gone."""
+
+    lost = False
+
+    def connectionLost(self, reason):
+        self.lost = True
+        super().connectionLost(reason)
+
+
+def _alive(protocol: _Client | None) -> bool:
+    """Whether ``protocol``'s connection can take a command: not lost, and
+    no end of file waiting to be read (the server never speaks first, so
+    anything readable on an idle connection is its end: it stopped or
+    restarted)."""
+    if protocol is None or protocol.lost:
+        return False
+    try:
+        return protocol.transport.getHandle().recv(1, socket.MSG_PEEK) != b""
+    except BlockingIOError:  # nothing to read: the usual, alive
+        return True
+    except OSError:
+        return False
+
+
 class Connection:
     """A blocking AMP connection to the admin endpoint: the reactor runs in a
-    background thread; a lost connection is made again on the next call."""
+    background thread.  A connection found dead before a command (the server
+    stopped or restarted) is made again, once, for that command."""
 
     def __init__(self, target: Target, secret: str):
         from twisted.internet import reactor
         self.reactor = reactor
         self.target = target
         self.secret = secret
-        self.protocol: amp.AMP | None = None
+        self.protocol: _Client | None = None  # used in the reactor thread only
         self.thread = threading.Thread(target=reactor.run, daemon=True,
                                        kwargs={"installSignalHandlers": False})
         self.thread.start()
 
     def open(self) -> None:
         """Connect (and authenticate) unless connected; AdminError or Unreachable."""
-        if self.protocol is None or not self.protocol.transport.connected:
-            self.protocol = self._blocking(self._connect)
+        self._blocking(self._ready)
 
     def call(self, command: type[amp.Command], **args: Any) -> Any:
         """The command's ``result``; AdminError, or Unreachable."""
-        self.open()
         try:
-            return self._blocking(self.protocol.callRemote, command, **args)["result"]
+            return self._blocking(self._call, command, args)["result"]
         except ConnectionClosed:
-            raise Unreachable(f"lost the connection to {self.target}")
+            raise Unreachable(f"lost the connection to {self.target} before an answer "
+                              f"(did the server stop?); the command may not have run")
         except amp.UnknownRemoteError as e:
             raise AdminError(f"the server failed ({e}); see its log")
+        except amp.UnhandledCommand:
+            raise AdminError(f"the server at {self.target} does not know this command "
+                             f"(is it an older pushsvc?)")
 
-    def _connect(self):
-        d = connectProtocol(self.target.endpoint(self.reactor), amp.AMP())
+    # -- in the reactor thread
+
+    def _ready(self):
+        """A Deferred firing with a live, authenticated connection."""
+        if _alive(self.protocol):
+            return succeed(self.protocol)
+        if self.protocol is not None and not self.protocol.lost:
+            self.protocol.transport.abortConnection()
+        self.protocol = None
+        d = connectProtocol(self.target.endpoint(self.reactor), _Client())
         if self.secret:
-            d.addCallback(lambda p: p.callRemote(Authenticate, secret=self.secret)
-                          .addCallback(lambda _: p))
-        return d
+            d.addCallback(self._authenticate)
+        return d.addCallback(self._keep)
+
+    def _authenticate(self, protocol: _Client):
+        def refused(failure):
+            protocol.transport.loseConnection()
+            return failure
+        return (protocol.callRemote(Authenticate, secret=self.secret)
+                .addCallbacks(lambda _: protocol, refused))
+
+    def _keep(self, protocol: _Client) -> _Client:
+        self.protocol = protocol
+        return protocol
+
+    def _call(self, command: type[amp.Command], args: dict[str, Any]):
+        return self._ready().addCallback(lambda p: p.callRemote(command, **args))
+
+    def _stop(self) -> None:
+        if self.protocol is not None and not self.protocol.lost:
+            self.protocol.transport.loseConnection()
+        self.reactor.stop()
+
+    # -- from the main thread
 
     def _blocking(self, f, *args, **kwargs):
         try:
             return blockingCallFromThread(self.reactor, f, *args, **kwargs)
-        except ConnectError as e:
-            if e.osError in (errno.EACCES, errno.EPERM):
-                raise Unreachable(f"cannot connect to {self.target}: permission denied "
-                                  f"(run the console as the server's user)")
-            raise Unreachable(f"cannot connect to {self.target} — is pushsvc running?")
+        except (ConnectError, DNSLookupError) as e:
+            raise Unreachable(self.cannot_connect(e))
+
+    def cannot_connect(self, e: Exception) -> str:
+        """The one line for a failed connect: the endpoint, why, and a hint."""
+        where = f"cannot connect to {self.target.describe()}"
+        number = getattr(e, "osError", None)
+        if number in (errno.EACCES, errno.EPERM):
+            return f"{where}: permission denied (run the console as the server's user)"
+        if isinstance(number, int) and number:
+            why = os.strerror(number)
+        elif isinstance(e, ConnectError):
+            why = (str(e.args[0]) if e.args and e.args[0] else e.MESSAGE).rstrip(".")
+        else:
+            why = str(e).rstrip(".")
+        if isinstance(e, DNSLookupError):
+            return f"{where}: {why}"
+        if self.target.path and not os.path.isabs(self.target.path):
+            hint = ("is pushsvc running, and is this its run directory? "
+                    "Use --connect to give its endpoint")
+        else:
+            hint = "is pushsvc running?"
+        return f"{where}: {why}; {hint}"
 
     def close(self) -> None:
-        if self.protocol is not None:
-            self.reactor.callFromThread(self.protocol.transport.loseConnection)
-        self.reactor.callFromThread(self.reactor.stop)
-        self.thread.join(5)
+        if self.thread.is_alive():
+            self.reactor.callFromThread(self._stop)
+            self.thread.join(5)
 
 
 def prepare(name: str, words: list[str]) -> tuple[Command, Request]:
@@ -496,7 +648,8 @@ def perform(connection: Connection, command: Command, request: Request,
     except (AdminError, Unreachable) as e:
         print(e, file=sys.stderr)
         return 1
-    text = json.dumps(result, ensure_ascii=False) if as_json else command.show(result)
+    answer = command.answer(result)
+    text = json.dumps(answer, ensure_ascii=False) if as_json else command.show(answer)
     if text:
         print(text)
     errors = command.errors(result)
@@ -509,7 +662,8 @@ def perform(connection: Connection, command: Command, request: Request,
 
 def interactive_words(name: str, rest: str) -> list[str]:
     """The words of a typed line: as a shell splits them, except that ``push``
-    takes its JSON as written (shell quotes around it are fine too)."""
+    takes its DATA (JSON or text) as written, the rest of the line (shell
+    quotes around it are fine too)."""
     if name != "push":
         return shlex.split(rest)
     target, _, data = rest.strip().partition(" ")
@@ -517,7 +671,10 @@ def interactive_words(name: str, rest: str) -> list[str]:
     try:
         json.loads(data)
     except ValueError:
-        unquoted = shlex.split(data)
+        try:
+            unquoted = shlex.split(data)
+        except ValueError:  # an unclosed quote: plain text, as typed (it's)
+            unquoted = []
         data = unquoted[0] if len(unquoted) == 1 else data
     return [w for w in (target, data) if w]
 
@@ -553,10 +710,10 @@ class Console(cmd.Cmd):
 
     def do_help(self, arg: str) -> None:
         """help [COMMAND]: the commands, or one command's usage."""
-        if arg in COMMANDS:
-            print(f"{usage(arg)}\n  {COMMANDS[arg].help}")
-        else:
-            print(f"commands:\n{help_text()}\n  help [COMMAND]\n  quit")
+        try:
+            print(help_for(arg.split(), prompt=True))
+        except Usage as e:
+            print(e, file=sys.stderr)
 
     def do_quit(self, arg: str) -> bool:
         return True
@@ -638,10 +795,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def connection_of(args: argparse.Namespace) -> tuple[Target, str]:
-    """Where to connect and the secret to give; ConfigError or ValueError."""
+    """Where to connect and the secret to give; ConfigError or BadEndpoint."""
     settings = build_settings(args.config) if args.config else None
-    endpoint = args.connect or (settings.admin if settings else DEFAULT_ADMIN)
-    if not endpoint:
+    endpoint = args.connect if args.connect is not None else (
+        settings.admin if settings else DEFAULT_ADMIN)
+    if not endpoint and args.connect is None:
         raise ConfigError("server.admin", f"is off (\"\") in {args.config}: "
                                           "the server has no console")
     secret = args.secret or os.environ.get(SECRET_ENV) or (
@@ -649,8 +807,16 @@ def connection_of(args: argparse.Namespace) -> tuple[Target, str]:
     return parse_endpoint(endpoint), secret
 
 
-def main(argv: list[str] | None = None) -> None:
+def console(argv: list[str] | None) -> int:
+    """The whole console, its exit status."""
     args = parse_args(argv)
+    if args.command == "help":  # answered here, without the server
+        try:
+            print(help_for(args.words))
+            return 0
+        except Usage as e:
+            print(e, file=sys.stderr)
+            return 2
     try:
         target, secret = connection_of(args)
         # a bad command line is answered without the server
@@ -661,28 +827,48 @@ def main(argv: list[str] | None = None) -> None:
             raise Usage(f"usage: {PROG} stats --watch [SECONDS] [--count N]\n"
                         "--watch is for stats, with a number of seconds above 0; "
                         "--count needs --watch")
-    except Usage as e:
+    except (Usage, BadEndpoint) as e:
         print(e, file=sys.stderr)
-        sys.exit(2)
-    except (ConfigError, ValueError) as e:
+        return 2
+    except ConfigError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     connection = Connection(target, secret)
     try:
         if args.watch is not None:
-            status = watch(connection, args.watch, args.count, args.json)
-        elif prepared is not None:
-            status = perform(connection, *prepared, args.json)
-        else:
-            connection.open()
-            status = interact(connection, args.json)
+            return watch(connection, args.watch, args.count, args.json)
+        if prepared is not None:
+            return perform(connection, *prepared, args.json)
+        connection.open()
+        return interact(connection, args.json)
     except (AdminError, Unreachable) as e:
         print(e, file=sys.stderr)
-        status = 1
+        return 1
     except KeyboardInterrupt:
-        status = 130
+        return 130
     finally:
         connection.close()
+
+
+# Exit status when the reader of our output went away (``| head``): what a
+# shell reports for a tool killed by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        try:
+            status = console(argv)
+        except SystemExit as e:  # argparse: --help, or a bad option
+            status = e.code
+        except KeyboardInterrupt:  # Ctrl-C before (or after) the work
+            status = 130
+        sys.stdout.flush()  # here, not at exit, where a broken pipe cannot be caught
+    except BrokenPipeError:
+        # Nobody reads our output any more: no traceback, and no second
+        # error when Python flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = EXIT_BROKEN_PIPE
     sys.exit(status)
 
 
