@@ -3,8 +3,8 @@ resumes by itself (docs/clients.md).
 
     .venv/bin/python examples/listen.py ws://localhost:8080/ws --user alice --group lobby
 
-prints each message as a line of JSON on stdout (and the connection's states
-on stderr); then, in another terminal:
+prints each message as a line of JSON on stdout (and the connection's states,
+and the groups' joined/left frames, on stderr); then, in another terminal:
 
     curl -X POST localhost:8080/api/push -d '{"to":{"group":"lobby"},"data":"hello"}'
 
@@ -34,6 +34,14 @@ def arguments():
     return parser.parse_args()
 
 
+def describe(frame) -> str:
+    """A joined/left frame in words: a member event (it has a session) or
+    news about this client's own groups (it has a reason)."""
+    if "session" in frame:
+        return f"{frame['group']}: {frame['user'] or 'someone anonymous'} {frame['op']}"
+    return f"{frame['op']} {frame['group']} ({frame['reason']})"
+
+
 async def main(reactor, args):
     client = PushClient(args.url, user=args.user, token=args.token, groups=args.group)
     done = Deferred()
@@ -50,6 +58,9 @@ async def main(reactor, args):
     @client.on("gap")
     def gap(gap):
         print(f"gap: missed messages in {gap['channels']}: reload them", file=sys.stderr)
+
+    client.on("joined", lambda frame: print(describe(frame), file=sys.stderr, flush=True))
+    client.on("left", lambda frame: print(describe(frame), file=sys.stderr, flush=True))
 
     @client.on("state")
     def state(change):

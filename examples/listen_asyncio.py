@@ -32,10 +32,8 @@ from twisted.internet.task import react  # noqa: E402
 from pushsvc.client import PushClient  # noqa: E402
 
 
-def arguments():
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from listen import arguments as parse  # the same options as listen.py
-    return parse()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from listen import arguments, describe  # noqa: E402  the same options and words as listen.py
 
 
 async def main(args):
@@ -46,6 +44,8 @@ async def main(args):
     client.on("gap", lambda gap: print(f"gap: missed messages in {gap['channels']}",
                                        file=sys.stderr))
     client.on("state", lambda change: print(change["state"], file=sys.stderr, flush=True))
+    client.on("joined", lambda frame: print(describe(frame), file=sys.stderr, flush=True))
+    client.on("left", lambda frame: print(describe(frame), file=sys.stderr, flush=True))
 
     await client.start().asFuture(loop)
     if args.say and args.group:

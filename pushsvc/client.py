@@ -23,14 +23,15 @@ every frame the server wrote before it has arrived.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import itertools
 import json
 from typing import Any, Callable
 from urllib.parse import urlparse
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet.defer import (Deferred, DeferredList, ensureDeferred, maybeDeferred,
-                                    succeed)
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, fail, succeed
 from twisted.internet.endpoints import clientFromString, wrapClientTLS
 from twisted.logger import Logger
 
@@ -38,12 +39,14 @@ _log = Logger()
 
 
 class ServerError(Exception):
-    """The server answered a request with an ``error`` frame."""
+    """The server answered a request with an ``error`` frame.  ``group`` names
+    the group when it answers a ``join`` of PushClient's (None otherwise)."""
 
-    def __init__(self, frame: dict[str, Any]):
+    def __init__(self, frame: dict[str, Any], group: str | None = None):
         super().__init__(f"{frame.get('code')}: {frame.get('message')}")
         self.code = frame.get("code")
         self.frame = frame
+        self.group = group
 
 
 class ConnectionClosed(Exception):
@@ -170,6 +173,14 @@ def connect(url: str, reactor=None,
 
 # -- a client that stays connected ---------------------------------------------
 
+def _fresh(d: Deferred) -> Deferred:
+    """A Deferred with ``d``'s result that is not ``called`` before it has one
+    (``d`` may be waiting on another Deferred, and say ``called`` meanwhile)."""
+    result = Deferred()
+    d.chainDeferred(result)
+    return result
+
+
 POLICY = 1008   # authentication refused or expired, or sending too fast
 KICKED = 4000   # POST /api/kick
 TRY_LATER = 1013  # the server is full, or this client read too slowly
@@ -214,11 +225,13 @@ class PushClient:
         await client.stop()
 
     Every request method (``auth``, ``join``, ``leave``, ``send``, ``ping``,
-    ``request``) returns a Deferred that fires with the server's answer (the
-    ``ok`` frame; the message id for ``send``) or fails with ``ServerError``
-    (an ``error`` frame) or ``ConnectionClosed`` (the connection was lost
-    before the answer: the request may or may not have been served). A
-    request made while the client is not ready waits until it is.
+    ``presence``, ``request``) returns a Deferred that fires with the server's
+    answer (the ``ok`` frame; the message id for ``send``; the ``presence``
+    frame for ``presence``) or fails with ``ServerError`` (an ``error``
+    frame; ``group`` set when it answers a ``join``) or ``ConnectionClosed``
+    (the connection was lost before the answer: the request may or may not
+    have been served). A request made while the client is not ready waits
+    until it is.
 
     Events (``client.on(event, callback)``; ``callback`` gets one argument):
 
@@ -234,14 +247,23 @@ class PushClient:
       ``delay`` (seconds) when the connection was lost; states are ``idle``,
       ``connecting``, ``open`` (welcomed), ``ready`` (authenticated, in its
       groups, resumed), ``waiting`` (to reconnect) and ``closed``;
-    - ``welcome``, ``joined``, ``left``, ``frame`` (every frame): the frames;
+    - ``joined``, ``left``: those frames.  Without ``session`` they are about
+      this session (the server joined it to a group, ``reason: "server"``;
+      or took it out: ``"server"``, ``"destroyed"``, ``"token expired"``),
+      and update ``groups``; with ``session`` they are member events (a
+      namespace with ``events = true``; its own join included), which do not;
+    - ``welcome``, ``frame`` (every frame): the frames;
     - ``error``: an ``error`` frame that answered no request (a
-      ``ServerError``), or a request of the reconnection that failed.
+      ``ServerError``), or a request of the reconnection that failed: a
+      group that could not be joined again is dropped from ``groups`` and
+      told as a ``ServerError`` whose ``group`` names it (or the exception
+      its token function raised).
 
     It does not reconnect after close code 1008 (authentication refused or
     expired) or 4000 (kicked; unless ``reconnect_on_kick``). ``token`` may be
-    a string or a callable returning one (or a Deferred of one), called for
-    each connection: a fresh token each time.
+    a string or a callable returning one (or a Deferred or awaitable of one),
+    called for each connection: a fresh token each time.  ``join``'s
+    subscription ``token`` is the same, called for each join of the group.
     """
 
     def __init__(self, url: str, user: str | None = None, token: Any = None,
@@ -269,6 +291,7 @@ class PushClient:
         self.last_pos: int | None = None  # the pos of the last message received ...
         self.pos_epoch: str | None = None  # ... and the epoch it belongs to
         self.groups: set[str] = set(groups)
+        self._join_options: dict[str, dict[str, Any]] = {}  # group -> token, data
         self.attempt = 0                  # reconnect attempts since the last ready
         self.protocol: _Connection | None = None
         self._credentials: dict[str, Any] | None = (
@@ -467,12 +490,16 @@ class PushClient:
                 self._buffer.append(frame)  # resuming: sorted, then delivered
             else:
                 self._deliver(frame)
-        elif op == "joined":
-            self.groups.add(frame.get("group"))
-            self._emit("joined", frame)
-        elif op == "left":
-            self.groups.discard(frame.get("group"))
-            self._emit("left", frame)
+        elif op in ("joined", "left"):
+            # Without "session": the server changed this session's groups (a
+            # group it joined is joined again after a reconnect; one it left
+            # is not).  With it: a member event, which changes nothing here.
+            if "session" not in frame and isinstance(frame.get("group"), str):
+                if op == "joined":
+                    self.groups.add(frame["group"])
+                else:
+                    self._forget(frame["group"])
+            self._emit(op, frame)
         ref = frame.get("ref")
         waiter = self._pending.pop(ref, None) if isinstance(ref, int) else None
         if waiter is not None:
@@ -543,22 +570,54 @@ class PushClient:
         def remember(ok):
             self._credentials = credentials
             return ok
-        d = self._credential_fields(credentials)
-        return d.addCallback(lambda fields: self.request("auth", **fields)).addCallback(remember)
+        d = _fresh(self._credential_fields(credentials).addCallback(
+            lambda fields: self.request("auth", **fields)))
+        return d.addCallback(remember)
 
-    def join(self, group: str) -> Deferred:
-        """Join ``group``; it is joined again after each reconnect."""
-        return self.request("join", group=group).addCallback(self._joined, group)
+    def join(self, group: str, token: Any = None, data: Any = None) -> Deferred:
+        """Join ``group``; it is joined again after each reconnect, with the
+        same ``token`` and ``data`` (a later join of the group replaces the
+        ones it gives).  ``token``: a subscription token for the group, or a
+        callable returning one (or a Deferred or awaitable of one), called
+        for each join: a fresh token on each reconnect.  ``data``: any JSON,
+        for the backend or the application's ``on_join``.  Fires with the
+        ``ok``; a refusal fails with ``ServerError`` (``group`` set)."""
+        options = {key: value for key, value in (("token", token), ("data", data))
+                   if value is not None}
+        d = _fresh(self._join_fields(group, options).addCallback(
+            lambda fields: self.request("join", **fields)))
+        return d.addCallbacks(self._joined, self._join_failed,
+                              callbackArgs=(group, options), errbackArgs=(group,))
 
-    def _joined(self, ok, group):
+    def _joined(self, ok, group: str, options: dict[str, Any]):
         self.groups.add(group)
+        if options:
+            self._join_options[group] = {**self._join_options.get(group, {}), **options}
         return ok
 
+    @staticmethod
+    def _join_failed(failure, group: str):
+        if failure.check(ServerError) and failure.value.group is None:
+            failure.value.group = group
+        return failure
+
     def leave(self, group: str) -> Deferred:
+        """Leave ``group`` (and stop joining it after reconnects)."""
         def left(ok):
-            self.groups.discard(group)
+            self._forget(group)
             return ok
         return self.request("leave", group=group).addCallback(left)
+
+    def _forget(self, group: str) -> None:
+        self.groups.discard(group)
+        self._join_options.pop(group, None)
+
+    def presence(self, group: str) -> Deferred:
+        """Who is in ``group`` (a member's question, where its namespace has
+        presence on); fires with the ``presence`` frame: ``{"op", "ref",
+        "group", "sessions", "anonymous", "users": {user: {"sessions",
+        "data"?}}, "more"?}``."""
+        return self.request("presence", group=group)
 
     def send(self, to: dict[str, Any], data: Any = None) -> Deferred:
         """Send ``data`` to an address; fires with the message id."""
@@ -571,11 +630,47 @@ class PushClient:
 
     # -- (re)storing a connection ------------------------------------------------
 
+    def _token(self, token: Any) -> Deferred:
+        """A Deferred of ``token``: a string as it is; a callable's answer (a
+        string, or a Deferred or awaitable of one)."""
+        if not callable(token):
+            return succeed(token)
+        try:
+            result = token()
+        except Exception:
+            return fail()
+        if isinstance(result, Deferred):
+            return result
+        if inspect.isawaitable(result):
+            # Under Twisted's asyncio reactor an awaitable is asyncio's (it
+            # awaits asyncio futures): run it as a task of that loop.
+            loop = getattr(self.reactor, "_asyncioEventloop", None)
+            if loop is not None:
+                return Deferred.fromFuture(asyncio.ensure_future(result, loop=loop))
+            return ensureDeferred(result)
+        return succeed(result)
+
     def _credential_fields(self, credentials: dict[str, Any]) -> Deferred:
-        token = credentials.get("token")
-        if callable(token):
-            return maybeDeferred(token).addCallback(lambda t: {"token": t})
+        if "token" in credentials:
+            return self._token(credentials["token"]).addCallback(lambda t: {"token": t})
         return succeed(dict(credentials))
+
+    def _join_fields(self, group: str, options: dict[str, Any]) -> Deferred:
+        """The fields of a ``join`` of ``group`` with ``options`` (token, data)."""
+        fields = {"group": group}
+        if "data" in options:
+            fields["data"] = options["data"]
+        if "token" not in options:
+            return succeed(fields)
+
+        def with_token(token):
+            fields["token"] = token
+            return fields
+        return self._token(options["token"]).addCallback(with_token)
+
+    def _rejoin(self, conn: _Connection, group: str) -> Deferred:
+        d = self._join_fields(group, self._join_options.get(group, {}))
+        return d.addCallback(lambda fields: self._send(conn, "join", fields))
 
     async def _restore(self, conn: _Connection) -> None:
         resuming = self._resuming
@@ -585,13 +680,17 @@ class PushClient:
                 fields = await self._credential_fields(self._credentials)
                 await self._send(conn, "auth", fields)
             groups = sorted(self.groups)
-            results = await DeferredList([self._send(conn, "join", {"group": g})
-                                          for g in groups], consumeErrors=True)
+            results = await DeferredList([self._rejoin(conn, g) for g in groups],
+                                         consumeErrors=True)
             for group, (ok, result) in zip(groups, results):
                 if not ok:
                     if result.check(ConnectionClosed):
                         result.raiseException()
-                    self.groups.discard(group)
+                    # Refused now (or its token function failed): no longer
+                    # one of ours, and said so.
+                    self._forget(group)
+                    if result.check(ServerError):
+                        result.value.group = group
                     self._emit("error", result.value)
             if resuming:
                 await self._resume(conn)

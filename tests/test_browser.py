@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
@@ -21,7 +22,9 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
 
-from tests.helpers import ServerTestCase, eventually, run
+from pushsvc.server import PushServer
+from tests.helpers import ServerTestCase, eventually, run, settings
+from tests.test_tokens import SECRET, token
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BROWSER_DIR = os.path.join(ROOT, "tests", "browser")
@@ -192,14 +195,27 @@ class DemoInChromiumTests(ServerTestCase):
             self.skipTest(reason)
         return node, chromium
 
+    def start_events_server(self) -> str:
+        """A second server, in the development mode, with member events on
+        and subscription tokens for the groups ``room:*``; its base URL."""
+        self.events_server = PushServer(settings(
+            namespaces={"": {"events": True}, "room": {"join": "token"}},
+            jwt_secret=SECRET), reactor)
+        listener = self.events_server.listen(reactor, "tcp:0:interface=127.0.0.1")
+        self.events_server.startService()
+        self.addCleanup(self.events_server.stopService)
+        return f"http://127.0.0.1:{listener._waitingForPort.result.getHost().port}"
+
     @run
     async def test_demo_page_end_to_end(self):
         node, chromium = self.tools()
-        self.start_server()
+        self.start_server()                     # the defaults: events off, presence on
+        events_base = self.start_events_server()
+        self.tokens_made = 0
         screenshot = os.path.abspath(self.mktemp()) + ".png"
         child = Lines()
         env = dict(os.environ, PUSHSVC_CHROMIUM=chromium)
-        reactor.spawnProcess(child, node, [node, SCRIPT, self.base, screenshot],
+        reactor.spawnProcess(child, node, [node, SCRIPT, self.base, screenshot, events_base],
                              env=env, path=BROWSER_DIR)
         self.addCleanup(child.kill)
         deadline = reactor.seconds() + DEADLINE
@@ -220,18 +236,34 @@ class DemoInChromiumTests(ServerTestCase):
         with open(screenshot, "rb") as f:
             self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n")
         if os.environ.get("PUSHSVC_DEMO_SCREENSHOT"):  # to renew docs/demo.png
-            shutil.copy(screenshot, os.environ["PUSHSVC_DEMO_SCREENSHOT"])
+            # (relative to the checkout: trial runs in _trial_temp)
+            shutil.copy(screenshot, os.path.join(ROOT, os.environ["PUSHSVC_DEMO_SCREENSHOT"]))
+
+    def sessions(self, user: str) -> list:
+        """``user``'s sessions, on whichever of the two servers they are."""
+        return [session for server in (self.server, self.events_server)
+                for session in server.engine.registry.user_sessions(user)]
 
     async def step(self, request: dict) -> dict:
         if request["step"] == "restart":
             # As a server restart does to a client: close 1012 ("service
-            # restart"); once it is gone, push to its group.
+            # restart"); once it is gone, push to its group (when told).
             user = request["user"]
-            sessions = list(self.engine.registry.user_sessions(user))
+            sessions = self.sessions(user)
             self.assertEqual(len(sessions), 1)
             sessions[0].conn.close(1012, "service restart")
-            await eventually(lambda: not self.engine.registry.user_sessions(user),
-                             what=f"{user}'s session closes")
+            await eventually(lambda: not self.sessions(user), what=f"{user}'s session closes")
+            if "text" not in request:
+                return {}
             msg_id = await self.push({"group": "lobby"}, {"text": request["text"]})
             return {"id": msg_id}
+        if request["step"] == "token":
+            # A subscription token for the user's first two joins; then one
+            # for another user, which the server refuses.
+            self.tokens_made += 1
+            user = request["user"] if self.tokens_made <= 2 else "mallory"
+            return {"token": token(user, exp=time.time() + 600, group=request["group"])}
+        if request["step"] == "groups":
+            [session] = self.sessions(request["user"])
+            return {"groups": sorted(session.groups)}
         raise AssertionError(f"unknown step {request!r}")

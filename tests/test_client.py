@@ -1,17 +1,22 @@
 """``pushsvc.client.PushClient``, the client that stays connected, over real
 sockets: it comes back after the server drops it or restarts, resumes from
 the last ``pos`` (the missed messages arrive in order, once), tells gaps, and
-stays away when refused or kicked. The examples run as child processes: the
-Twisted one and the asyncio one."""
+stays away when refused or kicked; it joins with subscription tokens (a
+fresh one on each reconnect) and data, asks presence, hears member events,
+forgets the groups the server took it out of, and tells a re-join refused
+after a reconnect. The examples run as child processes: the Twisted one and
+the asyncio one."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sys
 import time
 
 from twisted.internet import reactor
+from twisted.internet.defer import succeed
 from twisted.internet.task import Clock, deferLater
 from twisted.trial import unittest
 
@@ -19,7 +24,7 @@ from pushsvc.client import ConnectionClosed, PushClient, ServerError
 from pushsvc.protocol import parse_push
 from pushsvc.server import PushServer
 from tests.helpers import Child, ServerTestCase, eventually, run, settings
-from tests.test_tokens import SECRET, token
+from tests.test_tokens import NOW, SECRET, TokenServerTestCase, token
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,7 +39,10 @@ class Recorder:
         self.resumes: list[dict] = []
         self.states: list[dict] = []
         self.errors: list[Exception] = []
+        self.members: list[dict] = []   # joined and left frames, in order
         client.on("message", self.messages.append)
+        client.on("joined", self.members.append)
+        client.on("left", self.members.append)
         client.on("gap", self.gaps.append)
         client.on("resumed", self.resumes.append)
         client.on("state", self.states.append)
@@ -343,6 +351,176 @@ class PushClientTests(ServerTestCase):
         await ready
         self.assertEqual(client.user, "ann")
 
+    @run
+    async def test_presence_and_member_events(self):
+        self.start_server(namespaces={"": {"events": True}})
+        client, seen = self.make()
+        await client.start()
+        bob = await self.client("bob", groups=("g1",))
+        reply = await client.presence("g1")
+        self.assertEqual(reply, {"op": "presence", "ref": reply["ref"], "group": "g1",
+                                 "sessions": 2, "anonymous": 0,
+                                 "users": {"ann": {"sessions": 1}, "bob": {"sessions": 1}}})
+        with self.assertRaises(ServerError) as e:
+            await client.presence("g2")
+        self.assertEqual((e.exception.code, e.exception.frame["message"]),
+                         ("forbidden", "not a member of group 'g2'"))
+        await bob.disconnect()
+        await eventually(lambda: len(seen.members) == 3, what="bob's left")
+        await client.ping()
+        # Its own join, bob's join and bob's leave; a member leaving does not
+        # take the client out of the group.
+        self.assertEqual(seen.members, [
+            {"op": "joined", "group": "g1", "session": client.session, "user": "ann"},
+            {"op": "joined", "group": "g1", "session": bob.session, "user": "bob"},
+            {"op": "left", "group": "g1", "session": bob.session, "user": "bob"}])
+        self.assertEqual(client.groups, {"g1"})
+        reply = await client.presence("g1")
+        self.assertEqual((reply["sessions"], reply["users"]), (1, {"ann": {"sessions": 1}}))
+
+    @run
+    async def test_groups_the_server_joins_and_takes_away(self):
+        """A group the server joined the session to is joined again after a
+        reconnect; one it took the session out of is not."""
+        self.start_server()
+        client, seen = self.make()
+        await client.start()
+        self.assertEqual(await self.http("POST", "/api/join", {"user": "ann", "group": "g2"}),
+                         (200, {"sessions": 1, "refused": 0}))
+        self.assertEqual(await self.http("POST", "/api/destroy", {"group": "g1"}),
+                         (200, {"sessions": 1}))
+        await client.ping()
+        self.assertEqual(seen.members, [{"op": "joined", "group": "g2", "reason": "server"},
+                                        {"op": "left", "group": "g1", "reason": "destroyed"}])
+        self.assertEqual(client.groups, {"g2"})
+        self.drop("ann")
+        await self.back(client)
+        [conn] = self.conns("ann")
+        self.assertEqual(conn.session.groups, {"g2"})
+        self.assertEqual((client.groups, seen.errors), ({"g2"}, []))
+
+
+class GroupTokenTests(TokenServerTestCase):
+    """PushClient and the join rules of a token-mode server whose timers run
+    on a Clock: subscription tokens (a fresh one for each join), join data,
+    a token that runs out, re-joins refused after a reconnect."""
+
+    def make(self, **kw) -> tuple[PushClient, Recorder]:
+        kw.setdefault("min_delay", 0.05)
+        kw.setdefault("random", lambda: 0.5)
+        client = PushClient(self.url, token=lambda: token("ann", exp=NOW + 3600), **kw)
+        self.addCleanup(client.stop)
+        return client, Recorder(client)
+
+    def server_groups(self, client: PushClient) -> set[str]:
+        return self.engine.registry.get(client.session).groups
+
+    async def back(self, client: PushClient) -> None:
+        """The server drops ann's connection; wait until the client is ready again."""
+        for session in self.engine.registry.user_sessions("ann"):
+            session.conn.dropConnection(abort=True)
+        await eventually(lambda: client.state != "ready", what="the client sees the loss")
+        await client.when_ready()
+
+    @run
+    async def test_a_token_function_gives_each_join_a_fresh_subscription_token(self):
+        self.start()
+        made = []
+        expiries = [NOW + 60, NOW + 600]
+
+        async def room_token():  # a plain function, or one returning a Deferred, as well
+            made.append(token("ann", exp=expiries[len(made)], group="room:1"))
+            return made[-1]
+        client, seen = self.make()
+        ok = await client.join("room:1", token=room_token)  # before start(): it connects
+        self.assertEqual((ok["op"], client.state), ("ok", "ready"))
+        self.assertEqual((client.groups, self.server_groups(client)), ({"room:1"}, {"room:1"}))
+        await self.back(client)
+        self.assertEqual(len(made), 2)
+        self.assertEqual(self.server_groups(client), {"room:1"})
+        # Past the first token's expiry (and the 5 s leeway): the second one counts.
+        self.clock.advance(100)
+        await client.ping()
+        self.assertEqual((client.groups, self.server_groups(client)), ({"room:1"}, {"room:1"}))
+        self.assertEqual((seen.members, seen.errors), ([], []))
+
+    @run
+    async def test_a_token_that_runs_out_takes_the_group_away(self):
+        self.start()
+        calls = []
+
+        def room_token():
+            calls.append(None)
+            return token("ann", exp=NOW + 60, group="room:1")
+        client, seen = self.make()
+        await client.start()
+        await client.join("room:1", token=room_token)
+        await client.join("room:2", token=token("ann", exp=NOW + 60, group="room:2"))
+        self.clock.advance(30)
+        # Joining again with a fresh token renews; the client keeps the new one.
+        await client.join("room:2", token=token("ann", exp=NOW + 600, group="room:2"))
+        self.clock.advance(40)                  # room:1's token ran out, with its leeway
+        await client.ping()
+        self.assertEqual(seen.members, [{"op": "left", "group": "room:1",
+                                         "reason": "token expired"}])
+        self.assertEqual((client.groups, self.server_groups(client)), ({"room:2"}, {"room:2"}))
+        await self.back(client)
+        self.assertEqual(len(calls), 1)         # room:1 is not joined again
+        self.assertEqual((client.groups, self.server_groups(client)), ({"room:2"}, {"room:2"}))
+        self.assertEqual(seen.errors, [])
+
+    @run
+    async def test_join_data_goes_with_each_join(self):
+        from pushsvc.app import Allow, App
+        self.start(namespaces={"vip": {"join": "hook"}})
+        asked = []
+
+        def on_join(session, api, group, data):
+            asked.append((session.user, group, data))
+            return Allow({"level": data["level"]})
+        self.engine.set_app(App("t", type("M", (), {"on_join": staticmethod(on_join)})))
+        client, seen = self.make()
+        await client.start()
+        await client.join("vip:1", data={"level": 3})
+        expected = {"op": "presence", "group": "vip:1", "sessions": 1, "anonymous": 0,
+                    "users": {"ann": {"sessions": 1, "data": {"level": 3}}}}
+        reply = await client.presence("vip:1")
+        self.assertEqual(reply, {**expected, "ref": reply["ref"]})
+        await self.back(client)
+        reply = await client.presence("vip:1")
+        self.assertEqual(reply, {**expected, "ref": reply["ref"]})
+        self.assertEqual(asked, [("ann", "vip:1", {"level": 3})] * 2)
+
+    @run
+    async def test_a_rejoin_refused_after_a_reconnect_is_dropped_and_told(self):
+        self.start(namespaces={"staff": {"join": "server"}})
+        # The second token the function gives is another user's.
+        tokens = [token("ann", group="room:1"), token("bob", group="room:1")]
+        client, seen = self.make()
+        await client.start()
+        await client.join("room:1", token=lambda: tokens.pop(0))
+        await client.join("room:2", token=token("ann", group="room:2"))
+        with self.assertRaises(ServerError) as e:
+            await client.join("room:3")
+        self.assertEqual((e.exception.code, e.exception.group, e.exception.frame["message"]),
+                         ("forbidden", "room:3", "joining group 'room:3' needs a subscription "
+                          "token or a token whose 'groups' claim names it"))
+        # The server joins it to a group of a server-only namespace: the
+        # client's own join of it will be refused.
+        self.assertEqual(await self.http("POST", "/api/join",
+                                         {"user": "ann", "group": "staff:all"}),
+                         (200, {"sessions": 1, "refused": 0}))
+        await client.ping()
+        self.assertEqual(client.groups, {"room:1", "room:2", "staff:all"})
+        await self.back(client)
+        self.assertEqual((client.state, client.groups, self.server_groups(client)),
+                         ("ready", {"room:2"}, {"room:2"}))
+        self.assertEqual(
+            [(e.code, e.group, e.frame["message"]) for e in seen.errors],
+            [("forbidden", "room:1", "the token is for another user (claim 'sub')"),
+             ("forbidden", "staff:all",
+              "only the server joins sessions to group 'staff:all' (namespace 'staff')")])
+
 
 class BackoffTests(unittest.TestCase):
     def delays(self, codes, random=lambda: 0.5, **kw):
@@ -364,6 +542,34 @@ class BackoffTests(unittest.TestCase):
 
     def test_try_later_starts_further_out(self):
         self.assertEqual(self.delays([1013, 1006, 1013]), [4, 8, 16])
+
+
+class TokenFunctionTests(unittest.TestCase):
+    """What a token (connection or subscription) may be: a string, or a
+    callable returning one, a Deferred of one or an awaitable of one."""
+
+    def test_strings_callables_and_deferreds(self):
+        client = PushClient("ws://127.0.0.1:1/ws", reactor=Clock())
+        self.assertEqual(self.successResultOf(client._token("t1")), "t1")
+        self.assertEqual(self.successResultOf(client._token(lambda: "t2")), "t2")
+        self.assertEqual(self.successResultOf(client._token(lambda: succeed("t3"))), "t3")
+        self.failureResultOf(client._token(lambda: 1 / 0), ZeroDivisionError)
+
+    def test_an_async_function_under_the_asyncio_reactor_runs_as_an_asyncio_task(self):
+        # Its awaits are asyncio's: it runs as a task of the reactor's loop
+        # (Twisted's asyncio reactor keeps the loop as _asyncioEventloop).
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        reactor_ = type("AsyncioReactor", (), {"_asyncioEventloop": loop})()
+        client = PushClient("ws://127.0.0.1:1/ws", reactor=reactor_)
+
+        async def fresh():
+            await asyncio.sleep(0)
+            return "t4"
+        d = client._token(fresh)
+        self.assertNoResult(d)
+        loop.run_until_complete(asyncio.sleep(0.01))
+        self.assertEqual(self.successResultOf(d), "t4")
 
 
 class ExampleTests(ServerTestCase):

@@ -9,14 +9,19 @@
  *   </script>
  *
  * What it does for you (docs/clients.md has the whole API):
- * - requests carry a `ref`; `auth`, `join`, `leave`, `send`, `ping` and `resume`
- *   return Promises, resolved with the `ok` (or `pong`) frame and rejected
- *   with a PushError for an `error` frame;
+ * - requests carry a `ref`; `auth`, `join`, `leave`, `send`, `ping`,
+ *   `presence` and `resume` return Promises, resolved with the `ok` (or
+ *   `pong`, `presence`) frame and rejected with a PushError for an `error`
+ *   frame;
  * - a lost connection comes back by itself, after a jittered exponential
  *   backoff (0.5 s doubling to 30 s, ±50 %), authenticates again as before,
  *   joins its groups again, and sends `resume` with the last `pos` it got and
  *   the `epoch` of that `pos`: the messages missed meanwhile arrive in order,
  *   once; the channels the server could not fill in are told as a `gap`;
+ * - `join(group, {token, data})` remembers a subscription token (or a
+ *   function giving a fresh one for each join) and data for the re-joins; a
+ *   group the server takes the session out of (`left` without `session`:
+ *   "server", "destroyed", "token expired") is not joined again;
  * - it does not come back after close code 1008 (authentication refused) or
  *   4000 (kicked), unless told to (`reconnectOnKick`);
  * - a `ping` op after `pingInterval` ms of silence; no answer within
@@ -63,12 +68,14 @@
     /** An `error` frame from the server (`code`, `message`, `frame`), or a
      *  request that failed on the client side: code "disconnected" (the
      *  connection was lost before the answer; the request may or may not have
-     *  been served), "closed" (close() was called), "timeout". */
+     *  been served), "closed" (close() was called), "timeout".  `group` names
+     *  the group when it answers a join (null otherwise). */
     constructor(code, message, frame) {
       super(code + ": " + message);
       this.name = "PushError";
       this.code = code;
       this.frame = frame || null;
+      this.group = null;
     }
   }
 
@@ -100,6 +107,7 @@
       this.lastPos = null;   // the pos of the last message received ...
       this.posEpoch = null;  // ... and the epoch it belongs to
       this.groups = new Set(this.options.groups || []);
+      this._joinOptions = new Map();  // group -> {token?, data?}, for the re-joins
       this.attempt = 0;      // reconnect attempts since the last ready
       this._credentials = null;
       if (this.options.token) this._credentials = {token: this.options.token};
@@ -122,7 +130,8 @@
     // -- events --------------------------------------------------------------
 
     /** Listen to an event: message, welcome, gap, state, error, joined, left,
-     *  resumed, frame.  Returns the listener. */
+     *  resumed, frame.  Returns the listener.  `joined`/`left` frames with a
+     *  `session` are member events; without, they are about this session. */
     on(event, listener) {
       (this._listeners[event] = this._listeners[event] || []).push(listener);
       return listener;
@@ -307,12 +316,15 @@
           this._message(frame);
           break;
         case "joined":
-          this.groups.add(frame.group);
-          this._emit("joined", frame);
-          break;
         case "left":
-          this.groups.delete(frame.group);
-          this._emit("left", frame);
+          // Without "session": the server changed this session's groups (a
+          // group it joined is joined again after a reconnect; one it left
+          // is not).  With it: a member event, which changes nothing here.
+          if (frame.session === undefined && typeof frame.group === "string") {
+            if (frame.op === "joined") this.groups.add(frame.group);
+            else this._forget(frame.group);
+          }
+          this._emit(frame.op, frame);
           break;
         default:
           break;
@@ -410,20 +422,49 @@
         }));
     }
 
-    /** Join a group; it is joined again after each reconnect. */
-    join(group) {
-      return this._request("join", {group: group}).then((ok) => {
-        this.groups.add(group);
+    /** Join a group; it is joined again after each reconnect, with the same
+     *  options (a later join of the group replaces those it gives):
+     *  `token`, a subscription token for the group or a function returning
+     *  one (or a Promise of one), called for each join: a fresh token on each
+     *  reconnect; `data`, any JSON for the backend or the application's
+     *  on_join.  Resolves with the ok frame; a refusal rejects with a
+     *  PushError whose `group` names the group. */
+    join(group, options) {
+      const given = {};
+      if (options && options.token !== undefined && options.token !== null) given.token = options.token;
+      if (options && options.data !== undefined) given.data = options.data;
+      return this._joinFields(group, given)
+        .then((fields) => this._request("join", fields))
+        .then((ok) => {
+          this.groups.add(group);
+          if (Object.keys(given).length) {
+            this._joinOptions.set(group, Object.assign({}, this._joinOptions.get(group), given));
+          }
+          return ok;
+        }, (error) => {
+          if (error instanceof PushError && error.group === null) error.group = group;
+          throw error;
+        });
+    }
+
+    /** Leave a group (and stop joining it after reconnects). */
+    leave(group) {
+      return this._request("leave", {group: group}).then((ok) => {
+        this._forget(group);
         return ok;
       });
     }
 
-    /** Leave a group. */
-    leave(group) {
-      return this._request("leave", {group: group}).then((ok) => {
-        this.groups.delete(group);
-        return ok;
-      });
+    /** Who is in a group (a member's question, where its namespace has
+     *  presence on); resolves with the presence frame: {op, ref, group,
+     *  sessions, anonymous, users: {name: {sessions, data?}}, more?}. */
+    presence(group) {
+      return this._request("presence", {group: group});
+    }
+
+    _forget(group) {
+      this.groups.delete(group);
+      this._joinOptions.delete(group);
     }
 
     /** Send `data` to an address ({group: "g"}, {user: "u"}, ...); resolves
@@ -442,9 +483,14 @@
 
     _resolveToken(fields) {
       if (typeof fields.token === "function") {
-        return Promise.resolve(fields.token()).then((token) => ({token: token}));
+        return Promise.resolve().then(() => fields.token())
+          .then((token) => Object.assign({}, fields, {token: token}));
       }
       return Promise.resolve(fields);
+    }
+
+    _joinFields(group, options) {
+      return this._resolveToken(Object.assign({group: group}, options || {}));
     }
 
     _restore() {
@@ -459,11 +505,16 @@
           .then((fields) => this._request("auth", fields, true));
       }
       chain = chain.then(() => Promise.all(Array.from(this.groups).map((group) =>
-        this._request("join", {group: group}, true).catch((e) => {
-          if (e.code === "disconnected") throw e;
-          this.groups.delete(group);
-          this._emit("error", e);
-        }))));
+        this._joinFields(group, this._joinOptions.get(group))
+          .then((fields) => this._request("join", fields, true))
+          .catch((e) => {
+            if (e && e.code === "disconnected") throw e;
+            // Refused now (or its token function failed): no longer one of
+            // ours, and said so.
+            this._forget(group);
+            if (e instanceof PushError) e.group = group;
+            this._emit("error", e);
+          }))));
       if (resuming) {
         chain = chain.then(() => this._resume());
       }
