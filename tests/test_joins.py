@@ -296,6 +296,7 @@ class PresenceTests(JoinTestCase):
         self.assertEqual(self.others(b), [joined])
         await b.request("leave", group="g")
         await b.request("join", group="g")
+        self.assertEqual(self.others(b), [joined, joined])  # not its own left: it is out
         await b.disconnect()
         await a.barrier()
         left = {"op": "left", "group": "g", "session": b.session, "user": "bob"}

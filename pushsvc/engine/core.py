@@ -188,10 +188,10 @@ class Engine:
         """Forget a session: it leaves every group, tag and user map."""
         hook = self.hooks.get("on_disconnect")
         info = None if hook is None else SessionInfo.of(session)
-        if not self.gone(session):
-            self.groups.closing(session)
+        farewells = [] if self.gone(session) else self.groups.farewells(session)
         self.joins.gone(session)
         self.registry.remove(session)
+        self.groups.publish_all(farewells)
         self.waiting.pop(session, None)
         self.replays.held.pop(session, None)
         if session.timer is not None:

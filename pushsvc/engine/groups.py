@@ -91,27 +91,36 @@ class Groups:
 
     def depart(self, session: Session, group: str) -> bool:
         """Take ``session`` out of ``group``, telling the other members when
-        the namespace says so; False if it was not in it."""
+        the namespace says so (not the session: it has left, on whichever
+        worker it is); False if it was not in it."""
         if group not in session.groups:
             return False
-        self.announce("left", session, group)
+        frame = self.engine.joins.event("left", session, group)  # with the member's data
         self.engine.joins.left(session, group)
-        return self.engine.registry.leave(session, group)
+        self.engine.registry.leave(session, group)
+        self._publish(group, frame)
+        return True
 
-    def closing(self, session: Session) -> None:
-        """``session`` is closing: the other members hear it left each group."""
-        for group in session.groups:
-            self.announce("left", session, group)
+    def farewells(self, session: Session) -> list[tuple[str, bytes | None]]:
+        """The ``left`` events of a closing session, to ``publish_all`` once
+        it has gone."""
+        return [(group, self.engine.joins.event("left", session, group))
+                for group in session.groups]
+
+    def publish_all(self, events: list[tuple[str, bytes | None]]) -> None:
+        for group, frame in events:
+            self._publish(group, frame)
 
     def announce(self, op: str, session: Session, group: str) -> None:
         """Publish a ``joined``/``left`` event to ``group``'s members, on every
         worker and node, when its namespace has events on; not kept."""
-        engine = self.engine
-        frame = engine.joins.event(op, session, group)
+        self._publish(group, self.engine.joins.event(op, session, group))
+
+    def _publish(self, group: str, frame: bytes | None) -> None:
         if frame is not None:
-            to = Address(group=(group,))
-            engine.broker.publish((f"group:{group}",), Message(engine.ids.message_id(), to,
-                                                               frame))
+            engine = self.engine
+            message = Message(engine.ids.message_id(), Address(group=(group,)), frame)
+            engine.broker.publish((f"group:{group}",), message)
 
     def expired(self, session: Session, group: str) -> None:
         """A subscription token ran out: out of the group, and told why."""
