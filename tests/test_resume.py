@@ -113,6 +113,28 @@ class OneProcessResumeTests(ResumeMixin, ServerTestCase):
         self.assertEqual((ok["replayed"], ok["gaps"]), (0, ["all", "user:ann"]))
 
 
+class RestartTests(ResumeMixin, PoolTestCase):
+    """A whole pool restarted: the client comes back with the old epoch."""
+
+    @run
+    async def test_what_was_pushed_after_a_restart_is_replayed(self):
+        await self.start_pool(2)
+        first = await self.client("ann", groups=("g1", "g2"))
+        epoch = self.welcome(first)["epoch"]
+        await self.push({"user": "ann"}, "before")
+        await first.wait_for_messages(1)
+        since = first.messages[0]["pos"]
+        await first.disconnect()
+        await self.master.stopService()                    # the whole server goes
+        await self.start_pool(2)                            # and a new one starts
+        after = [await self.push(to, n) for n, to in enumerate(TARGETS[:4])]
+        again, ok = await self.come_back(since, epoch)
+        self.assertNotEqual(self.welcome(again)["epoch"], epoch)
+        self.assertEqual((ok["replayed"], ok["gaps"]),
+                         (4, ["all", "group:g1", "group:g2", "user:ann"]))
+        self.assertEqual([m["id"] for m in again.messages], after)
+
+
 class PoolResumeTests(ResumeMixin, PoolTestCase):
     @run
     async def test_back_on_another_worker(self):
