@@ -17,7 +17,10 @@ import argparse
 import json
 import sys
 
+from urllib.parse import urlsplit
+
 from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.internet.task import react
 
 from pushsvc.client import PushClient
@@ -31,6 +34,8 @@ def arguments():
     parser.add_argument("--group", action="append", default=[], help="join this group")
     parser.add_argument("--count", type=int, default=0, help="exit after this many messages")
     parser.add_argument("--say", help="send this to the first group once ready")
+    parser.add_argument("--ca", help="for wss://: trust the certificate(s) in this PEM "
+                                     "file (a self-signed server's; SSL_CERT_FILE works too)")
     return parser.parse_args()
 
 
@@ -43,7 +48,13 @@ def describe(frame) -> str:
 
 
 async def main(reactor, args):
-    client = PushClient(args.url, user=args.user, token=args.token, groups=args.group)
+    tls = None
+    if args.ca:
+        with open(args.ca, "rb") as f:
+            trust = Certificate.loadPEM(f.read())
+        tls = optionsForClientTLS(urlsplit(args.url).hostname, trustRoot=trust)
+    client = PushClient(args.url, user=args.user, token=args.token, groups=args.group,
+                        tls=tls)
     done = Deferred()
     received = 0
 
@@ -64,8 +75,11 @@ async def main(reactor, args):
 
     @client.on("state")
     def state(change):
-        detail = f" (code {change['code']}, again in {change['delay']:.1f} s)" \
-            if change["state"] == "waiting" else ""
+        detail = ""
+        if change["state"] in ("waiting", "closed"):
+            reason = f": {change['reason']}" if change.get("reason") else ""
+            again = f", again in {change['delay']:.1f} s" if "delay" in change else ""
+            detail = f" (code {change['code']}{reason}{again})"
         print(f"{change['state']}{detail}", file=sys.stderr, flush=True)
         if change["state"] == "closed" and not done.called:
             done.callback(None)  # refused (1008) or kicked (4000)

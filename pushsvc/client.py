@@ -204,8 +204,27 @@ class _Connection(WebSocketClientProtocol):
         if isinstance(frame, dict):
             self.client._received(self, frame)
 
+    def connectionLost(self, reason):
+        self.tls_failure = tls_failure(reason)
+        super().connectionLost(reason)
+
     def onClose(self, wasClean, code, reason):
-        self.client._lost(self, code, reason)
+        failure = getattr(self, "tls_failure", None)
+        self.client._lost(self, code, failure or reason)
+
+
+def tls_failure(reason) -> str | None:
+    """Why a wss:// connection ended in its TLS handshake, in words; None
+    when it did not (an untrusted certificate would otherwise be a bare 1006)."""
+    from OpenSSL.SSL import Error
+    if not reason.check(Error):
+        return None
+    details = [part for args in reason.value.args for entry in args
+               for part in (entry[-1] if isinstance(entry, tuple) else entry,) if part]
+    why = ", ".join(dict.fromkeys(str(d) for d in details)) or "handshake failed"
+    hint = ("; trust the server's CA with SSL_CERT_FILE=ca.pem or the tls= option"
+            if "certificate verify failed" in why else "")
+    return f"TLS: {why}{hint}"
 
 
 class PushClient:

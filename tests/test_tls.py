@@ -17,7 +17,7 @@ from twisted.internet import reactor
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 
-from pushsvc.client import ConnectionClosed, connect
+from pushsvc.client import ConnectionClosed, PushClient, connect
 from pushsvc.pool.master import Master, RestartFailed
 from pushsvc.server import PushServer
 from pushsvc.tls import TLSError
@@ -141,6 +141,26 @@ class OneProcessTests(TLSTestCase):
         self.assertIn("certificate verify failed", caught.exception.reason)
         c = await self.client()  # the server still serves the ones that trust it
         self.assertEqual(peer_serial(c), self.serial)
+
+    @run
+    async def test_the_reconnecting_client_says_why_tls_failed(self):
+        """An untrusted certificate is named, with the way to trust it, not a bare 1006."""
+        self.start_tls_server()
+        states = []
+        lost = PushClient(self.url, user="u1", min_delay=60)
+        lost.on("state", states.append)
+        lost.on("error", lambda error: None)
+        lost.start().addErrback(lambda failure: None)  # stopped before it is ready
+        await eventually(lambda: any(s["state"] == "waiting" for s in states))
+        await lost.stop()
+        waiting = next(s for s in states if s["state"] == "waiting")
+        self.assertEqual(waiting["code"], 1006)
+        self.assertIn("TLS: certificate verify failed", waiting["reason"])
+        self.assertIn("SSL_CERT_FILE", waiting["reason"])
+        trusting = PushClient(self.url, user="u1", tls=self.client_tls)
+        await trusting.start()
+        self.assertEqual(trusting.state, "ready")
+        await trusting.stop()
 
     @run
     async def test_reload_renews_the_certificate_for_new_connections(self):
