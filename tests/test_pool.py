@@ -218,7 +218,9 @@ class PoolFaultTests(PoolTestCase):
                          and self.pool.workers[index] is not doomed,
                          what="a new worker")
         replaced_in = reactor.seconds() - killed_at
-        self.assertLess(replaced_in, 1.0)
+        # 0.25 s of backoff (it dies young) and a process start: well under
+        # a second on a quiet machine; bounded loosely here, on a busy one.
+        self.assertLess(replaced_in, 5.0)
         # The dead worker's subscriptions went with it; the new one has only its own.
         self.assertEqual(self.subscribers("group:g"), {1 - index})
         self.assertEqual(self.pool.table.workers[self.pool.workers[index]],
