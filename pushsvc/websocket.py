@@ -64,11 +64,11 @@ OPEN = WebSocketServerProtocol.STATE_OPEN
 # Frames queued for the end of the turn are written at once past this many bytes.
 FLUSH_AT = 64 * 1024
 
-# Frames one message may come in.  Browsers send a message as one frame and
-# other clients in a few; a flood of tiny fragments costs a list entry each.
 # Seconds between two batches of clients closed by a rolling restart's drain.
 DRAIN_STEP = 0.1
 
+# Frames one message may come in.  Browsers send a message as one frame and
+# other clients in a few; a flood of tiny fragments costs a list entry each.
 MAX_FRAGMENTS = 1024
 FRAGMENTS_PER_TOKEN = 16  # every 16th fragment of a message costs a token, like a message
 
