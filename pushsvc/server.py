@@ -21,7 +21,8 @@ from .http import build_site
 from .ids import IdMaker
 from .logtext import address_text, plural
 from .tls import TLSContext, TLSError, describe_certificate, is_tls
-from .websocket import PushServerFactory, prepare_frame
+from .websocket import prepare_frame
+from .wsfactory import PushServerFactory
 
 _log = Logger()
 
