@@ -23,8 +23,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from zope.interface import implementer
+
 from .ids import new_incarnation
 from .protocol import is_message, with_position
+from .reloadable import IReloadable
 from .sessions import ALL
 
 KEPT_KINDS = ("user:", "group:", "tag:")
@@ -57,6 +60,7 @@ def in_order(found) -> list[tuple[Any, bytes]]:
     return out
 
 
+@implementer(IReloadable)
 class History:
     """The kept messages of one keeper; ``ttl`` 0 keeps nothing."""
 
@@ -175,6 +179,7 @@ class History:
         return in_order(found), channels if other else gaps
 
 
+@implementer(IReloadable)
 class Mailbox:
     """Messages kept for users with no session anywhere (pushes with
     ``"store": true``), until the user connects or ``ttl`` passes; at most

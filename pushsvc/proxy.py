@@ -48,6 +48,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
+from .reloadable import IReloadable
+
 _log = Logger()
 
 MAX_ANSWER_BYTES = 65536
@@ -297,6 +299,7 @@ PROXY_SETTINGS = ("proxy_join_url", "proxy_send_url", "proxy_timeout",
                   "proxy_max_in_flight", "proxy_on_error", "proxy_secret")
 
 
+@implementer(IReloadable)
 class Backends:
     """The backends the [proxy] settings name: ``join`` (``proxy.join_url``)
     and ``send`` (``proxy.send_url``), each None when not set.

@@ -150,12 +150,8 @@ class PushServer(MultiService):
             _log.warn("reload: {names} changed in the config file; only a restart "
                       "applies that", names=", ".join(skipped))
         settings = self.settings = self.settings.reloaded(settings)
-        self.engine.configure(settings)
-        if self.history is not None:
-            self.history.configure(settings)
-            self.mailbox.configure(settings)
-        self.ws_factory.configure(settings)
-        self.site.configure(settings)
+        for piece in self.reloadables():
+            piece.configure(settings)
         self.engine.set_app(app)
         for context, options in renewed:
             if context.use(options):
@@ -169,6 +165,11 @@ class PushServer(MultiService):
         stops = [service.stopService() for service in self
                  if isinstance(service, ListenerService) and service.running]
         return DeferredList([s for s in stops if isinstance(s, Deferred)])
+
+    def reloadables(self) -> list:
+        """What a reload configures (each an ``IReloadable``)."""
+        kept = [] if self.history is None else [self.history, self.mailbox]
+        return [self.engine, *kept, self.ws_factory, self.site]
 
     def retire(self, code: int, reason: str, drain: float = 0.0) -> Deferred:
         """Stop accepting, then close every client with ``code``, spread over

@@ -102,10 +102,12 @@ def warn_if_open_namespaces(settings: Settings, log: Logger = _log) -> bool:
     return True
 
 
-def makeService(options: Options):
+def makeService(options: Options, reactor=None):
     """Build the service tree for the options twistd parsed: one process
-    (``--workers 0``) or a master with a pool of workers."""
-    from twisted.internet import reactor
+    (``--workers 0``) or a master with a pool of workers; ``reactor``
+    defaults to the global one (twistd's)."""
+    if reactor is None:
+        from twisted.internet import reactor
 
     settings = options.settings
     warn_if_open(settings)

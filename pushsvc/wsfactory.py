@@ -8,8 +8,10 @@ from __future__ import annotations
 from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from .protocol import CLOSE_GOING_AWAY
+from .reloadable import IReloadable
 from .websocket import OPEN, PushServerProtocol
 
 _log = Logger()
@@ -18,6 +20,7 @@ _log = Logger()
 DRAIN_STEP = 0.1
 
 
+@implementer(IReloadable)
 class PushServerFactory(WebSocketServerFactory):
     """Builds client connections for one engine and can close them all."""
 

@@ -26,6 +26,7 @@ from ..namespaces import Namespaces
 from ..proxy import Backends
 from ..protocol import (CLOSE_POLICY, RATE_LIMITED, UNAUTHORIZED, Address, ProtocolError,
                         Request, error_frame, message_frame, parse_request, reply_frame)
+from ..reloadable import IReloadable
 from ..routing import channels, recipients, session_channels, worker_channel
 from ..sessions import Session, SessionRegistry
 from ..tokens import KeyFileError, TokenVerifier
@@ -47,7 +48,7 @@ MAX_WAITING = 100
 BEFORE_AUTH = ("auth", "ping")
 
 
-@implementer(IReceiver)
+@implementer(IReceiver, IReloadable)
 class Engine:
     """Sessions, ops, delivery and commands for one process.
 

@@ -9,10 +9,12 @@ import hmac
 from typing import Any
 
 from twisted.internet.defer import maybeDeferred
+from zope.interface import implementer
 
 from ..broker.interface import Command
 from ..limits import OriginPolicy, PerAddress, Proxies
 from ..protocol import FORBIDDEN, UNAUTHORIZED
+from ..reloadable import IReloadable
 from .answers import AuthError
 
 
@@ -20,6 +22,7 @@ def _digest(key: bytes) -> bytes:
     return hashlib.sha256(key).digest()
 
 
+@implementer(IReloadable)
 class HttpApi:
     """Holds what the resources and the site share: the engine, settings,
     API keys, and the limits of the edge (origins, proxies, connections per

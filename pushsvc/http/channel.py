@@ -7,9 +7,11 @@ import json
 
 from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from ..limits import address_key
 from ..protocol import BAD_REQUEST, TOO_LARGE
+from ..reloadable import IReloadable
 from .answers import COUNTED, error_body
 from .api import HttpApi
 
@@ -150,6 +152,7 @@ class PushChannel(HTTPChannel):
                                       self.transport.abortConnection)
 
 
+@implementer(IReloadable)
 class PushSite(Site):
     """The site of ``/ws``, the HTTP API and ``/healthz``.
 
