@@ -33,9 +33,13 @@ ADDRESSES_KEPT = 4096  # decoded addresses a worker keeps (WorkerProtocol._addre
 
 
 class WorkerProtocol(amp.AMP):
-    """The worker's end of the AMP pipe: the hub hands it messages and commands."""
+    """The worker's end of the AMP pipe: the hub hands it messages and commands.
 
-    def __init__(self, broker: "AmpBroker", on_lost=None):
+    ``broker`` is the worker's ``AmpBroker``, or its ``RedisBroker`` on a
+    Redis node (which gets messages from the hub only while Redis is away).
+    """
+
+    def __init__(self, broker, on_lost=None):
         super().__init__()
         self.broker = broker
         self.on_lost = on_lost
@@ -45,7 +49,10 @@ class WorkerProtocol(amp.AMP):
     def deliver(self, batch):
         # An exception out of a responder makes AMP drop the pipe, and the
         # worker would take that for the master going away: contain it.
-        deliver = self.broker.receiver.deliver
+        # A Redis node's broker gets messages here only as relays from the
+        # node's other workers while Redis is away: it sees them first.
+        deliver = (getattr(self.broker, "deliver_relayed", None)
+                   or self.broker.receiver.deliver)
         try:
             records = list(unpack_messages(batch))
         except (ValueError, struct.error):

@@ -40,16 +40,46 @@ of them, or ``timeout`` seconds and logs who did not answer.
 
 Faults.  Each connection reconnects with backoff (0.1 s doubling to 5 s);
 Redis going away is logged once and its return once.  While Redis is away
-the broker is *degraded* (``health``): local delivery goes on, ``subscribe``
-fires at once (the channel is subscribed at reconnect), commands answer for
-this engine alone, and what this engine publishes for other nodes is kept in
-a queue bounded by ``max_queued_messages`` and ``max_queued_bytes`` (the
-oldest go first) and at most ``QUEUE_MAX_AGE`` seconds old.  At reconnect the
-subscriber subscribes every channel again (txredisapi does not), the process
-registers again in ``_members`` only once that stands, and the queue is sent
-once every peer known before the outage has registered again (or after
-``hold_time``: the peers' longest backoff and some), since Redis drops what
-is published while nobody listens.
+the broker is *degraded* (``health``): delivery within the node goes on
+(below), ``subscribe`` fires at once, or once the hub has it (the channel is
+subscribed in Redis at reconnect), commands answer for this node alone
+(below; this engine alone with ``--workers 0``), and what
+this engine publishes for other nodes is kept in a queue bounded by
+``max_queued_messages`` and ``max_queued_bytes`` (the oldest go first) and at
+most ``QUEUE_MAX_AGE`` seconds old.  At reconnect the subscriber subscribes
+every channel again (txredisapi does not), the process registers again in
+``_members`` only once that stands, and the queue is sent once every peer
+known before the outage has registered again (or after ``hold_time``: the
+peers' longest backoff and some), since Redis drops what is published while
+nobody listens.
+
+Within a node while Redis is away.  A pool worker's broker also has the AMP
+pipe to its master (``use_hub``), whose hub routes messages between the
+workers of a node without Redis.  The hub's subscription table follows this
+engine's subscriptions *always* (one ``Subscribe``/``Unsubscribe`` per
+channel change, beside the Redis one; ``subscribe`` fires once both stand),
+so that it is right whichever worker notices the outage first; while Redis
+is up nothing else crosses the pipe: a publish never waits for the hub.
+Every message that goes to the queue (Redis away, or a reconnection still
+holding the queue back) is also sent at once to the hub as a ``RELAY``
+publish record (``pool.wire``): the hub hands it on as it is, unnumbered, to
+every *other* worker subscribed to one of its channels (the origin has
+delivered it to its own sessions), and keeps nothing.  The worker that gets
+it delivers it (``deliver_relayed``) and keeps its id, per origin engine, at
+most as many as the origin's queue holds and for ``QUEUE_MAX_AGE`` plus
+``hold_time`` seconds; when Redis is back and the origin sends its queue,
+this node's workers drop the Redis copy of an id they kept
+(``_was_relayed``), while the other nodes deliver it, numbered (the ids,
+rather than a mark in the Redis payloads, keep their format: nodes of two
+versions still read each other's).  So each
+session of the node gets the message once, at once and without a position,
+and the other nodes get it once Redis is back, with one.  Commands
+(``command``) go meanwhile to the hub's ``RunCommand``: every worker of this
+node answers, as in a pool without Redis.  Not covered: a worker whose own
+subscriber alone lost Redis while the others publish through it (they do not
+know it misses their messages), messages in flight to Redis when it went
+(as for the other nodes), and a Redis copy that comes before the hub's (the
+master's pipes would have to lag more than the queue waits).
 """
 
 from __future__ import annotations
@@ -76,7 +106,7 @@ from zope.interface import implementer
 from ..commands import COMMANDS
 from ..history import in_order, kept_channels
 from ..ids import base36, new_incarnation
-from ..pool.wire import pack_publish
+from ..pool.wire import PublishBatch, RunCommand, Subscribe, Unsubscribe, as_relay, pack_publish
 from ..protocol import Address, ProtocolError, encode, is_message, parse_address, with_position
 from ..routing import channels as route
 from .interface import Command, IBroker, Message
@@ -253,7 +283,7 @@ class RedisBroker:
         self.closed = False
         self.members: list[str] = []   # the live members at the last heartbeat
         self.counters = {"sent": 0, "queued": 0, "dropped": 0, "lost": 0, "received": 0,
-                         "duplicates": 0, "bad": 0}
+                         "duplicates": 0, "bad": 0, "relayed": 0, "from_hub": 0}
 
         kind = _SentinelMaster if self.url.sentinel else _Server
         self._server = kind(reactor, self.url, self.timeout)
@@ -290,6 +320,14 @@ class RedisBroker:
         self._hold_until = 0.0
         self._hold_call = None
 
+        # A pool worker: its AMP pipe to the node's hub (``use_hub``), and the
+        # ids of the messages the hub relayed here from the node's other
+        # workers while Redis was away, per origin engine, oldest first, with
+        # when they came: their Redis copies, when Redis is back, are dropped.
+        self._hub = None
+        self._relayed: dict[str, dict[str, float]] = {}
+        self.relayed_kept = QUEUE_MAX_AGE + self.hold_time  # seconds an id is remembered
+
         self._burst: tuple[bytes, int] | None = None  # the script call being received
         self._seen: set[str] = set()  # its multi-channel message ids delivered
 
@@ -315,6 +353,24 @@ class RedisBroker:
         self._sub.start()
         self._heartbeat.start(self.interval, now=False).addErrback(
             lambda f: _log.failure("the redis heartbeat stopped", f))
+
+    def use_hub(self, hub) -> None:
+        """Within this node, use ``hub`` (a pool worker's connected
+        ``WorkerProtocol``) for what Redis cannot carry while it is away:
+        the hub's subscription table follows this engine's subscriptions
+        from now on."""
+        self._hub = hub
+        if self.subscriptions:
+            self._to_hub(Subscribe, channels=sorted(self.subscriptions))
+
+    def _to_hub(self, command, **args) -> Deferred | None:
+        """``command`` to the hub; a Deferred of its answer (None on failure:
+        the pipe is gone, and so is the master, so this worker stops), or
+        None for a command without one."""
+        d = self._hub.callRemote(command, **args)
+        if d is not None:
+            d.addErrback(lambda _: None)
+        return d
 
     def health(self) -> str | None:
         """None when Redis carries messages both ways (and, with history,
@@ -448,20 +504,27 @@ class RedisBroker:
         return self._prefix + _utf8(channel)
 
     def subscribe(self, channel):
-        """A Deferred firing once Redis confirms; None (at once) while the
-        subscriber is away: the channel is subscribed when it is back."""
+        """A Deferred firing once Redis confirms, and the node's hub (a pool
+        worker) routes the channel here too; while the subscriber is away,
+        at once (None) or once the hub does: the channel is subscribed in
+        Redis when it is back."""
         self.subscriptions.add(channel)
+        hub = None if self._hub is None else self._to_hub(Subscribe, channels=[channel])
         proto = self._sub.protocol
         if proto is None:
-            return None
+            return hub
         key = self._key(channel)
         d = Deferred()
         self._expect.setdefault(key, deque()).append(d)
         proto.transport.write(_command(b"SUBSCRIBE", key))
-        return d
+        if hub is None:
+            return d
+        return DeferredList([d, hub]).addCallback(lambda _: None)
 
     def unsubscribe(self, channel):
         self.subscriptions.discard(channel)
+        if self._hub is not None:
+            self._to_hub(Unsubscribe, channels=[channel])
         proto = self._sub.protocol
         if proto is not None:
             proto.transport.write(_command(b"UNSUBSCRIBE", self._key(channel)))
@@ -524,9 +587,20 @@ class RedisBroker:
             return
         if self._queue or not self._may_send():
             self._at_once([out.local for out in pending if out.local is not None])
+            self._relay(pending)
             self._queue_up(pending)
         else:
             self._send(pending)
+
+    def _relay(self, outs: list[_Out]) -> None:
+        """Messages that wait for Redis, to the node's other workers now,
+        through the hub: one PublishBatch of ``RELAY`` records (the hub
+        skips this worker, which delivers them itself, and numbers nothing).
+        When Redis takes them, the node's workers drop their copies."""
+        if self._hub is None or not outs:
+            return
+        self.counters["relayed"] += len(outs)
+        self._to_hub(PublishBatch, batch=b"".join(as_relay(out.record) for out in outs))
 
     def _may_send(self) -> bool:
         return self._cmd.protocol is not None and not self._holding and not self.closed
@@ -724,12 +798,16 @@ class RedisBroker:
             self._burst = (origin, seq)
             self._seen = set()
         deliver = []
+        relayed = self._relayed
         for several, position, msg_id, to, frame in records:
             if several:
                 if msg_id in self._seen:
                     self.counters["duplicates"] += 1
                     continue
                 self._seen.add(msg_id)
+            if relayed and self._was_relayed(msg_id):  # the hub brought it during an outage
+                self.counters["duplicates"] += 1
+                continue
             deliver.append((position, msg_id, to, frame))
         alone = len(deliver) == 1
         for position, msg_id, to, frame in deliver:
@@ -741,6 +819,44 @@ class RedisBroker:
                 self.receiver.deliver(message, alone)
             except Exception:
                 _log.failure("delivering message {id} failed", id=msg_id)
+
+    def deliver_relayed(self, message: Message, alone: bool = False) -> None:
+        """A message another worker of this node relayed through the hub
+        while Redis was away (``_relay``): delivered now, and its id kept
+        until its copy from Redis comes (``_was_relayed``), at most
+        ``relayed_kept`` seconds and, per origin, as many as its queue holds
+        (``max_queued_messages``)."""
+        self.counters["from_hub"] += 1
+        origin = message.id.rpartition(".")[0]
+        ids = self._relayed.get(origin)
+        if ids is None:
+            ids = self._relayed[origin] = {}
+        ids.pop(message.id, None)
+        ids[message.id] = self.clock.seconds()
+        if len(ids) > self.settings.redis_max_queued:
+            del ids[next(iter(ids))]
+        self.receiver.deliver(message, alone)
+
+    def _was_relayed(self, msg_id: str) -> bool:
+        """Whether ``msg_id`` came through the hub already (forgotten now)."""
+        origin = msg_id.rpartition(".")[0]
+        ids = self._relayed.get(origin)
+        if not ids or ids.pop(msg_id, None) is None:
+            return False
+        if not ids:
+            del self._relayed[origin]
+        return True
+
+    def _forget_relayed(self) -> None:
+        """Let go of the relayed ids whose Redis copies can no longer come."""
+        if not self._relayed:
+            return
+        until = self.clock.seconds() - self.relayed_kept
+        for origin, ids in list(self._relayed.items()):
+            while ids and next(iter(ids.values())) < until:
+                del ids[next(iter(ids))]
+            if not ids:
+                del self._relayed[origin]
 
     def _own_copies(self, seq: int, records) -> None:
         """This engine's own messages back from Redis: delivered to its
@@ -780,11 +896,14 @@ class RedisBroker:
     # -- commands -------------------------------------------------------------
 
     def command(self, command):
-        """Run ``command`` here and on every other live member; their results."""
+        """Run ``command`` here and on every other live member; their results.
+
+        While Redis is away: on every worker of this node through the hub (a
+        pool worker), else here alone."""
         self._flush()  # a command never overtakes a message published before it
-        local = maybeDeferred(self.receiver.perform, command)
         if self.health() is not None:
-            return local.addCallback(lambda result: [result])
+            return self._node_command(command)
+        local = maybeDeferred(self.receiver.perform, command)
         remote = self._ask(command)
         d = DeferredList([local, remote], fireOnOneErrback=True, consumeErrors=True)
 
@@ -794,6 +913,15 @@ class RedisBroker:
         def first_error(failure):
             return failure.value.subFailure
         return d.addCallbacks(both, first_error)
+
+    def _node_command(self, command) -> Deferred:
+        """``command`` on this node only: every ready worker's result through
+        the hub (``RunCommand``, as the ``AmpBroker`` does), or this engine's."""
+        if self._hub is None:
+            return maybeDeferred(self.receiver.perform, command).addCallback(
+                lambda result: [result])
+        d = self._hub.callRemote(RunCommand, name=command.name, args=command.args)
+        return d.addCallback(lambda answer: answer["results"])
 
     def _ask(self, command) -> Deferred:
         d = self._eval(MEMBERS_SCRIPT, [self._members_key], ["", self._ttl_ms])
@@ -894,6 +1022,7 @@ class RedisBroker:
         """Claim the node name, register (once subscribed), learn the members;
         PING the subscriber."""
         self._sub.ping(self.clock.seconds())
+        self._forget_relayed()
         if self._beating or self._cmd.protocol is None or self.closed:
             return
         self._beating = True

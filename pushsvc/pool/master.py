@@ -36,14 +36,15 @@ from ..config import ConfigError
 from .. import loglevel, metrics
 from ..control import ControlError, IControl
 from ..history import History, Mailbox, kept_channels
+from ..logtext import address_text, plural
 from ..protocol import CLOSE_RESTART
 from ..server import LISTEN_ERRORS, exit_cannot_listen
 from ..tls import is_tls
 from .hub import SubscriptionTable
-from .wire import (DeliverBatch, GatherMetrics, Hello, Outbox, Perform, PublishBatch,
-                   Refused, Reload, Replay, Retire, RunCommand, SetLogLevel, StopAccepting,
-                   Subscribe, TakeMail, Unsubscribe, message_parts, pack_message, protocol_error,
-                   reframe, unpack_publishes)
+from .wire import (RELAY, STORE, DeliverBatch, GatherMetrics, Hello, Outbox, Perform,
+                   PublishBatch, Refused, Reload, Replay, Retire, RunCommand, SetLogLevel,
+                   StopAccepting, Subscribe, TakeMail, Unsubscribe, message_parts, pack_message,
+                   protocol_error, reframe, unpack_publishes)
 from .worker import AMP_IN, AMP_OUT, ENV, FIRST_SOCKET, describe
 
 _log = Logger()
@@ -127,10 +128,9 @@ class ListeningSockets(Service):
                 ports = bind(self.reactor, description, self.copies)
             except LISTEN_ERRORS as e:
                 exit_cannot_listen(description, e)
-            host = ports[0].getHost()
-            _log.info("listening on {endpoint} ({host}:{port}, {count} socket(s))",
-                      endpoint=description, host=getattr(host, "host", ""),
-                      port=getattr(host, "port", ""), count=len(ports))
+            _log.info("listening on {endpoint} ({address}, {sockets})", endpoint=description,
+                      address=address_text(ports[0].getHost()),
+                      sockets=plural(len(ports), "socket"), count=len(ports))
             self.ports.append(ports)
             self.tls.append(description if is_tls(description) else None)
 
@@ -473,11 +473,21 @@ class Pool(Service):
 
         Batching here too makes the hub's cost per AMP box, not per message;
         a message record that keeps no history goes on as the bytes it came in.
+
+        A ``RELAY`` record comes from a worker of a Redis node while Redis
+        is away (broker/redis.py): its origin has delivered it to its own
+        sessions, and Redis numbers and keeps it once it is back, so it goes
+        as it came to the other workers subscribed to one of its channels,
+        and nothing else.
         """
         history, now = self.history, self.clock.seconds()
         keeping = history.enabled
-        for channels, record, store in unpack_publishes(batch, with_store=True):
-            if store:
+        for channels, record, flags in unpack_publishes(batch, with_flags=True):
+            if flags & RELAY:
+                for worker in self.table.targets(channels, origin):
+                    self.outbox.add(worker, record)
+                continue
+            if flags & STORE:
                 self.keep(channels, record, now)
             kept = keeping and kept_channels(channels)
             if kept:

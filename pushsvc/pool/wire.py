@@ -74,10 +74,16 @@ class Json(amp.Argument):
 #
 # ``to`` is the address as JSON text, ``frame`` the encoded ``msg`` frame.  The
 # hub reads only the channels and hands on the message record as it came.
+# The channel count's two high bits are flags: STORE (keep it for offline
+# users) and RELAY (a Redis node's worker relays, while Redis is away, a
+# message it has delivered to its own sessions already: the hub hands it on
+# to the node's other workers only, and neither numbers nor keeps it).
 # Text is UTF-8 with lone surrogates allowed (JSON can name them).
 
 _U32 = struct.Struct("!I")
 STORE = 0x80000000  # in a publish record's channel count: keep it for offline users
+RELAY = 0x40000000  # ... or: for the other workers only, not numbered (Redis is away)
+_FLAGS = STORE | RELAY
 _LENGTHS = struct.Struct("!III")
 
 
@@ -95,6 +101,12 @@ def pack_publish(channels: Iterable[str], msg_id: str, to: bytes, frame: bytes,
         parts += (_U32.pack(len(name)), name)
     parts.append(pack_message(msg_id, to, frame))
     return b"".join(parts)
+
+
+def as_relay(record: bytes) -> bytes:
+    """A publish record with the ``RELAY`` flag set (see above)."""
+    (count,) = _U32.unpack_from(record)
+    return _U32.pack(count | RELAY) + record[_U32.size:]
 
 
 def pack_message(msg_id: str | bytes, to: bytes, frame: bytes) -> bytes:
@@ -118,9 +130,9 @@ def reframe(record, frame: bytes) -> bytes:
                      frame))
 
 
-def unpack_publishes(batch: bytes, with_store: bool = False) -> Iterator[tuple]:
+def unpack_publishes(batch: bytes, with_flags: bool = False) -> Iterator[tuple]:
     """Each publish record of ``batch``: (channels, its message record), and
-    its ``store`` flag third when ``with_store``.
+    its flags third (``STORE``, ``RELAY``: 0 for none) when ``with_flags``.
 
     The message record is a view into ``batch`` (no copy): ``b"".join`` of
     such views is a ``DeliverBatch``.
@@ -128,7 +140,7 @@ def unpack_publishes(batch: bytes, with_store: bool = False) -> Iterator[tuple]:
     view, pos, end = memoryview(batch), 0, len(batch)
     while pos < end:
         (count,) = _U32.unpack_from(batch, pos)
-        store, count = bool(count & STORE), count & ~STORE
+        flags, count = count & _FLAGS, count & ~_FLAGS
         pos += 4
         channels = []
         for _ in range(count):
@@ -140,7 +152,7 @@ def unpack_publishes(batch: bytes, with_store: bool = False) -> Iterator[tuple]:
         id_size, to_size, frame_size = _LENGTHS.unpack_from(batch, pos)
         pos += _LENGTHS.size + id_size + to_size + frame_size
         _check(pos, end)
-        yield (channels, view[start:pos], store) if with_store else (channels, view[start:pos])
+        yield (channels, view[start:pos], flags) if with_flags else (channels, view[start:pos])
 
 
 def unpack_messages(batch: bytes) -> Iterator[tuple[str, bytes, bytes]]:
@@ -214,8 +226,9 @@ class Unsubscribe(amp.Command):
 
 
 class PublishBatch(amp.Command):
-    """Messages for every other worker subscribed to one of their channels:
-    publish records (``pack_publish``), in the order they were published."""
+    """Messages for every worker subscribed to one of their channels (the
+    origin too, unless ``RELAY``): publish records (``pack_publish``), in
+    the order they were published."""
     arguments = [(b"batch", BigBytes())]
     requiresAnswer = False
 

@@ -3,8 +3,9 @@
 The master passes, in the environment variable ``PUSHSVC_WORKER``, the settings,
 this worker's index and the listening sockets it inherited (descriptor and
 address family, and for each the ``ssl:`` description when this worker serves
-TLS on it).  AMP to the hub runs on descriptors 3 (in) and 4 (out).  When
-that pipe closes, the master is gone and the worker stops.
+TLS on it).  AMP to the hub runs on descriptors 3 (in) and 4 (out), with
+``--redis`` too (the hub carries this node's messages while Redis is away).
+When that pipe closes, the master is gone and the worker stops.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .. import loglevel
 from ..broker import make_broker
 from ..broker.amp import AmpBroker, WorkerProtocol
 from ..config import Settings
+from ..logtext import plural
 from ..server import PushServer
 from ..signals import stop_on_signals
 from ..tls import TLSError
@@ -30,7 +32,8 @@ ENV = "PUSHSVC_WORKER"
 AMP_IN, AMP_OUT = 3, 4
 FIRST_SOCKET = 5
 
-_log = Logger()
+# Run as ``python -m pushsvc.pool.worker``: named for the module, not __main__.
+_log = Logger(namespace="pushsvc.pool.worker")
 
 
 def describe(settings: Settings, index: int, families: list[int],
@@ -96,8 +99,9 @@ class WorkerEnd(WorkerProtocol):
 
     @Retire.responder
     def retire(self, code, reason, drain):
-        _log.info("retiring: closing {count} clients with {code} over {drain:g} s",
-                  count=len(self.server.ws_factory.connections), code=code, drain=drain)
+        count = len(self.server.ws_factory.connections)
+        _log.info("retiring: closing {clients} with {code} over {drain:g} s",
+                  clients=plural(count, "client"), count=count, code=code, drain=drain)
         self.server.retire(code, reason, drain).addBoth(lambda _: self.reactor.stop())
         return {}
 
@@ -112,8 +116,9 @@ def main() -> None:
 
     from twisted.internet import reactor
 
-    # Redis carries this worker's messages and commands itself when set;
-    # the AMP pipe then serves only the master's orders.
+    # Redis carries this worker's messages and commands itself when set; the
+    # AMP pipe then serves the master's orders, and the node's messages and
+    # commands while Redis is away (broker/redis.py).
     broker = make_broker(settings, index, reactor, master_pid=os.getppid(),
                          otherwise=lambda: AmpBroker(epoch=spec["epoch"]))
     server = PushServer(settings, reactor, broker=broker, worker=index)
@@ -130,6 +135,8 @@ def main() -> None:
         lambda answer: answer["values"])
     if isinstance(broker, AmpBroker):
         broker.connect(hub)
+    else:  # a RedisBroker: within this node, the hub carries what Redis cannot
+        broker.use_hub(hub)
     tls = spec.get("tls") or [None] * len(spec["families"])
     for offset, (family, description) in enumerate(zip(spec["families"], tls)):
         try:
