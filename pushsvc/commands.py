@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .broker.interface import Command
+from .wire.values import Command
 from .protocol import BAD_REQUEST, ProtocolError, name, valid_unicode
 
 # command -> (required name arguments, whether it takes a user-or-session

@@ -19,7 +19,7 @@ from twisted.internet.defer import fail, maybeDeferred, succeed
 from zope.interface import Interface, implementer
 
 from . import loglevel
-from .broker.interface import Command
+from .wire.values import Command
 from .commands import make_command
 
 

@@ -17,7 +17,7 @@ from pushsvc.broker.redis_scripts import (BASE, MAGIC, body, parse_body, parse_p
                                           parse_replay, payload_body, payload_head)
 from pushsvc.history import in_order
 from pushsvc.ids import owner
-from pushsvc.pool.wire import pack_publish
+from pushsvc.wire.records import pack_publish
 from pushsvc.protocol import with_position
 from tests.helpers import eventually, run
 from tests.test_redis_broker import (BrokerTestCase, FakeEngine, NodesTestCase, collect_log,

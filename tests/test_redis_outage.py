@@ -26,9 +26,10 @@ from pushsvc.broker.redis import RedisBroker
 from pushsvc.history import History
 from pushsvc.ids import owner
 from pushsvc.pool.master import HubProtocol, Pool
-from pushsvc.pool.wire import (RELAY, STORE, DeliverBatch, Perform, PublishBatch, RunCommand,
-                               Subscribe, Unsubscribe, as_relay, pack_publish, unpack_messages,
-                               unpack_publishes)
+from pushsvc.wire.hub_commands import PublishBatch, RunCommand, Subscribe, Unsubscribe
+from pushsvc.wire.records import (RELAY, STORE, as_relay, pack_publish, unpack_messages,
+                                  unpack_publishes)
+from pushsvc.wire.worker_commands import DeliverBatch, Perform
 from pushsvc.protocol import Address, message_frame
 from tests.helpers import eventually, run, settings
 from tests.redis_helpers import RedisServer

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from twisted.protocols import amp
 
-from ..pool.wire import Json
+from ..wire.amp_args import Json
 
 
 class AdminError(Exception):

@@ -21,9 +21,10 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from zope.interface import implementer
 
-from ..pool.wire import (DeliverBatch, Outbox, Perform, PublishBatch, Replay, RunCommand,
-                         Subscribe, TakeMail, Unsubscribe, pack_publish, refused,
-                         unpack_messages)
+from ..wire.hub_commands import (PublishBatch, Replay, RunCommand, Subscribe, TakeMail,
+                                 Unsubscribe)
+from ..wire.records import Outbox, pack_publish, unpack_messages
+from ..wire.worker_commands import DeliverBatch, Perform, refused
 from ..protocol import Address, ProtocolError, encode
 from .interface import Command, IBroker, Message
 

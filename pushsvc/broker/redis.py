@@ -106,7 +106,8 @@ from zope.interface import implementer
 from ..commands import COMMANDS
 from ..history import in_order, kept_channels
 from ..ids import base36, new_incarnation
-from ..pool.wire import PublishBatch, RunCommand, Subscribe, Unsubscribe, as_relay, pack_publish
+from ..wire.hub_commands import PublishBatch, RunCommand, Subscribe, Unsubscribe
+from ..wire.records import as_relay, pack_publish
 from ..protocol import Address, ProtocolError, encode, is_message, parse_address, with_position
 from ..routing import channels as route
 from .interface import Command, IBroker, Message

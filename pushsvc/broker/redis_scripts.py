@@ -39,7 +39,7 @@ from __future__ import annotations
 import struct
 
 from ..history import OVERHEAD
-from ..pool.wire import unpack_messages, unpack_publishes
+from ..wire.records import unpack_messages, unpack_publishes
 
 MAGIC = b"PS2"
 HEAD = struct.Struct("!3sH")    # magic, length of the publisher's id

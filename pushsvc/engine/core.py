@@ -19,7 +19,7 @@ from zope.interface import implementer
 from .. import commands, metrics
 from ..counters import new_counters
 from ..app import App, SessionInfo
-from ..broker.interface import Command, IReceiver, Message
+from ..broker.interface import IReceiver
 from ..ids import IdMaker
 from ..joins import Joins
 from ..namespaces import Namespaces
@@ -30,6 +30,7 @@ from ..reloadable import IReloadable
 from ..routing import channels, recipients, session_channels, worker_channel
 from ..sessions import Session, SessionRegistry
 from ..tokens import KeyFileError, TokenVerifier
+from ..wire.values import Command, Message
 from .auth import Auth
 from .connection import Overloaded
 from .groups import Groups

@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from ..app import SessionInfo
-from ..broker.interface import Command, Message
+from ..wire.values import Command, Message
 from ..joins import Grant, presence_frame
 from ..protocol import FORBIDDEN, TOO_MANY_GROUPS, Address, ProtocolError, Request, encode
 from ..sessions import Session

@@ -9,7 +9,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from .. import metrics
-from ..broker.interface import Command
+from ..wire.values import Command
 from ..protocol import CLOSE_KICKED, parse_push
 from ..sessions import Session
 

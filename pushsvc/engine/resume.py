@@ -7,7 +7,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..broker.interface import Message
+from ..wire.values import Message
 from ..protocol import (BAD_REQUEST, CLOSE_TRY_AGAIN, UNAVAILABLE, ProtocolError, Request,
                         position_of)
 from ..routing import session_channels

@@ -11,7 +11,7 @@ from typing import Any
 from twisted.internet.defer import maybeDeferred
 from zope.interface import implementer
 
-from ..broker.interface import Command
+from ..wire.values import Command
 from ..limits import OriginPolicy, PerAddress, Proxies
 from ..protocol import FORBIDDEN, UNAUTHORIZED
 from ..reloadable import IReloadable

@@ -41,10 +41,12 @@ from ..protocol import CLOSE_RESTART
 from ..server import LISTEN_ERRORS, exit_cannot_listen
 from ..tls import is_tls
 from .hub import SubscriptionTable
-from .wire import (RELAY, STORE, DeliverBatch, GatherMetrics, Hello, Outbox, Perform,
-                   PublishBatch, Refused, Reload, Replay, Retire, RunCommand, SetLogLevel,
-                   StopAccepting, Subscribe, TakeMail, Unsubscribe, message_parts, pack_message,
-                   protocol_error, reframe, unpack_publishes)
+from ..wire.hub_commands import (GatherMetrics, Hello, PublishBatch, Replay, RunCommand,
+                                 Subscribe, TakeMail, Unsubscribe)
+from ..wire.records import (RELAY, STORE, Outbox, message_parts, pack_message, reframe,
+                            unpack_publishes)
+from ..wire.worker_commands import (DeliverBatch, Perform, Refused, Reload, Retire,
+                                    SetLogLevel, StopAccepting, protocol_error)
 from .worker import AMP_IN, AMP_OUT, ENV, FIRST_SOCKET, describe
 
 _log = Logger()

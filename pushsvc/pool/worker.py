@@ -26,7 +26,8 @@ from ..logtext import plural
 from ..server import PushServer
 from ..signals import stop_on_signals
 from ..tls import TLSError
-from .wire import GatherMetrics, Hello, Reload, Retire, SetLogLevel, StopAccepting
+from ..wire.hub_commands import GatherMetrics, Hello
+from ..wire.worker_commands import Reload, Retire, SetLogLevel, StopAccepting
 
 ENV = "PUSHSVC_WORKER"
 AMP_IN, AMP_OUT = 3, 4

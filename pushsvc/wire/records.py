@@ -1,8 +1,5 @@
-"""AMP commands between the master (hub) and its workers, and the packing of
-the message batches they carry.
-
-An AMP value holds at most 64 KiB, so batches and JSON results travel as
-``BigBytes`` or ``Json``, split over as many keys as they need.
+"""The message records the hub and the workers (and Redis payloads) carry,
+and ``Outbox``, which sends them in batches.  No AMP here.
 
 Messages cross in batches: one ``PublishBatch`` per reactor turn from a worker
 to the hub, one ``DeliverBatch`` per turn from the hub to each worker.  An AMP
@@ -11,61 +8,18 @@ per message and hop, which made the hub as busy as a worker; a batch costs one
 box however many messages it holds, and its records are packed with ``struct``
 length prefixes so that the hub can route them without decoding the addresses
 or frames, and pass each on as the very bytes it received.
-
-Fire-and-forget commands (``requiresAnswer = False``) carry the message
-traffic; AMP keeps them in order on the pipe.
 """
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Iterable, Iterator
 
 from twisted.logger import Logger
-from twisted.protocols import amp
-
-from ..protocol import ProtocolError
-
-CHUNK = amp.MAX_VALUE_LENGTH
 
 _log = Logger()
 
 
-def _put(name: bytes, strings, value: bytes) -> None:
-    chunks = [value[i:i + CHUNK] for i in range(0, len(value), CHUNK)] or [b""]
-    strings[name] = b"%d" % len(chunks)
-    for i, chunk in enumerate(chunks):
-        strings[b"%s.%d" % (name, i)] = chunk
-
-
-def _get(name: bytes, strings) -> bytes:
-    return b"".join(strings[b"%s.%d" % (name, i)] for i in range(int(strings[name])))
-
-
-class BigBytes(amp.Argument):
-    """Bytes of any length: ``name`` holds the chunk count, ``name.N`` the chunks."""
-
-    def toBox(self, name, strings, objects, proto):
-        _put(name, strings, objects[name.decode("ascii")])
-
-    def fromBox(self, name, strings, objects, proto):
-        objects[name.decode("ascii")] = _get(name, strings)
-
-
-class Json(amp.Argument):
-    """Any JSON value, of any size (split like BigBytes)."""
-
-    def toBox(self, name, strings, objects, proto):
-        value = objects[name.decode("ascii")]
-        _put(name, strings, json.dumps(value, separators=(",", ":")).encode("utf-8"))
-
-    def fromBox(self, name, strings, objects, proto):
-        objects[name.decode("ascii")] = json.loads(_get(name, strings))
-
-
-# -- batches ---------------------------------------------------------------
-#
 # A batch is records one after the other, nothing around them.
 #
 #   message record  (DeliverBatch):  !III lengths of id, to, frame; id; to; frame
@@ -204,116 +158,3 @@ class Outbox:
             except Exception:  # one peer's failure must not cost the others theirs
                 _log.failure("sending a batch of {count} messages failed",
                              count=len(records))
-
-
-# -- worker -> master ------------------------------------------------------
-
-class Hello(amp.Command):
-    """A worker is up: its index and the owner name in its session ids."""
-    arguments = [(b"index", amp.Integer()), (b"owner", amp.Unicode())]
-    response: list = []
-
-
-class Subscribe(amp.Command):
-    """Answered once the hub routes ``channels`` to the worker."""
-    arguments = [(b"channels", amp.ListOf(amp.Unicode()))]
-    response: list = []
-
-
-class Unsubscribe(amp.Command):
-    arguments = [(b"channels", amp.ListOf(amp.Unicode()))]
-    requiresAnswer = False
-
-
-class PublishBatch(amp.Command):
-    """Messages for every worker subscribed to one of their channels (the
-    origin too, unless ``RELAY``): publish records (``pack_publish``), in
-    the order they were published."""
-    arguments = [(b"batch", BigBytes())]
-    requiresAnswer = False
-
-
-class Replay(amp.Command):
-    """The hub's kept messages of ``channels`` after position ``since``
-    (``history.History.replay``): message records, oldest first, and the
-    channels with a gap.  Answered after every DeliverBatch queued before it."""
-    arguments = [(b"channels", amp.ListOf(amp.Unicode())), (b"since", amp.Integer()),
-                 (b"epoch", amp.Unicode())]
-    response = [(b"messages", BigBytes()), (b"gaps", amp.ListOf(amp.Unicode()))]
-
-
-class TakeMail(amp.Command):
-    """What the mailbox kept for ``user``: message records, oldest first."""
-    arguments = [(b"user", amp.Unicode())]
-    response = [(b"messages", BigBytes())]
-
-
-class RunCommand(amp.Command):
-    """Run a server-side command on every worker; the list of their results."""
-    arguments = [(b"name", amp.Unicode()), (b"args", Json())]
-    response = [(b"results", Json())]
-
-
-class GatherMetrics(amp.Command):
-    """The machine's metric values (pushsvc/metrics.py): every ready worker's,
-    summed by the master, with the master's own added (``GET /metrics``)."""
-    arguments: list = []
-    response = [(b"values", Json())]
-
-
-# -- master -> worker ------------------------------------------------------
-
-class DeliverBatch(amp.Command):
-    """Messages for this worker's sessions: message records (as they came in the
-    publish records), in the order the hub received them."""
-    arguments = [(b"batch", BigBytes())]
-    requiresAnswer = False
-
-
-class Refused(Exception):
-    """A worker refused a command's arguments (a ProtocolError there); the
-    text is ``[code, message]`` as JSON (see ``refused``/``protocol_error``)."""
-
-
-def refused(error) -> Refused:
-    """The Refused to send for a worker's ProtocolError."""
-    return Refused(json.dumps([error.code, error.message]))
-
-
-def protocol_error(error: Refused):
-    """The ProtocolError a Refused came from."""
-    return ProtocolError(*json.loads(str(error)))
-
-
-class Perform(amp.Command):
-    """Run a command on this worker's sessions."""
-    arguments = [(b"name", amp.Unicode()), (b"args", Json())]
-    response = [(b"result", Json())]
-    errors = {Refused: b"REFUSED"}
-
-
-class Reload(amp.Command):
-    """Apply these settings and reload the application module; ``error`` is
-    "" when it worked, else why nothing changed."""
-    arguments = [(b"settings", Json())]
-    response = [(b"error", amp.Unicode())]
-
-
-class SetLogLevel(amp.Command):
-    """Drop log events below ``level`` from now on (``pushsvc.loglevel``)."""
-    arguments = [(b"level", amp.Unicode())]
-    response: list = []
-
-
-class StopAccepting(amp.Command):
-    """Stop accepting new clients (a rolling restart's replacements accept
-    them); answered once the listeners are closed."""
-
-
-class Retire(amp.Command):
-    """Stop accepting, close every client with ``code`` and ``reason``,
-    spread over ``drain`` seconds, and exit (a rolling restart has started
-    this worker's replacement)."""
-    arguments = [(b"code", amp.Integer()), (b"reason", amp.Unicode()),
-                 (b"drain", amp.Float())]
-    requiresAnswer = False
