@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.endpoints import (AdoptedStreamServerEndpoint, TCP4ServerEndpoint,
                                         serverFromString)
-from twisted.internet.error import CannotListenError
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
@@ -19,7 +15,8 @@ from .engine import Engine
 from .history import History, Mailbox
 from .http import build_site
 from .ids import IdMaker
-from .logtext import address_text, plural
+from .listening import ListenerService
+from .logtext import plural
 from .tls import TLSContext, TLSError, describe_certificate, is_tls
 from .websocket import prepare_frame
 from .wsfactory import PushServerFactory
@@ -49,44 +46,6 @@ class EngineService(Service):
         return self.ws_factory.close_all().addBoth(lambda _: self.engine.broker.close())
 
 
-LISTEN_ERRORS = (CannotListenError, OSError)
-
-
-def exit_cannot_listen(description: str, error: Exception):
-    """End start-up with one line on the real stderr (twistd has taken over
-    sys.stderr by the time ports are bound)."""
-    reason = getattr(error, "socketError", None) or error
-    sys.__stderr__.write(f"pushsvc: cannot listen on {description}: {reason}\n")
-    raise SystemExit(1)
-
-
-class ListenerService(StreamServerEndpointService):
-    """Listens on one endpoint; a port that cannot be bound ends start-up in one line."""
-
-    _raiseSynchronously = True
-
-    def __init__(self, description: str, endpoint, factory):
-        super().__init__(endpoint, factory)
-        self.description = description
-
-    def privilegedStartService(self):
-        # twistd binds here, before startService.
-        try:
-            super().privilegedStartService()
-        except LISTEN_ERRORS as e:
-            exit_cannot_listen(self.description, e)
-
-    def startService(self):
-        super().startService()
-        self._waitingForPort.addCallback(self._listening)
-
-    def _listening(self, port):
-        address = port.getHost()
-        _log.info("listening on {endpoint} ({address})", endpoint=self.description,
-                  address=address_text(address))
-        return port
-
-
 def backend_maker(reactor):
     """What the engine makes its BackendProxy with (pushsvc/proxy.py): for
     ``url``, as the [proxy] ``settings`` say, with its metrics callbacks."""
@@ -106,7 +65,8 @@ class PushServer(MultiService):
     worker pool, which builds the same tree inside each worker.
     """
 
-    def __init__(self, settings, reactor, broker=None, worker: int = 0, clock=None):
+    def __init__(self, settings, reactor, broker=None, worker: int = 0, clock=None,
+                 gather_metrics=None):
         super().__init__()
         self.tls: list[TLSContext] = []  # one per ssl: listener; reload renews them
         self.settings = settings
@@ -124,7 +84,8 @@ class PushServer(MultiService):
                              backend=backend_maker(reactor))
         self.engine.set_app(load_app(settings.app))  # AppError when it cannot load
         self.ws_factory = PushServerFactory(self.engine, settings, reactor)
-        self.site = build_site(self.engine, self.ws_factory, settings, reactor=clock)
+        self.site = build_site(self.engine, self.ws_factory, settings, reactor=clock,
+                               gather_metrics=gather_metrics)
         EngineService(self.engine, self.ws_factory).setServiceParent(self)
 
     def reload(self, settings) -> str | None:

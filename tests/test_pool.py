@@ -40,7 +40,7 @@ class PoolTestCase(ServerTestCase):
 
     def subscribers(self, channel: str) -> set[int]:
         """The slots of the workers the hub routes ``channel`` to."""
-        return {w.index for w in self.pool.table.channels.get(channel, ())}
+        return {w.index for w in self.pool.keeper.table.channels.get(channel, ())}
 
     async def spread_clients(self, n: int, **kw):
         """``n`` clients, and a dict worker owner -> its clients (both workers used)."""
@@ -150,11 +150,11 @@ class PoolDeliveryTests(PoolTestCase):
     async def test_hub_subscribes_only_what_sessions_want(self):
         await self.start_pool(2)
         clients, _ = await self.spread_clients(10, user="alice", groups=("g",))
-        await eventually(lambda: "group:g" in self.pool.table.channels)
+        await eventually(lambda: "group:g" in self.pool.keeper.table.channels)
         self.assertEqual(self.subscribers("group:g"), {0, 1})
         for c in clients:
             await c.disconnect()
-        await eventually(lambda: set(self.pool.table.channels) == {"worker:test.0",
+        await eventually(lambda: set(self.pool.keeper.table.channels) == {"worker:test.0",
                                                                     "worker:test.1"},
                          what="only the worker channels left")
 
@@ -223,7 +223,7 @@ class PoolFaultTests(PoolTestCase):
         self.assertLess(replaced_in, 5.0)
         # The dead worker's subscriptions went with it; the new one has only its own.
         self.assertEqual(self.subscribers("group:g"), {1 - index})
-        self.assertEqual(self.pool.table.workers[self.pool.workers[index]],
+        self.assertEqual(self.pool.keeper.table.workers[self.pool.workers[index]],
                          {f"worker:test.{index}"})
 
         kept = by_worker[kept_owner]

@@ -228,9 +228,9 @@ class HubBatchTests(unittest.TestCase):
         for index in range(3):
             self.pool.workers[index] = FakeWorker(index)
             self.pool.live.add(self.pool.workers[index])
-        self.pool.table.subscribe(self.pool.workers[0], ["all"])
-        self.pool.table.subscribe(self.pool.workers[1], ["all", "user:u1"])
-        self.pool.table.subscribe(self.pool.workers[2], ["all", "user:u2"])
+        self.pool.keeper.table.subscribe(self.pool.workers[0], ["all"])
+        self.pool.keeper.table.subscribe(self.pool.workers[1], ["all", "user:u1"])
+        self.pool.keeper.table.subscribe(self.pool.workers[2], ["all", "user:u2"])
 
     def received(self, index: int):
         return self.pool.workers[index].amp.sent()
@@ -238,8 +238,8 @@ class HubBatchTests(unittest.TestCase):
     def test_one_deliver_batch_per_worker_and_turn(self):
         batch = pack([(["user:u1"], "a", b"A", b"fa"), (["all"], "b", b"B", b"fb"),
                       (["user:u2", "user:u1"], "c", b"C", b"fc"), (["user:u0"], "d", b"D", b"fd")])
-        self.pool.forward(self.pool.workers[0], batch)
-        self.pool.forward(self.pool.workers[1], pack([(["all"], "e", b"E", b"fe")]))
+        self.pool.hub.forward(self.pool.workers[0], batch)
+        self.pool.hub.forward(self.pool.workers[1], pack([(["all"], "e", b"E", b"fe")]))
         self.assertEqual([self.received(i) for i in range(3)], [[], [], []])
         self.clock.advance(0)
         self.assertEqual(self.received(0), [(DeliverBatch, [("b", b"B", b"fb"),
@@ -250,29 +250,29 @@ class HubBatchTests(unittest.TestCase):
             ("b", b"B", b"fb"), ("c", b"C", b"fc"), ("e", b"E", b"fe")])])
 
     def test_the_hub_numbers_and_keeps_what_it_forwards(self):
-        self.pool.history = History(60, 100, 1 << 20, epoch="E")
+        self.pool.keeper.history = History(60, 100, 1 << 20, epoch="E")
         frames = [message_frame(f"m{n}", Address(user=("u1",)), n) for n in range(3)]
-        self.pool.forward(self.pool.workers[0], pack([(["user:u1"], f"m{n}", b"{}", frame)
+        self.pool.hub.forward(self.pool.workers[0], pack([(["user:u1"], f"m{n}", b"{}", frame)
                                                       for n, frame in enumerate(frames)]))
-        self.pool.forward(self.pool.workers[0], pack([(["worker:n.0"], "s", b"{}", b"fs")]))
+        self.pool.hub.forward(self.pool.workers[0], pack([(["worker:n.0"], "s", b"{}", b"fs")]))
         self.clock.advance(0)
         [(_, delivered)] = self.received(1)
         self.assertEqual([(i, json.loads(f)["pos"]) for i, _, f in delivered],
                          [("m0", 1), ("m1", 2), ("m2", 3)])
         self.assertEqual(self.received(0), [])  # worker 0 holds no user:u1
-        answer = self.pool.replay(["user:u1"], 1, "E")
+        answer = self.pool.hub.replay(["user:u1"], 1, "E")
         self.assertEqual(answer["gaps"], [])
         self.assertEqual([(i, json.loads(f)["data"]) for i, _, f
                           in unpack_messages(answer["messages"])], [("m1", 1), ("m2", 2)])
 
     def test_a_command_does_not_overtake_queued_messages(self):
-        self.pool.forward(self.pool.workers[0], pack([(["user:u1"], "a", b"A", b"fa")]))
+        self.pool.hub.forward(self.pool.workers[0], pack([(["user:u1"], "a", b"A", b"fa")]))
         self.pool.run_command("stats", {})
         self.assertEqual([command for command, _ in self.received(1)], [DeliverBatch, Perform])
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_a_worker_that_ended_meanwhile_gets_nothing(self):
-        self.pool.forward(self.pool.workers[0], pack([(["all"], "a", b"A", b"fa")]))
+        self.pool.hub.forward(self.pool.workers[0], pack([(["all"], "a", b"A", b"fa")]))
         gone = self.pool.workers[1]
         self.pool.live.discard(gone)  # it ended
         self.pool.workers[1] = FakeWorker(1)  # its replacement

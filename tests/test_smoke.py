@@ -37,3 +37,27 @@ class ReloadSeamTests(unittest.TestCase):
         self.assertEqual(len(pieces), 5)  # engine, history, mailbox, WebSocket factory, site
         for piece in pieces + [server.site.api, Backends(None, print, lambda: print)]:
             self.assertTrue(verifyObject(IReloadable, piece), piece)
+
+
+class ImportDirectionTests(unittest.TestCase):
+    """Imports run one way: the master loads no engine and no WebSocket stack;
+    broker/ and admin/ never import pool/."""
+
+    def test_the_master_loads_no_engine(self):
+        import subprocess
+        import sys
+        code = ("import sys, pushsvc.tap, pushsvc.pool.master; print(sorted(m for m in "
+                "sys.modules if m.startswith(('pushsvc.engine', 'pushsvc.websocket', "
+                "'pushsvc.http', 'pushsvc.server', 'pushsvc.pool.worker', 'autobahn'))))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True).stdout
+        self.assertEqual(out.strip(), "[]")
+
+    def test_broker_and_admin_never_import_pool(self):
+        import pathlib
+        root = pathlib.Path(__file__).resolve().parent.parent / "pushsvc"
+        for package in ("broker", "admin", "wire"):
+            for path in (root / package).glob("*.py"):
+                text = path.read_text()
+                self.assertNotIn("from ..pool", text, path)
+                self.assertNotIn("pushsvc.pool", text, path)

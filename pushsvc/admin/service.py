@@ -30,7 +30,7 @@ from ..commands import make_command, merge
 from ..config import ConfigError
 from ..control import ControlError
 from ..protocol import ProtocolError
-from ..server import ListenerService, exit_cannot_listen
+from ..listening import ListenerService, exit_cannot_listen
 from .wire import (AdminError, Authenticate, Push, Reload, RestartWorkers, Run,
                    SetLogLevel, Workers)
 

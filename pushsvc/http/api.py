@@ -28,8 +28,10 @@ class HttpApi:
     API keys, and the limits of the edge (origins, proxies, connections per
     address)."""
 
-    def __init__(self, engine, settings):
+    def __init__(self, engine, settings, gather_metrics=None):
         self.engine = engine
+        if gather_metrics is not None:  # a pool worker asks the master (worker.py)
+            self.gather_metrics = gather_metrics
         # Counts survive a reload; only the limit changes.
         self.per_ip = PerAddress(settings.max_connections_per_ip)
         # Connections over the limit that wait for their 429 (as many again).
@@ -38,7 +40,7 @@ class HttpApi:
 
     def gather_metrics(self):
         """A Deferred firing with the machine's metric values (pushsvc/metrics.py):
-        this one process's; a pool worker asks the master instead (worker.py)."""
+        this one process's, unless another source was given."""
         from ..metrics import local_values
         return maybeDeferred(local_values, self.engine)
 

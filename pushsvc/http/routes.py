@@ -144,9 +144,11 @@ class Metrics(JsonResource):
         request.finish()
 
 
-def build_site(engine, ws_factory, settings, reactor=None) -> PushSite:
-    """The twisted.web site serving ``/ws``, the HTTP API and ``/healthz``."""
-    api = HttpApi(engine, settings)
+def build_site(engine, ws_factory, settings, reactor=None, gather_metrics=None) -> PushSite:
+    """The twisted.web site serving ``/ws``, the HTTP API and ``/healthz``;
+    ``gather_metrics()`` gives the machine's metric values (default: this
+    process's, ``HttpApi.gather_metrics``)."""
+    api = HttpApi(engine, settings, gather_metrics)
     not_found = NotFound(api)
     commands = {name: CommandRoute(api, name) for name in ACTIONS}
     from ..static import routes as static_routes  # "/", "/pushsvc.js": docs/clients.md

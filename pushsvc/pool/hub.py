@@ -1,41 +1,138 @@
-"""The hub's routing table: which worker subscribes to which channel.  No I/O."""
+"""The master's hub: the end of each worker's AMP pipe, and the routing of
+the workers' messages through the machine's keeper (pushsvc/keeper.py)."""
 
 from __future__ import annotations
 
-from typing import Hashable, Iterable
+import struct
+from typing import TYPE_CHECKING
+
+from twisted.logger import Logger
+from twisted.protocols import amp
+
+from ..keeper import Keeper
+from ..wire.hub_commands import (GatherMetrics, Hello, PublishBatch, Replay, RunCommand,
+                                 Subscribe, TakeMail, Unsubscribe)
+from ..wire.records import (RELAY, STORE, Outbox, message_parts, pack_message, reframe,
+                            unpack_publishes)
+from ..wire.worker_commands import DeliverBatch
+
+if TYPE_CHECKING:
+    from .process import WorkerProcess
+    from .supervisor import Pool
+
+_log = Logger(namespace="pushsvc.pool.master")
 
 
-class SubscriptionTable:
-    """``channel -> workers`` and ``worker -> channels``, kept in step."""
+class Hub:
+    """Routes the messages of the workers of ``pool`` through ``keeper``:
+    each worker gets what it subscribes to as one DeliverBatch a turn."""
 
-    def __init__(self):
-        self.channels: dict[str, set[Hashable]] = {}
-        self.workers: dict[Hashable, set[str]] = {}
+    def __init__(self, keeper: Keeper, clock, pool: "Pool"):
+        self.keeper = keeper
+        self.clock = clock
+        self.pool = pool
+        self.outbox = Outbox(clock, self._deliver)  # WorkerProcess -> records
 
-    def subscribe(self, worker: Hashable, channels: Iterable[str]) -> None:
-        mine = self.workers.setdefault(worker, set())
-        for channel in channels:
-            mine.add(channel)
-            self.channels.setdefault(channel, set()).add(worker)
+    def protocol(self, worker: "WorkerProcess") -> "HubProtocol":
+        """The master's end of ``worker``'s AMP pipe."""
+        return HubProtocol(self, worker)
 
-    def unsubscribe(self, worker: Hashable, channels: Iterable[str]) -> None:
-        mine = self.workers.get(worker, set())
-        for channel in channels:
-            mine.discard(channel)
-            subscribers = self.channels.get(channel)
-            if subscribers is not None:
-                subscribers.discard(worker)
-                if not subscribers:
-                    del self.channels[channel]
+    def forward(self, origin: "WorkerProcess", batch: bytes) -> None:
+        """Number and keep each message of a worker's PublishBatch (the
+        history), and queue it for every worker subscribed to one of its
+        channels, the origin included; each worker gets its messages as one
+        DeliverBatch at the end of the turn.
 
-    def remove_worker(self, worker: Hashable) -> None:
-        """Forget every subscription of a worker that is gone."""
-        self.unsubscribe(worker, list(self.workers.pop(worker, ())))
+        Batching here too makes the hub's cost per AMP box, not per message;
+        a message record that keeps no history goes on as the bytes it came in.
 
-    def targets(self, channels: Iterable[str], origin: Hashable = None) -> set[Hashable]:
-        """The workers other than ``origin`` subscribed to any of ``channels``."""
-        found: set[Hashable] = set()
-        for channel in channels:
-            found.update(self.channels.get(channel, ()))
-        found.discard(origin)
-        return found
+        A ``RELAY`` record comes from a worker of a Redis node while Redis
+        is away (broker/redis.py): its origin has delivered it to its own
+        sessions, and Redis numbers and keeps it once it is back, so it goes
+        as it came to the other workers subscribed to one of its channels,
+        and nothing else.
+        """
+        keeper, outbox, now = self.keeper, self.outbox, self.clock.seconds()
+        for channels, record, flags in unpack_publishes(batch, with_flags=True):
+            if flags & RELAY:
+                for worker in keeper.targets(channels, origin):
+                    outbox.add(worker, record)
+                continue
+            if flags & STORE:
+                msg_id, frame = message_parts(record)
+                keeper.mail(channels, msg_id.decode("utf-8", "surrogatepass"), frame, now)
+            kept = keeper.keeps(channels)
+            if kept:
+                msg_id, frame = message_parts(record)
+                record = reframe(record, keeper.number(kept, msg_id, frame, now))
+            for worker in keeper.targets(channels):
+                outbox.add(worker, record)
+
+    def replay(self, channels, since: int, epoch: str) -> dict:
+        """A worker's Replay, answered after the DeliverBatches queued before it."""
+        self.outbox.flush()
+        messages, gaps = self.keeper.replay(channels, since, epoch, self.clock.seconds())
+        return {"messages": records(messages), "gaps": gaps}
+
+    def take_mail(self, user: str) -> dict:
+        return {"messages": records(self.keeper.take_mail(user, self.clock.seconds()))}
+
+    def _deliver(self, worker: "WorkerProcess", batch: bytes) -> None:
+        if worker in self.pool.live:  # it has not ended meanwhile
+            worker.amp.callRemote(DeliverBatch, batch=batch)
+
+
+def records(messages: list[tuple[str, bytes]]) -> bytes:
+    """Messages as (id, frame) in message records, for a worker."""
+    return b"".join(pack_message(msg_id, b"", frame) for msg_id, frame in messages)
+
+
+class HubProtocol(amp.AMP):
+    """The master's end of one worker's AMP pipe."""
+
+    def __init__(self, hub: Hub, worker: "WorkerProcess"):
+        super().__init__()
+        self.hub = hub
+        self.worker = worker
+
+    @Hello.responder
+    def hello(self, index, owner):
+        self.hub.pool.worker_ready(self.worker, owner)
+        return {}
+
+    @Subscribe.responder
+    def subscribe(self, channels):
+        self.hub.keeper.table.subscribe(self.worker, channels)
+        return {}
+
+    @Unsubscribe.responder
+    def unsubscribe(self, channels):
+        self.hub.keeper.table.unsubscribe(self.worker, channels)
+        return {}
+
+    @PublishBatch.responder
+    def publish(self, batch):
+        # An exception out of a responder would make AMP drop this worker's pipe.
+        try:
+            self.hub.forward(self.worker, batch)
+        except (ValueError, struct.error):
+            _log.failure("worker {index} sent a malformed PublishBatch",
+                         index=self.worker.index)
+        return {}
+
+    @Replay.responder
+    def replay(self, channels, since, epoch):
+        return self.hub.replay(channels, since, epoch)
+
+    @TakeMail.responder
+    def take_mail(self, user):
+        return self.hub.take_mail(user)
+
+    @RunCommand.responder
+    def run_command(self, name, args):
+        return self.hub.pool.run_command(name, args).addCallback(
+            lambda results: {"results": results})
+
+    @GatherMetrics.responder
+    def gather_metrics(self):
+        return self.hub.pool.gather_metrics().addCallback(lambda values: {"values": values})

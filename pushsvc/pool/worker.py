@@ -28,23 +28,10 @@ from ..signals import stop_on_signals
 from ..tls import TLSError
 from ..wire.hub_commands import GatherMetrics, Hello
 from ..wire.worker_commands import Reload, Retire, SetLogLevel, StopAccepting
-
-ENV = "PUSHSVC_WORKER"
-AMP_IN, AMP_OUT = 3, 4
-FIRST_SOCKET = 5
+from . import AMP_IN, AMP_OUT, ENV, FIRST_SOCKET
 
 # Run as ``python -m pushsvc.pool.worker``: named for the module, not __main__.
 _log = Logger(namespace="pushsvc.pool.worker")
-
-
-def describe(settings: Settings, index: int, families: list[int],
-             tls: list[str | None] | None = None, epoch: str | None = None) -> str:
-    """The ``PUSHSVC_WORKER`` value for worker ``index`` (the master's side);
-    ``tls``: per socket, its ``ssl:`` description, or None for plain TCP;
-    ``epoch``: the hub's history's."""
-    return json.dumps({"settings": settings.to_json(), "index": index,
-                       "families": families, "tls": tls or [None] * len(families),
-                       "log_level": loglevel.current(), "epoch": epoch})
 
 
 # What a log event holds that says nothing once it has left this process.
@@ -122,7 +109,10 @@ def main() -> None:
     # commands while Redis is away (broker/redis.py).
     broker = make_broker(settings, index, reactor, master_pid=os.getppid(),
                          otherwise=lambda: AmpBroker(epoch=spec["epoch"]))
-    server = PushServer(settings, reactor, broker=broker, worker=index)
+    # GET /metrics answers for the whole machine: the master sums the workers.
+    server = PushServer(settings, reactor, broker=broker, worker=index,
+                        gather_metrics=lambda: hub.callRemote(GatherMetrics).addCallback(
+                            lambda answer: answer["values"]))
 
     def master_gone(reason):
         if reactor.running:
@@ -131,9 +121,6 @@ def main() -> None:
 
     hub = WorkerEnd(broker, server, reactor, on_lost=master_gone)
     StandardIO(hub, stdin=AMP_IN, stdout=AMP_OUT, reactor=reactor)
-    # GET /metrics answers for the whole machine: the master sums the workers.
-    server.site.api.gather_metrics = lambda: hub.callRemote(GatherMetrics).addCallback(
-        lambda answer: answer["values"])
     if isinstance(broker, AmpBroker):
         broker.connect(hub)
     else:  # a RedisBroker: within this node, the hub carries what Redis cannot
