@@ -1,4 +1,5 @@
-# make run   - create .venv, install pushsvc, run it on port 8080 (one process)
+# make run   - create .venv, install pushsvc, run it on port 8080: a master and
+#              a pool of workers, one per CPU (ARGS="--workers 0" for one process)
 # make test  - create .venv, install with test extras, run the trial suite
 # make bench - create .venv, run pushsvc-bench (a few minutes; BENCH_ARGS= for options)
 SHELL  := /bin/bash
@@ -11,15 +12,19 @@ BENCH_ARGS ?=
 
 .PHONY: run test bench clean redis-server browser
 
-# "compat" editable mode puts the checkout itself on sys.path, so twistd's
-# plugin scan finds twisted/plugins/pushsvc_plugin.py in this folder.
+# An editable install: the checkout itself is on sys.path (setup.py says
+# why), so `.venv/bin/pushsvc`, `.venv/bin/twistd -n pushsvc` and the tests
+# run this folder's code.  --use-pep517 is what pip >= 25 does anyway (an
+# older pip falls back to the deprecated `setup.py develop` once the wheel
+# package is installed).
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e '.[test,bench]' --config-settings editable_mode=compat
+	$(PY) -m pip install -q --use-pep517 -e '.[test,bench]'
 	touch $@
 
+# `pushsvc` runs the server as `twistd -n --pidfile= pushsvc` does.
 run: $(VENV)/.installed
-	$(VENV)/bin/twistd -n --pidfile= pushsvc --port $(PORT) $(ARGS)
+	$(VENV)/bin/pushsvc --port $(PORT) $(ARGS)
 
 # The Redis tests start their own redis-server (from PATH): install it with
 # apt when it is missing and we may (root, or sudo without a password).

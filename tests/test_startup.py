@@ -1,4 +1,5 @@
-"""Start-up and shut-down of the real ``twistd pushsvc`` / ``twist pushsvc``.
+"""Start-up and shut-down of the real ``pushsvc``, ``twistd pushsvc`` and
+``twist pushsvc``.
 
 Each test runs the scripts installed next to the running Python as a child
 process (in a temporary folder, no pid file) and talks to it over loopback:
@@ -12,13 +13,30 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
+from pathlib import Path
 
+from twisted.internet import reactor
 from twisted.internet.error import ConnectError
 
-from tests.helpers import ChildTestCase, eventually, free_port, run
+from tests.helpers import BIN, Child, ChildTestCase, eventually, free_port, run
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class StartupTests(ChildTestCase):
+
+    def spawn(self, script: str, *args: str) -> Child:
+        """As ChildTestCase.spawn; ``pushsvc`` is the console script, which
+        takes pushsvc's options alone (no sub-command, no twistd flags)."""
+        if script != "pushsvc":
+            return super().spawn(script, *args)
+        child = Child()
+        executable = os.path.join(BIN, "pushsvc")
+        reactor.spawnProcess(child, executable, [executable, *args],
+                             env=os.environ.copy(), path=self.cwd)
+        self.addCleanup(child.kill)
+        return child
 
     def write_config(self, text: str) -> str:
         path = os.path.join(self.cwd, "pushsvc.toml")
@@ -67,6 +85,92 @@ class StartupTests(ChildTestCase):
     @run
     async def test_twist_sigterm(self):
         await self.check_serves_and_stops("twist", "TERM")
+
+    @run
+    async def test_pushsvc_sigterm(self):
+        await self.check_serves_and_stops("pushsvc", "TERM")
+
+    @run
+    async def test_pushsvc_sigint(self):
+        await self.check_serves_and_stops("pushsvc", "INT")
+
+    @run
+    async def test_pushsvc_runs_as_twistd_does(self):
+        """In the foreground, its log on stdout (nothing on stderr), no pid
+        file; the config file and the command line as for twistd."""
+        file_port, cli_port = free_port(), free_port()
+        path = self.write_config(f"[server]\nport = {file_port}\nworkers = 0\n")
+        child = self.spawn("pushsvc", "--config", path, "--port", str(cli_port))
+        await self.wait_serving(child, cli_port)
+        c = await self.client(user="u")
+        await self.push({"user": "u"}, "hi")
+        await eventually(lambda: c.messages, what="the push")
+        child.transport.signalProcess("TERM")
+        self.assertEqual(await self.wait_exit(child), 0, child.output())
+        self.assertEqual(child.stderr, b"")
+        log = child.stdout.decode()
+        self.assertIn(f"listening on tcp:{cli_port}", log)
+        self.assertIn("received SIGTERM, shutting down", log)
+        self.assertEqual(os.listdir(self.cwd), ["pushsvc.toml"])  # no twistd.pid, no socket
+
+    async def run_to_end(self, *args: str) -> Child:
+        child = self.spawn("pushsvc", *args)
+        await self.wait_exit(child)
+        return child
+
+    @run
+    async def test_pushsvc_help_lists_twistd_pushsvc_options(self):
+        """`pushsvc --help` shows the options of `twistd pushsvc --help`,
+        under its own name, and its two commands."""
+        mine, twistds = await self.run_to_end("--help"), self.spawn("twistd", "--help")
+        await self.wait_exit(twistds)
+        self.assertEqual((mine.status, twistds.status), (0, 0))
+        ours, theirs = mine.stdout.decode(), twistds.stdout.decode()
+        self.assertTrue(ours.startswith("Usage: pushsvc [options]\n"), ours)
+        options = theirs.split("\n", 1)[1]
+        self.assertIn(options, ours)
+        for flag in ("--port", "--listen", "--workers", "--config", "--admin", "--redis",
+                     "--app", "--node", "--log-format"):
+            self.assertIn(f"{flag}=", options)
+        self.assertIn("pushsvc sample-config", ours)
+        self.assertIn("pushsvc copy-samples DIR", ours)
+
+    @run
+    async def test_sample_config(self):
+        child = await self.run_to_end("sample-config")
+        self.assertEqual(child.status, 0, child.output())
+        self.assertEqual(child.stdout.decode(),
+                         (ROOT / "etc" / "pushsvc.toml").read_text(encoding="utf-8"))
+
+    @run
+    async def test_copy_samples(self):
+        """The samples land in DIR as in the checkout; a second copy
+        overwrites nothing and says so in one line."""
+        child = await self.run_to_end("copy-samples", "samples")
+        self.assertEqual(child.status, 0, child.output())
+        copied = sorted(str(p.relative_to(Path(self.cwd, "samples")))
+                        for p in Path(self.cwd, "samples").rglob("*") if p.is_file())
+        self.assertEqual(copied, sorted(
+            ["etc/pushsvc.toml", "etc/pushsvc.service", "etc/nginx-pushsvc.conf"]
+            + [f"examples/{p.name}" for p in (ROOT / "examples").glob("*.py")]))
+        for relative in copied:
+            self.assertEqual(Path(self.cwd, "samples", relative).read_bytes(),
+                             (ROOT / relative).read_bytes(), relative)
+        again = await self.run_to_end("copy-samples", "samples")
+        self.assertEqual(again.status, 1)
+        self.assertEqual(again.stderr_lines(), [
+            "pushsvc: samples/etc/pushsvc.toml exists; not overwriting anything"])
+
+    @run
+    async def test_python_dash_m(self):
+        """`python -m pushsvc.cli --help` is the same command."""
+        child = Child()
+        reactor.spawnProcess(child, sys.executable,
+                             [sys.executable, "-m", "pushsvc.cli", "--help"],
+                             env=os.environ.copy(), path=self.cwd)
+        self.addCleanup(child.kill)
+        self.assertEqual(await self.wait_exit(child), 0, child.output())
+        self.assertIn("--port=", child.stdout.decode())
 
     @run
     async def test_two_listen_endpoints(self):
@@ -186,6 +290,29 @@ class StartupTests(ChildTestCase):
     @run
     async def test_twist_bad_option(self):
         await self.check_refused("--port", "--port", "abc", script="twist")
+
+    @run
+    async def test_pushsvc_bad_input(self):
+        """The same one line, and status 2, as twistd pushsvc's."""
+        for setting, args in [("--port", ("--port", "abc")), ("--bogus", ("--bogus",)),
+                              ("--config", ("--config", "missing.toml")),
+                              ("--workers", ("--workers", "-1")),
+                              ("--listen", ("--listen", "nonsense:endpoint"))]:
+            mine = await self.check_refused(setting, *args, script="pushsvc")
+            twistds = await self.check_refused(setting, *args)
+            self.assertEqual(mine, twistds)
+            child = await self.run_to_end(*args)
+            self.assertEqual(child.status, 2, child.output())
+
+    @run
+    async def test_pushsvc_port_in_use(self):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            line = await self.check_refused(f"cannot listen on tcp:{port}", "--port", str(port),
+                                            script="pushsvc")
+        self.assertIn("in use", line)
 
     @run
     async def test_unix_socket_in_a_missing_folder(self):
