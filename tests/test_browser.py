@@ -17,6 +17,7 @@ import shutil
 import time
 
 from twisted.internet import reactor
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.web.client import Agent, readBody
@@ -143,8 +144,16 @@ class StaticFileTests(ServerTestCase):
         self.assertEqual(page.headers.getRawHeaders(b"cache-control"), [b"no-cache"])
         [policy] = page.headers.getRawHeaders(b"content-security-policy")
         self.assertIn(b"frame-ancestors 'none'", policy)
-        head, body = await self.get("/", method="HEAD")
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        head, body = await self.get("/pushsvc.js", method="HEAD")
         self.assertEqual((head.code, body), (200, b""))
+        with open(os.path.join(STATIC, "pushsvc.js"), "rb") as f:
+            size = len(f.read())
+        self.assertEqual(head.headers.getRawHeaders(b"content-length"), [b"%d" % size])
+        said = [formatEvent(e) for e in events]
+        self.assertFalse([t for t in said if "message body" in t], said)  # twisted.web's warning
 
     @run
     async def test_errors_are_json(self):
