@@ -22,9 +22,6 @@ what the engine does not know:
 
 from __future__ import annotations
 
-import pprint
-
-import autobahn.websocket.protocol
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet import tcp
@@ -38,25 +35,6 @@ from .protocol import (BAD_REQUEST, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN
 
 _log = Logger()
 
-
-class _LazyPformat:
-    """``pprint.pformat`` done only when the text is really asked for."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value):
-        self.value = value
-
-    def __str__(self):
-        return pprint.pformat(self.value)
-
-    __repr__ = __str__
-
-
-# Autobahn pretty-prints its options for a debug line at every connection,
-# whatever the log level: a third of the CPU of a connect.  Its module looks
-# pformat up at call time, so this makes that formatting lazy.
-autobahn.websocket.protocol.pformat = _LazyPformat
 
 OPEN = WebSocketServerProtocol.STATE_OPEN
 
