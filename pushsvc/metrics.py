@@ -111,6 +111,13 @@ class Meter:
         self.round_trips: dict[str, Histogram] = {}
         self.reloads: Counter[str] = Counter()       # "ok" / "failed"
 
+    def observer(self, name: str) -> Callable[[float], None]:
+        """The ``observe`` of the histogram ``name``, made at its first
+        observation (so a broker that never observes adds no metric)."""
+        def observe(seconds: float) -> None:
+            self.round_trip(name)(seconds)
+        return observe
+
     def round_trip(self, name: str) -> Callable[[float], None]:
         """The ``observe`` of the histogram ``name`` (``hub``, ``redis``)."""
         histogram = self.round_trips.get(name)

@@ -22,12 +22,14 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from pushsvc.broker import make_broker
 from pushsvc.broker.interface import Command, Message
 from pushsvc.broker.local import LocalBroker
-from pushsvc.broker.redis import RETRY_MAX, RedisBroker, _calls, _Link
+from pushsvc.broker.redis import RedisBroker
+from pushsvc.broker.redis_calls import _calls
+from pushsvc.broker.redis_link import RETRY_MAX, _Link
 from pushsvc.broker.redis_url import RedisURL, parse_redis_url
 from pushsvc.config import ConfigError, build_settings
 from pushsvc.ids import owner
 from pushsvc.protocol import Address, message_frame
-from pushsvc.routing import channels
+from pushsvc.routing import channels as route
 from tests.helpers import ChildTestCase, eventually, free_port, run, settings
 from tests.redis_helpers import RedisServer
 
@@ -209,7 +211,7 @@ class FakeEngine:
 
 def message(msg_id: str, **to) -> tuple[set[str], Message]:
     address = Address(**{k: tuple(v) if isinstance(v, list) else v for k, v in to.items()})
-    return channels(address), Message(msg_id, address, message_frame(msg_id, address, "x"))
+    return route(address), Message(msg_id, address, message_frame(msg_id, address, "x"))
 
 
 class BrokerTestCase(unittest.TestCase):
@@ -370,7 +372,7 @@ class RedisBrokerTests(BrokerTestCase):
         self.assertIsNone(b.subscribe("tag:t"))
         b.unsubscribe("user:u")
         await eventually(lambda: len(ea.delivered) == 5, 5, "local delivery")
-        self.assertEqual(len(a._queue), 3)  # bounded: the newest 3 kept
+        self.assertEqual(len(a._publisher._queue), 3)  # bounded: the newest 3 kept
         self.assertEqual(a.counters["dropped"], 2)
         results = await a.command(Command("stats", {}))  # this process alone
         self.assertEqual([r["worker"] for r in results], ["a.0"])

@@ -96,8 +96,8 @@ class RedisHistoryTests(BrokerTestCase):
     async def settle(self, *brokers) -> None:
         """Every publish so far has been through Redis and back."""
         for broker in brokers:
-            broker._flush()
-            await broker._eval("return 1", [], [])
+            broker._publisher.flush()
+            await broker._context.eval("return 1", [], [])
         await deferLater(reactor, 0.05, lambda: None)
 
     @run

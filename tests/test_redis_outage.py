@@ -25,7 +25,7 @@ from pushsvc.broker.interface import Command
 from pushsvc.broker.redis import RedisBroker
 from pushsvc.history import History
 from pushsvc.ids import owner
-from pushsvc.pool.master import HubProtocol, Pool
+from pushsvc.pool.master import Pool
 from pushsvc.wire.hub_commands import PublishBatch, RunCommand, Subscribe, Unsubscribe
 from pushsvc.wire.records import (RELAY, STORE, as_relay, pack_publish, unpack_messages,
                                   unpack_publishes)
@@ -58,13 +58,13 @@ class RelayWireTests(unittest.TestCase):
     def hub(self) -> Pool:
         self.clock = Clock()
         pool = Pool(settings(), None, 3, None, clock=self.clock)
-        pool.history = History(60, 100, 1 << 20, epoch="E")
+        pool.keeper.history = History(60, 100, 1 << 20, epoch="E")
         for index in range(3):
             pool.workers[index] = FakeWorker(index)
             pool.live.add(pool.workers[index])
-        pool.table.subscribe(pool.workers[0], ["all", "user:u"])
-        pool.table.subscribe(pool.workers[1], ["all"])
-        pool.table.subscribe(pool.workers[2], ["user:v"])
+        pool.keeper.table.subscribe(pool.workers[0], ["all", "user:u"])
+        pool.keeper.table.subscribe(pool.workers[1], ["all"])
+        pool.keeper.table.subscribe(pool.workers[2], ["user:v"])
         return pool
 
     def delivered(self, pool: Pool, index: int):
@@ -78,16 +78,16 @@ class RelayWireTests(unittest.TestCase):
                          for channels, msg_id, store in [(["all"], "a.0.i.M1", False),
                                                          (["user:u", "user:w"], "a.0.i.M2",
                                                           True)])
-        pool.forward(pool.workers[0], batch)
+        pool.hub.forward(pool.workers[0], batch)
         self.clock.advance(0)
         self.assertEqual(self.delivered(pool, 0), [])  # the origin delivered them itself
         self.assertEqual(self.delivered(pool, 1), [(DeliverBatch, [("a.0.i.M1", b"{}", frame)])])
         self.assertEqual(self.delivered(pool, 2), [])
-        self.assertEqual(pool.history.replay(["all", "user:u"], 0, "E", self.clock.seconds()),
+        self.assertEqual(pool.keeper.history.replay(["all", "user:u"], 0, "E", self.clock.seconds()),
                          ([], []))
-        self.assertEqual(pool.mailbox.take("w", 0.0), [])  # Redis keeps it, when back
+        self.assertEqual(pool.keeper.mailbox.take("w", 0.0), [])  # Redis keeps it, when back
         # the same message without the flag: numbered, and to the origin too
-        pool.forward(pool.workers[0], pack([(["all"], "a.0.i.M3", b"{}", frame)]))
+        pool.hub.forward(pool.workers[0], pack([(["all"], "a.0.i.M3", b"{}", frame)]))
         self.clock.advance(0)
         [(_, [(msg_id, _, numbered)])] = self.delivered(pool, 0)
         self.assertEqual((msg_id, json.loads(numbered)["pos"]), ("a.0.i.M3", 1))
@@ -117,7 +117,7 @@ class Pipe:
         self.ready = True
         self.amp = _Calls({DeliverBatch: WorkerProtocol(broker).deliver,
                            Perform: WorkerProtocol(broker).perform})
-        end = HubProtocol(pool, self)
+        end = pool.hub.protocol(self)
         self.hub = _Calls({Subscribe: end.subscribe, Unsubscribe: end.unsubscribe,
                            PublishBatch: end.publish, RunCommand: end.run_command})
         pool.workers[index] = self
@@ -171,7 +171,7 @@ class RelayBrokerTests(unittest.TestCase):
         await self.subscribe(b0, "all", "group:g", "user:u")
         a1.unsubscribe("tag:t")
         # the hub's table follows the subscriptions while Redis is up (only they cross)
-        self.assertEqual({c: sorted(w.index for w in ws) for c, ws in hub.table.channels.items()},
+        self.assertEqual({c: sorted(w.index for w in ws) for c, ws in hub.keeper.table.channels.items()},
                          {"all": [0, 1], "group:g": [0, 1], "user:u": [1],
                           "worker:a.0": [0], "worker:a.1": [1]})
         await eventually(lambda: all(len(b.members) == 3 for b in brokers), 10, "members")
@@ -188,7 +188,7 @@ class RelayBrokerTests(unittest.TestCase):
             e.frames.clear()
 
         await self.redis.stop()
-        await eventually(lambda: all(b.health() is not None and not b._may_send()
+        await eventually(lambda: all(b.health() is not None and not b._publisher.may_send()
                                      for b in brokers), 10, "degraded")
         sent = {}
         for name, to in [("all", {"all": True}), ("g", {"group": ["g"]}),
@@ -213,7 +213,7 @@ class RelayBrokerTests(unittest.TestCase):
         for engine in (ea0, ea1):  # nothing numbered them
             self.assertTrue(all(b'"pos"' not in f for fs in engine.frames.values()
                                 for f in fs))
-        self.assertEqual(hub.history.replay(["all", "group:g"], 0, hub.history.epoch,
+        self.assertEqual(hub.keeper.history.replay(["all", "group:g"], 0, hub.keeper.history.epoch,
                                             reactor.seconds())[0], [])
         # commands answer for the node, through the hub
         results = await a0.command(Command("stats", {}))
@@ -239,7 +239,8 @@ class RelayBrokerTests(unittest.TestCase):
         self.assertEqual(sorted(ea1.delivered), sorted(theirs + [sent["n"]]))
         self.assertEqual(sorted(eb0.delivered), sorted(wanted))
         self.assertGreaterEqual(a1.counters["duplicates"], 4)  # the Redis copies it had
-        self.assertEqual((a0._relayed, a1._relayed), ({}, {}))  # forgotten as they came
+        self.assertEqual((a0._inbox._relayed, a1._inbox._relayed),
+                         ({}, {}))  # forgotten as they came
 
 
 # -- real nodes -----------------------------------------------------------------

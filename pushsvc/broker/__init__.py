@@ -2,8 +2,9 @@
 
 ``interface.IBroker`` is the contract; ``local.LocalBroker`` serves one
 process, ``amp.AmpBroker`` a pool worker through the master's hub, and
-``redis.RedisBroker`` any engine of many nodes through Redis.  The session
-engine never knows which one it talks to; ``make_broker`` picks one.
+``redis.RedisBroker`` any engine of many nodes through Redis (a facade over
+its parts, the ``redis_*`` modules).  The session engine never knows which
+one it talks to; ``make_broker`` picks one.
 """
 
 from __future__ import annotations

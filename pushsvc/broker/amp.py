@@ -160,6 +160,12 @@ class AmpBroker:
         d = self.hub.callRemote(RunCommand, name=command.name, args=command.args)
         return d.addCallback(lambda answer: answer["results"])
 
+    def health(self):
+        return None  # the hub is the master: a worker without it stops
+
+    def timed(self, observe):
+        pass  # its round trips go to the hub, which is not timed
+
     def close(self):
         self.closed = True
         if self.hub is not None and self.hub.transport is not None:

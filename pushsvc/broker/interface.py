@@ -65,7 +65,12 @@ class IBroker(Interface):
     def health():
         """None while messages reach every engine, else why not (the Redis
         broker while Redis is away); ``/healthz`` answers 503 with it.
-        Optional: a broker without it is always healthy."""
+        A broker that cannot lose its engines always answers None."""
+
+    def timed(observe):
+        """Call ``observe(seconds)`` with the duration of each round trip to
+        the broker's store (the Redis broker: its script calls and
+        heartbeat); brokers without one never call it."""
 
     def close():
         """Let go of connections; a Deferred that fires when done."""

@@ -6,12 +6,14 @@ it connects (behind a Sentinel: to the master it names, checked with
 ``ROLE``), tells its broker ``_link_up`` once logged in, and after a failed
 attempt or a lost connection tells it ``_link_down`` and tries again after
 ``delay(n)``: 0.1 s doubling to 5 s, +-20 %.  ``ping`` drops a subscriber
-whose Redis stopped answering.
+whose Redis stopped answering.  What a link tells its broker is
+``LinkOwner``.
 """
 
 from __future__ import annotations
 
 import random
+from typing import Protocol
 
 import txredisapi
 from twisted.internet.defer import Deferred, succeed
@@ -27,6 +29,22 @@ _log = Logger()
 RETRY_FIRST = 0.1      # seconds before the first reconnection attempt
 RETRY_MAX = 5.0        # ... doubling up to this
 RETRY_JITTER = 0.2     # +-20 %, so that the nodes do not all come back at once
+
+
+class LinkOwner(Protocol):
+    """What a ``_Link`` tells the broker that owns it (``redis.RedisBroker``)."""
+
+    def _link_up(self, link: "_Link") -> None:
+        """``link`` is connected and logged in: ``link.protocol`` is usable."""
+
+    def _link_down(self, link: "_Link", reason: str) -> None:
+        """``link`` failed to connect or lost its connection; it tries again."""
+
+    def _received(self, channel: bytes, payload: bytes) -> None:
+        """The subscriber got ``payload`` on Redis channel ``channel``."""
+
+    def _confirmed(self, key: bytes) -> None:
+        """Redis confirmed the subscriber's SUBSCRIBE of ``key``."""
 
 
 def _command(*args: bytes) -> bytes:
@@ -139,7 +157,7 @@ class _Link:
     a connection that was up, then doubling to 5 s.  Timers run on ``clock``.
     """
 
-    def __init__(self, broker: "RedisBroker", name: str, server: _Server, protocol_class,
+    def __init__(self, broker: LinkOwner, name: str, server: _Server, protocol_class,
                  dbid: int | None, clock, timeout: float):
         self.broker, self.name, self.server = broker, name, server
         self.url = server.url

@@ -102,8 +102,7 @@ class Engine:
     # -- life cycle -------------------------------------------------------
 
     def start(self) -> None:
-        if hasattr(self.broker, "on_round_trip"):  # a RedisBroker times its calls
-            self.broker.on_round_trip = self.meter.round_trip("redis")
+        self.broker.timed(self.meter.observer("redis"))  # only Redis has round trips
         self.broker.attach(self)
         self._interest(worker_channel(self.ids.owner), True)
         self._keepalive.start(self.settings.ping_interval, now=False).addErrback(
