@@ -16,7 +16,10 @@ from __future__ import annotations
 
 from typing import Hashable, Iterable
 
+from zope.interface import implementer
+
 from .history import History, Mailbox, kept_channels
+from .reloadable import IReloadable
 
 
 class SubscriptionTable:
@@ -55,6 +58,7 @@ class SubscriptionTable:
         return found
 
 
+@implementer(IReloadable)
 class Keeper:
     """The subscriptions, history and mailbox of one machine (``settings``)."""
 

@@ -12,7 +12,7 @@ from .app import AppError, load_app
 from .broker import make_broker
 from .broker.local import LocalBroker
 from .engine import Engine
-from .history import History, Mailbox
+from .keeper import Keeper
 from .http import build_site
 from .ids import IdMaker
 from .listening import ListenerService
@@ -72,13 +72,12 @@ class PushServer(MultiService):
         self.settings = settings
         # One process keeps the history and mailbox itself; a pool worker's
         # are the hub's; with Redis, Redis keeps them.
-        self.history = self.mailbox = None
+        self.keeper = None
         if broker is None and not settings.redis:
-            self.history = History.from_settings(settings)
-            self.mailbox = Mailbox.from_settings(settings)
+            self.keeper = Keeper.from_settings(settings)
         self.broker = broker or make_broker(
             settings, worker, reactor, clock,
-            otherwise=lambda: LocalBroker(self.history, clock or reactor, self.mailbox))
+            otherwise=lambda: LocalBroker(self.keeper, clock or reactor))
         self.engine = Engine(settings, self.broker, IdMaker(settings.node, worker),
                              clock or reactor, prepare=prepare_frame,
                              backend=backend_maker(reactor))
@@ -129,7 +128,7 @@ class PushServer(MultiService):
 
     def reloadables(self) -> list:
         """What a reload configures (each an ``IReloadable``)."""
-        kept = [] if self.history is None else [self.history, self.mailbox]
+        kept = [] if self.keeper is None else [self.keeper]
         return [self.engine, *kept, self.ws_factory, self.site]
 
     def retire(self, code: int, reason: str, drain: float = 0.0) -> Deferred:

@@ -12,7 +12,8 @@ from pushsvc.broker.interface import Message
 from pushsvc.broker.local import LocalBroker
 from pushsvc.commands import make_command
 from pushsvc.engine import Engine, IConnection, Overloaded
-from pushsvc.history import History
+from pushsvc.history import History, Mailbox
+from pushsvc.keeper import Keeper
 from pushsvc.ids import IdMaker
 from pushsvc.limits import COUNTERS as LIMIT_COUNTERS
 from pushsvc.protocol import Address, encode
@@ -535,7 +536,7 @@ class ReplayTests(EngineTestCase):
 
     def setUp(self):
         self.history = History(60, 100, 1 << 20, epoch="E")
-        self.start(broker=LocalBroker(self.history, Clock()))
+        self.start(broker=LocalBroker(Keeper(self.history, Mailbox(60, 100, 1 << 20)), Clock()))
         self.asked = []
         self.answer = Deferred()
         self.broker.replay = lambda *args: self.asked.append(args) or self.answer
@@ -618,7 +619,7 @@ class ReplayTests(EngineTestCase):
         self.assertEqual(written[1]["op"], "ok")
 
     def test_what_a_held_session_may_hold_is_bounded_by_max_buffered_bytes(self):
-        self.start(broker=LocalBroker(self.history, Clock()), max_buffered_bytes=4096)
+        self.start(broker=LocalBroker(Keeper(self.history, Mailbox(60, 100, 1 << 20)), Clock()), max_buffered_bytes=4096)
         s = self.open(user="ann")
         self.engine.hold(s)
         for n in range(10):

@@ -34,7 +34,7 @@ class ReloadSeamTests(unittest.TestCase):
 
         server = PushServer(settings(), reactor)
         pieces = server.reloadables()
-        self.assertEqual(len(pieces), 5)  # engine, history, mailbox, WebSocket factory, site
+        self.assertEqual(len(pieces), 4)  # engine, keeper, WebSocket factory, site
         for piece in pieces + [server.site.api, Backends(None, print, lambda: print)]:
             self.assertTrue(verifyObject(IReloadable, piece), piece)
 

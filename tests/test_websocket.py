@@ -99,7 +99,7 @@ class SessionTests(WebSocketTestCase):
         self.assertEqual(len(c.frames), 1)
         frame = c.frames[0]
         self.assertEqual(frame, {"op": "welcome", "session": frame["session"], "user": None,
-                                 "epoch": self.server.history.epoch})
+                                 "epoch": self.server.keeper.history.epoch})
         self.assertRegex(frame["session"], SESSION_ID)
         other = await self.client()
         self.assertNotEqual(other.session, c.session)
@@ -111,7 +111,7 @@ class SessionTests(WebSocketTestCase):
         ok = await c.request("auth", user="alice")
         self.assertEqual(c.frames[1:], [
             {"op": "welcome", "session": c.session, "user": "alice",
-             "epoch": self.server.history.epoch},
+             "epoch": self.server.keeper.history.epoch},
             {"op": "ok", "ref": ok["ref"]},
         ])
         self.assertEqual(ok, {"op": "ok", "ref": 1})

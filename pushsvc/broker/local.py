@@ -1,64 +1,67 @@
-"""The broker for one process (``--workers 0``): everything stays in memory."""
+"""The broker for one process (``--workers 0``): everything stays in memory,
+kept by the process's ``Keeper`` by the same rules as the hub of a pool."""
 
 from __future__ import annotations
 
 from twisted.internet.defer import maybeDeferred, succeed
+from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from ..history import History, Mailbox, kept_channels
+from ..history import History, Mailbox
+from ..keeper import Keeper
 from .interface import IBroker, Message
+
+# The one engine, as the keeper's subscription table knows it.
+ENGINE = "engine"
 
 
 @implementer(IBroker)
 class LocalBroker:
-    """Hands each published message straight to the one local engine, and
-    keeps the history and the mailbox (``history``, ``mailbox``, timed by
-    ``clock``; None: none kept)."""
+    """Hands each published message straight to the one local engine, after
+    the keeper has mailed, numbered and routed it (``keeper``, timed by
+    ``clock``; None: nothing kept)."""
 
-    def __init__(self, history: History | None = None, clock=None,
-                 mailbox: Mailbox | None = None):
+    def __init__(self, keeper: Keeper | None = None, clock=None):
         self.receiver = None
-        self.subscriptions: set[str] = set()
-        self.history = history
-        self.mailbox = mailbox
-        self.clock = clock
+        self.keeper = keeper or Keeper(History(0, 1, 1), Mailbox(0, 1, 1))
+        self.clock = clock or Clock()  # nothing kept: the time does not matter
 
     @property
     def epoch(self):
-        return self.history.epoch if self.history is not None else None
+        return self.keeper.epoch
+
+    @property
+    def subscriptions(self) -> set[str]:
+        return self.keeper.table.workers.get(ENGINE, set())
 
     def attach(self, receiver):
         self.receiver = receiver
 
     def subscribe(self, channel):
-        self.subscriptions.add(channel)
+        self.keeper.table.subscribe(ENGINE, (channel,))
 
     def unsubscribe(self, channel):
-        self.subscriptions.discard(channel)
+        self.keeper.table.unsubscribe(ENGINE, (channel,))
 
     def publish(self, channels, message, store=False):
-        if store and self.mailbox is not None:
-            now = self.clock.seconds()
-            for channel in channels:
-                if channel.startswith("user:") and channel not in self.subscriptions:
-                    self.mailbox.put(channel[5:], message.id, message.frame, now)
-        if self.history is not None:
-            frame = self.history.record(kept_channels(channels), message.id, message.frame,
-                                        self.clock.seconds())
+        keeper = self.keeper
+        if store:
+            keeper.mail(channels, message.id, message.frame, self.clock.seconds())
+        kept = keeper.keeps(channels)
+        if kept:
+            frame = keeper.number(kept, message.id, message.frame, self.clock.seconds())
             message = Message(message.id, message.to, frame)
-        if not self.subscriptions.isdisjoint(channels):
+        if keeper.targets(channels):
             self.receiver.deliver(message)
         return succeed(None)
 
     def mail(self, user):
-        if self.mailbox is None:
-            return succeed([])
-        return succeed(self.mailbox.take(user, self.clock.seconds()))
+        return succeed(self.keeper.take_mail(user, self.clock.seconds()))
 
     def replay(self, channels, since, epoch):
-        if self.history is None:
+        if not self.keeper.history.enabled:
             return succeed(([], sorted(set(channels))))
-        return succeed(self.history.replay(channels, since, epoch, self.clock.seconds()))
+        return succeed(self.keeper.replay(channels, since, epoch, self.clock.seconds()))
 
     def command(self, command):
         return maybeDeferred(self.receiver.perform, command).addCallback(lambda r: [r])
