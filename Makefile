@@ -64,9 +64,14 @@ browser:
 	  else echo "npm is missing: the browser test will be skipped (fail with CI=true)"; fi; \
 	fi
 
+# pyflakes reads the code first (unused names, undefined names); its findings
+# fail the run, after the suite, whose summary line comes last.
 test: $(VENV)/.installed redis-server browser
-	@set -o pipefail; $(PY) -m twisted.trial --temp-directory=$(VENV)/_trial_temp tests 2>&1 \
+	@set -o pipefail; $(PY) -m pyflakes pushsvc tests examples tools; lint=$$?; \
+	  [ $$lint = 0 ] || echo "pyflakes: the problems above fail this run"; \
+	  $(PY) -m twisted.trial --temp-directory=$(VENV)/_trial_temp tests 2>&1 \
 	  | tee $(VENV)/trial.log; status=$$?; \
+	  [ $$lint = 0 ] || status=1; \
 	  $(PY) tools/trial_summary.py $(VENV)/trial.log $$status
 
 bench: $(VENV)/.installed
