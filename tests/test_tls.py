@@ -297,6 +297,10 @@ class TwistdTests(TLSTestCase, ChildTestCase):
         child = self.spawn("twistd", "--workers", "2", "--listen", self.description(port),
                            "--admin", "")
         await self.wait_serving(child, port)
+        # Both workers up before the renewal: one that started after it would
+        # read the new files at start and have nothing to renew.
+        await eventually(lambda: child.output().count(" ready (pid ") >= 2, 20,
+                         "both workers ready")
         old = await self.client(user="u1")
         self.assertEqual(peer_serial(old), self.serial)
         await self.check_served([old])
