@@ -65,7 +65,9 @@ setup(
         # tests/test_install.py builds a wheel without build isolation (no
         # download): setuptools' bdist_wheel, which before setuptools 70.1
         # lives in the wheel package; pyflakes for the lint run.
-        "test": ["wheel", "pyflakes"],
+        # pusher: the official Pusher server SDK, whose signatures the Pusher
+        # protocol layer is checked against (tests/test_pusher_*.py).
+        "test": ["wheel", "pyflakes", "pusher"],
         "bench": ["py-spy>=0.3"],  # pushsvc-bench --profile
     },
     entry_points={
