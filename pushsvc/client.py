@@ -6,7 +6,7 @@ from the last ``pos``), from Twisted code or, through Twisted's asyncio
 reactor, from asyncio code (examples/listen.py, examples/listen_asyncio.py).
 
 ``connect`` and ``PushClientProtocol`` are one plain connection that keeps
-every frame, used by the tests, the console and the benchmark:
+every frame, used by the tests:
 
     client = await connect("ws://127.0.0.1:8080/ws")
     await client.request("auth", user="u1")

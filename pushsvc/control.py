@@ -1,7 +1,7 @@
 """What the admin console drives: a running pushsvc, one process or a pool.
 
 ``IControl`` is served by ``LocalControl`` (``--workers 0``: the one process)
-and by the master of a worker pool (``pushsvc.pool.master.PoolControl``).  The
+and by the master of a worker pool (``pushsvc.pool.control.PoolControl``).  The
 admin endpoint (``pushsvc.admin``) only ever talks to an ``IControl``.
 
 Every method returns a Deferred.  A result that concerns workers is a list

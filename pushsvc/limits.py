@@ -1,4 +1,4 @@
-"""Limits against abuse, without I/O: the I/O edges (websocket.py, http.py)
+"""Limits against abuse, without I/O: the I/O edges (websocket.py, http/)
 ask these objects and act on the answer.  See docs/security.md.
 
 - ``TokenBucket``: a client's message rate (``limits.messages_per_second``,

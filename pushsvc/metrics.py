@@ -10,7 +10,7 @@ merge key by key), so the master asks every worker for theirs (``Perform``
 ``metrics``), adds the counts of the workers that have ended (as they were
 at the last scrape: a machine's counter never falls), adds its own
 (workers, restarts, reloads, the hub's round trips) and hands the sum to the
-worker that serves the scrape (``pool.wire.GatherMetrics``); with
+worker that serves the scrape (``wire.hub_commands.GatherMetrics``); with
 ``--workers 0`` the one process's values are the machine's.
 
 ``render`` turns values into the exposition with prometheus-client: a

@@ -38,7 +38,7 @@ class PushServerFactory(WebSocketServerFactory):
         self.meter = engine.meter
         self._close_waiters: dict[PushServerProtocol, list[Deferred]] = {}
         self._unflushed: list[PushServerProtocol] = []
-        # The per-address slot of the connection being upgraded (http.py's
+        # The per-address slot of the connection being upgraded (http/upgrade.py's
         # WebSocket resource sets it; the protocol takes it in connectionMade).
         self.next_slot = None
         self.setProtocolOptions(

@@ -1,6 +1,6 @@
 """Message batches between the workers and the hub.
 
-- ``PackingTests``: the record packing of ``pool.wire`` (pure functions).
+- ``PackingTests``: the record packing of ``wire.records`` (pure functions).
 - ``OutboxTests``, ``AmpBrokerBatchTests``, ``HubBatchTests``: one batch per
   peer and reactor turn, in order, never overtaken by a later command; driven
   by a ``task.Clock`` and fake AMP peers that record what they are sent.

@@ -21,7 +21,7 @@ outage has registered again (so is subscribed again), or after
 Within a node while Redis is away.  Every message that goes to the queue
 (Redis away, or a reconnection still holding the queue back) is also sent
 at once to the node's hub (a pool worker's) as a ``RELAY`` publish record
-(``pool.wire``): the hub hands it on as it is, unnumbered, to every *other*
+(``wire.records``): the hub hands it on as it is, unnumbered, to every *other*
 worker subscribed to one of its channels (the origin has delivered it to its
 own sessions), and keeps nothing; they drop its Redis copy later
 (``redis_inbox``).  So each session of the node gets the message once, at

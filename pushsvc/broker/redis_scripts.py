@@ -343,7 +343,7 @@ def payload_head(origin: bytes, seq: int) -> bytes:
 def payload_body(rels: list[int], records: list[bytes]) -> bytes:
     """The part of a payload the publisher writes after the head: how many
     messages, each one's index among the call's kept messages (1, 2, ...; 0
-    when not kept), then their publish records (``pool.wire.pack_publish``)."""
+    when not kept), then their publish records (``wire.records.pack_publish``)."""
     return b"".join([REL.pack(len(rels)), *map(REL.pack, rels), *records])
 
 

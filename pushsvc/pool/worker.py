@@ -42,7 +42,7 @@ def log_to_master(event) -> None:
     """Write each log event to stdout as one line of JSON (twisted.logger's
     ``eventAsJSON``: its fields and its formatted text; a failure as the
     ``traceback`` field); the master re-emits it in its own log with the worker's index
-    (``master.WorkerProcess``), as text or JSON (``--log-format``)."""
+    (``pool.process.WorkerProcess``), as text or JSON (``--log-format``)."""
     fields = {k: v for k, v in event.items() if k not in _LOCAL_ONLY}
     failure = fields.pop("log_failure", None)
     legacy = fields.pop("failure", None)  # twisted.python.log.err's
