@@ -90,6 +90,8 @@ class PushServerProtocol(WebSocketServerProtocol):
     _bucket = None        # limits.TokenBucket, made at the first frame the client sends
     _refused = 0          # frames refused by the rate limit since the last one served
     _fragments = 0        # frames of the message being received
+    _in_close_frame = False  # Autobahn is handling the client's close frame
+    _cutoff = None        # the abort of a connection closed after a bad close frame
 
     # -- Autobahn callbacks -----------------------------------------------
 
@@ -108,6 +110,9 @@ class PushServerProtocol(WebSocketServerProtocol):
         call, self.closeHandshakeTimeoutCall = self.closeHandshakeTimeoutCall, None
         if call is not None:
             call.cancel()
+        cutoff, self._cutoff = self._cutoff, None
+        if cutoff is not None and cutoff.active():
+            cutoff.cancel()
         super().connectionLost(reason)
         self._leave_engine()
         for waiter in self.factory.pop_close_waiters(self):
@@ -191,6 +196,28 @@ class PushServerProtocol(WebSocketServerProtocol):
         # gets no pong: Autobahn's frames bypass the slow-reader count.
         if self.session is not None and self._within_rate() and not self._paused:
             super().onPing(payload)
+
+    def onCloseFrame(self, code, reasonRaw):
+        self._in_close_frame = True
+        try:
+            return super().onCloseFrame(code, reasonRaw)
+        finally:
+            self._in_close_frame = False
+
+    def dropConnection(self, abort=False):
+        # A close frame that breaks the rules (a code no one may send, a
+        # 1-byte body, a reason that is not UTF-8) makes Autobahn send its own
+        # close (1002, 1007) and then take the same bad frame for the answer
+        # to it: it would abort, and the reset would destroy the close frame
+        # it has just written.  End with a FIN after it instead, and cut off
+        # a peer that does not read it within close_timeout.
+        if (abort and self._in_close_frame and self.failedByMe
+                and self.transport is not None and self._cutoff is None):
+            super().dropConnection(abort=False)
+            self._cutoff = self.factory.reactor.callLater(
+                self.factory.settings.close_timeout, self.transport.abortConnection)
+            return
+        super().dropConnection(abort)
 
     def _fail_connection(self, code=1001, reason="going away"):
         # Autobahn fails a connection for a frame over the size limit (1009),

@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
@@ -71,7 +72,11 @@ class RawClient(Protocol):
         self.data += data
         self._check()
 
+    reset = False  # the connection ended with a reset (ECONNRESET), not a FIN
+
     def connectionLost(self, reason):
+        self.reset = reason.check(ConnectionLost) is not None and "reset" in str(reason.value).lower() \
+            or reason.check(ConnectionResetError) is not None
         self._check()
         for _, d in self._waiters:
             d.callback(None)

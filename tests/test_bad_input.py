@@ -19,6 +19,7 @@ it), so rate limits and timeouts act at exactly known points.
 from __future__ import annotations
 
 import gc
+import struct
 import json
 
 from twisted.internet.defer import DeferredSemaphore, gatherResults, ensureDeferred
@@ -119,6 +120,27 @@ class WebSocketBadInputTests(BadInputTestCase):
         await self.push_watch(2)
         self.assertEqual([await self.closed_with(c) for c in clients], [1007] * 4)
         self.assertEqual(self.engine.counters["dropped_invalid"], 4)
+        await self.recovered()
+
+    @run
+    async def test_invalid_close_frames_get_a_close_frame_not_a_reset(self):
+        """A close frame with a code no one may send, a 1-byte or 126-byte
+        body, or a reason that is not UTF-8, is answered with the server's own
+        close (1002; 1007 for the reason) before the connection ends; the
+        connection is not reset under it (issue 17)."""
+        await self.begin()
+        bad = [struct.pack("!H", code) for code in (0, 999, 1004, 1005, 1006, 1015, 1016,
+                                                     1100, 2000, 2999, 5000, 65535)]
+        bad += [b"\x03", struct.pack("!H", 1000) + b"x" * 124,
+                struct.pack("!H", 1000) + b"\xff\xfe"]
+        expected = [1002] * 14 + [1007]
+        clients = [await raw.open_raw(self.port) for _ in bad]
+        for client, payload in zip(clients, bad):
+            client.transport.write(raw.frame(payload, raw.CLOSE))
+        for client in clients:
+            await client.wait_lost()
+        self.assertEqual([c.close_code for c in clients], expected)
+        self.assertEqual([c.reset for c in clients], [False] * len(bad))
         await self.recovered()
 
     @run
