@@ -131,6 +131,9 @@ SPECS: tuple[Spec, ...] = (
     Spec("http", "allowed_origins", [], origins,
          "browser origins allowed to open a WebSocket (Origin header); "
          "empty = any (development only)"),
+    Spec("http", "server_header", "", text,
+         "the Server header of HTTP answers and WebSocket handshakes; '' = none "
+         "(no software version given away)"),
     Spec("http", "trusted_proxies", [], networks,
          "reverse proxies (IP addresses or networks) whose X-Forwarded-For "
          "names the client; empty = the header is ignored"),

@@ -25,13 +25,14 @@ from __future__ import annotations
 from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet import tcp
+from twisted.web.http import RESPONSES
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from .engine import IConnection, Overloaded
 from .limits import TokenBucket
 from .protocol import (BAD_REQUEST, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN,
-                       RATE_LIMITED, ProtocolError, decode_json, error_frame)
+                       RATE_LIMITED, ProtocolError, decode_json, encode, error_frame)
 
 _log = Logger()
 
@@ -218,6 +219,20 @@ class PushServerProtocol(WebSocketServerProtocol):
                 self.factory.settings.close_timeout, self.transport.abortConnection)
             return
         super().dropConnection(abort)
+
+    def sendHttpErrorResponse(self, code, reason, responseHeaders=None):
+        """A handshake Autobahn refuses (no Sec-WebSocket-Key, a version other
+        than 13, ...): answered as the rest of the HTTP edge answers, in JSON."""
+        engine = self.factory.engine
+        if code == 400:
+            engine.counters["http_invalid"] += 1
+        body = encode({"error": {"code": BAD_REQUEST if code == 400 else f"http_{code}",
+                                 "message": str(reason)[:300]}}) + b"\n"
+        head = [f"HTTP/1.1 {code} {RESPONSES.get(code, b'Error').decode('ascii')}",
+                "Content-Type: application/json", "Cache-Control: no-store",
+                "Connection: close", f"Content-Length: {len(body)}"]
+        head += [f"{name}: {value}" for name, value in responseHeaders or ()]
+        self.sendData("\r\n".join(head).encode("latin-1", "replace") + b"\r\n\r\n" + body)
 
     def _fail_connection(self, code=1001, reason="going away"):
         # Autobahn fails a connection for a frame over the size limit (1009),

@@ -67,6 +67,8 @@ class PushServerFactory(WebSocketServerFactory):
         for conn in self.connections:
             if conn._bucket is not None:
                 conn._bucket.configure(settings.messages_per_second, settings.message_burst)
+        # The handshake's Server header (Autobahn names its version otherwise).
+        self.server = settings.server_header or None
         self.setProtocolOptions(maxFramePayloadSize=settings.max_message_bytes,
                                 maxMessagePayloadSize=settings.max_message_bytes,
                                 closeHandshakeTimeout=settings.close_timeout)

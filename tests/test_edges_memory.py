@@ -156,3 +156,44 @@ class HttpMemoryTests(MemoryEdgeTestCase):
 def _group(name: str):
     from pushsvc.protocol import Address
     return Address(group=(name,))
+
+
+class HandshakeMemoryTests(MemoryEdgeTestCase):
+    """Handshakes refused before or inside Autobahn answer JSON; no Server
+    header gives a version away unless one is configured (issue 17)."""
+
+    def test_an_http_1_0_handshake_is_refused(self):
+        self.start()
+        old = handshake().replace(b"HTTP/1.1", b"HTTP/1.0", 1)
+        c, pump = self.connect(old)
+        self.assertEqual((c.status, c.body),
+                         (400, {"error": {"code": "bad_request",
+                                          "message": "a WebSocket handshake needs HTTP/1.1"}}))
+        self.assertFalse(c.welcomed())
+
+    def test_autobahns_refusals_are_json(self):
+        self.start()
+        no_key = b"\r\n".join(line for line in handshake().split(b"\r\n")
+                              if not line.startswith(b"Sec-WebSocket-Key"))
+        wrong_version = handshake().replace(b"Sec-WebSocket-Version: 13",
+                                            b"Sec-WebSocket-Version: 99")
+        for request in (no_key, wrong_version):
+            c, pump = self.connect(request)
+            self.assertEqual(c.status, 400, c.data[:200])
+            self.assertEqual(c.header("content-type"), "application/json")
+            self.assertEqual(c.body["error"]["code"], "bad_request")
+            self.assertTrue(c.body["error"]["message"])
+        self.assertEqual(self.counters["http_invalid"], 2)
+
+    def test_no_server_header_by_default(self):
+        self.start()
+        api, pump = self.connect(http_request("GET", "/healthz"))
+        ws = self.session()
+        self.assertEqual((api.status, api.header("server"), ws.header("server")),
+                         (200, None, None))
+
+    def test_a_configured_server_header(self):
+        self.start(server_header="pushsvc")
+        api, pump = self.connect(http_request("GET", "/healthz"))
+        ws = self.session()
+        self.assertEqual((api.header("server"), ws.header("server")), ("pushsvc", "pushsvc"))

@@ -66,6 +66,15 @@ class LimitedRequest(Request):
             return
         super().process()
 
+    def setHeader(self, name, value):
+        # twisted.web names itself in a Server header on every answer: only
+        # what http.server_header says goes out (none by default).
+        if name.lower() == b"server":
+            value = self.channel.site.server_header
+            if not value:
+                return
+        super().setHeader(name, value)
+
     def gotLength(self, length):
         # Instead of Request.gotLength, which only picks where the body goes.
         if length is not None and length > self.max_body:

@@ -187,10 +187,13 @@ class PushSite(Site):
                 channel.refused = True
         return channel
 
+    server_header = b""  # http.server_header: the Server header, if any
+
     def configure(self, settings) -> None:
         """Use ``settings`` from now on (a reload); timeouts and the header
         limit apply to new connections."""
         self.api.configure(settings)
+        self.server_header = settings.server_header.encode("latin-1", "replace")
         self.requestFactory.max_body = max(settings.max_message_bytes,
                                            settings.max_batch_bytes)
         self.timeOut = settings.handshake_timeout

@@ -6,7 +6,7 @@ from autobahn.twisted.resource import WebSocketResource
 from twisted.web.server import NOT_DONE_YET
 
 from ..limits import address_key
-from ..protocol import FORBIDDEN, RATE_LIMITED
+from ..protocol import BAD_REQUEST, FORBIDDEN, RATE_LIMITED
 from .answers import error_body, respond
 from .api import HttpApi
 
@@ -23,6 +23,9 @@ class PushWebSocketResource(WebSocketResource):
 
     def render(self, request):
         api = self.api
+        if request.clientproto < b"HTTP/1.1":  # RFC 6455, 4.1: HTTP/1.1 or later
+            api.engine.counters["http_invalid"] += 1
+            return _refuse(request, 400, BAD_REQUEST, "a WebSocket handshake needs HTTP/1.1")
         origin = request.getHeader(b"origin")
         if origin is not None:
             origin = origin.decode("latin-1")
