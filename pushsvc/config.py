@@ -77,11 +77,13 @@ def _default(spec: Spec):
 
 # The validated settings of one pushsvc process: a frozen dataclass with one
 # field per setting of SPECS, and the [namespaces] tables, the config file's
-# path and the command line's values (by key).
+# path and the command line's values (by key).  ``pusher_apps`` holds the
+# ``[[pusher.apps]]`` tables, checked and with their defaults (docs/pusher.md).
 Settings = make_dataclass(
     "Settings",
     [(spec.name, Any, _default(spec)) for spec in SPECS]
     + [("namespaces", dict, field(default_factory=dict)),
+       ("pusher_apps", list, field(default_factory=list)),
        ("config_path", Any, field(default=None)),
        ("overrides", dict, field(default_factory=dict))],
     bases=(_Behaviour,), frozen=True)
@@ -101,6 +103,12 @@ def read_toml(path: str) -> dict[str, dict[str, Any]]:
     known = {(s.section, s.key) for s in SPECS}
     for section, table in data.items():
         if section == "namespaces":  # tables of their own: build_settings checks them
+            continue
+        if section == "pusher" and isinstance(table, dict):  # [[pusher.apps]]: likewise
+            for key in table:
+                if key != "apps":
+                    raise ConfigError(f"pusher.{key}", f"unknown setting in {path} "
+                                                       "(known: [[pusher.apps]])")
             continue
         if not isinstance(table, dict):
             raise ConfigError(section, f"unknown setting in {path}")
@@ -153,6 +161,20 @@ def _check_namespaces(raw: Any, values: dict[str, Any]) -> dict[str, dict[str, A
     return tables
 
 
+def _check_pusher(raw: Any, values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``[[pusher.apps]]`` tables, checked, with their defaults; each app
+    without a ``[namespaces."pusher.<id>"]`` table gets one that keeps its
+    channels server-only for pushsvc's own clients (``join = "server"``,
+    ``client_send = "none"``): only Pusher's signed API publishes there."""
+    from .pusher.apps import AppTableError, check_apps, server_only_namespaces
+    try:
+        apps = check_apps(raw, values["namespace_separator"])
+    except AppTableError as e:
+        raise ConfigError(e.key, e.problem)
+    values["namespaces"] = server_only_namespaces(apps, values["namespaces"])
+    return apps
+
+
 def build_settings(config_path: str | None = None,
                    overrides: dict[str, Any] | None = None) -> Settings:
     """Fold defaults, the TOML file and command-line ``overrides`` (by key).
@@ -181,6 +203,7 @@ def build_settings(config_path: str | None = None,
                           "must be set when the admin endpoint is tcp:")
     _check_auth(values)
     values["namespaces"] = _check_namespaces(file_values.get("namespaces", {}), values)
+    values["pusher_apps"] = _check_pusher(file_values.get("pusher", {}).get("apps"), values)
     if values["ping_timeout"] < values["ping_interval"]:
         raise ConfigError("timeouts.ping_timeout",
                           "must be at least timeouts.ping_interval")

@@ -152,11 +152,15 @@ def build_site(engine, ws_factory, settings, reactor=None, gather_metrics=None) 
     not_found = NotFound(api)
     commands = {name: CommandRoute(api, name) for name in ACTIONS}
     from ..static import routes as static_routes  # "/", "/pushsvc.js": docs/clients.md
+    from .pusher_routes import PusherApi  # Pusher's HTTP API, by signature: docs/pusher.md
+    pusher_api = PusherApi(api)
     root = Folder(not_found, {
         "ws": PushWebSocketResource(ws_factory, api),
         "healthz": Health(api),
         "metrics": Metrics(api),  # Prometheus: a read key will do (docs/http-api.md)
         **static_routes(),  # no API key: the demo page and the browser client
+        "apps": pusher_api,   # /apps/{id}/...: Pusher signatures, not API keys
+        "users": pusher_api,  # /users/{user}/terminate_connections (Pusher's Python SDK)
         "api": Folder(not_found, {
             "push": Push(api),
             "batch": Batch(api),

@@ -216,6 +216,25 @@ def check_apps(raw: Any, separator: str = ":") -> list[dict[str, Any]]:
     return checked
 
 
+# The pushsvc-side rules of an app's namespace unless its own
+# [namespaces."pusher.<id>"] table says otherwise: pushsvc's /ws clients may not
+# join its groups (only server-side joins: the HTTP API, the console, token
+# claims) nor send to them; only the app's signed HTTP API publishes there.
+SERVER_ONLY = {"join": "server", "client_send": "none"}
+
+
+def server_only_namespaces(tables: list[dict[str, Any]],
+                           namespaces: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """``namespaces`` (the ``[namespaces.NAME]`` tables) with each app's
+    namespace ``pusher.<id>`` made server-only: ``SERVER_ONLY`` under the
+    keys its own table sets, if it has one."""
+    out = dict(namespaces)
+    for table in tables:
+        name = NAMESPACE_PREFIX + table["id"]
+        out[name] = {**SERVER_ONLY, **namespaces.get(name, {})}
+    return out
+
+
 class Apps:
     """The configured Pusher apps: lookups and the channel <-> group mapping."""
 

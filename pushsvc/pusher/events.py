@@ -89,6 +89,25 @@ def parse_route(method: str, path: str) -> Route:
     return route
 
 
+# Room in a body for what is not event data (the names, up to 100 channels
+# of 200 characters, socket_id, info) and a factor for the JSON escaping of
+# the data (an ASCII control character or a non-ASCII one escaped as \uXXXX
+# takes 6 bytes, a quote 2).
+BODY_OVERHEAD = 32 * 1024
+ESCAPING = 6
+
+
+def body_limit(app: PusherApp, route: str) -> int:
+    """The largest body ``route`` (``events``, ``batch_events``...) takes for
+    ``app``: room for its largest events, escaped; the others take no body
+    worth the name (4 KiB)."""
+    if route == "events":
+        return ESCAPING * app.max_event_bytes + BODY_OVERHEAD
+    if route == "batch_events":
+        return MAX_BATCH * (ESCAPING * app.max_event_bytes + BODY_OVERHEAD)
+    return 4096
+
+
 # -- triggers ----------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +218,19 @@ def _attributes(channel: str, info: tuple[str, ...], stats: ChannelStats | None,
             continue
         out[name] = getattr(stats, name)
     return out
+
+
+def channel_stats(members: list[dict[str, Any]]) -> ChannelStats:
+    """A channel's figures from its group's members (the ``group`` command's
+    ``[{"session":..,"user":..},..]``): every session is a subscription; the
+    users are the distinct signed-in ones."""
+    return ChannelStats(subscription_count=len(members), user_count=len(user_ids(members)))
+
+
+def user_ids(members: list[dict[str, Any]]) -> list[str]:
+    """The distinct users of a group's members, sorted (sessions without a
+    user are not users)."""
+    return sorted({m["user"] for m in members if m.get("user") is not None})
 
 
 def trigger_answer(trigger: Trigger, stats: dict[str, ChannelStats]) -> dict[str, Any]:
