@@ -77,6 +77,44 @@ class TokenBucket:
         self.tokens = min(self.tokens, self.burst)
 
 
+class RateGuard:
+    """A session's frames against its message rate (``TokenBucket``), and
+    what it refuses over windows of ``WINDOW`` seconds.
+
+    ``admit(now)`` answers ``SERVE``; or, over the rate, ``TELL`` for the
+    first refusal of a window (answer it with ``rate_limited``), ``QUIET``
+    for the others (drop them: one error frame a window is enough), and
+    ``CLOSE`` once a window's refusals reach the burst and outnumber what it
+    served: a flood, however it is paced (a run of refusals broken by each
+    token that trickles back is still one).
+    """
+
+    __slots__ = ("bucket", "window_start", "served", "refused")
+
+    WINDOW = 10.0
+    SERVE, TELL, QUIET, CLOSE = "serve", "tell", "quiet", "close"
+
+    def __init__(self, rate: float, burst: int, now: float):
+        self.bucket = TokenBucket(rate, burst, now)
+        self.window_start = now
+        self.served = self.refused = 0
+
+    def admit(self, now: float) -> str:
+        if now - self.window_start >= self.WINDOW or now < self.window_start:
+            self.window_start, self.served, self.refused = now, 0, 0
+        if self.bucket.take(now):
+            self.served += 1
+            return self.SERVE
+        self.refused += 1
+        if self.refused >= self.bucket.burst and self.refused >= self.served:
+            return self.CLOSE
+        return self.TELL if self.refused == 1 else self.QUIET
+
+    def configure(self, rate: float, burst: int) -> None:
+        """A new rate and burst from now on (a reload)."""
+        self.bucket.configure(rate, burst)
+
+
 class Slot:
     """One connection's place in a ``PerAddress`` count."""
 

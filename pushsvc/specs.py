@@ -83,7 +83,7 @@ SPECS: tuple[Spec, ...] = (
          "past it error rate_limited; 0 = no limit"),
     Spec("limits", "message_burst", 200, integer(1),
          "messages a session may send at once above the rate; this many "
-         "refused in a row close it with 1008"),
+         "refused in a 10 s window, more than served, close it with 1008"),
     Spec("limits", "max_header_bytes", 16384, integer(1024, 1024 * 1024),
          "largest HTTP request line plus headers, in bytes; past it 431"),
     Spec("timeouts", "ping_interval", 25.0, seconds(0.1),

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .engine import IConnection, Overloaded
-from .limits import TokenBucket
+from .limits import RateGuard
 from .protocol import (BAD_REQUEST, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN,
                        RATE_LIMITED, ProtocolError, decode_json, encode, error_frame)
 
@@ -88,8 +88,7 @@ class PushServerProtocol(WebSocketServerProtocol):
     max_buffered = 0      # the most bytes waiting at once (tests read it)
     _paused = False
     ip_slot = None        # limits.Slot: this connection's place in the per-address count
-    _bucket = None        # limits.TokenBucket, made at the first frame the client sends
-    _refused = 0          # frames refused by the rate limit since the last one served
+    _guard = None        # limits.RateGuard, made at the first frame the client sends
     _fragments = 0        # frames of the message being received
     _in_close_frame = False  # Autobahn is handling the client's close frame
     _cutoff = None        # the abort of a connection closed after a bad close frame
@@ -192,6 +191,12 @@ class PushServerProtocol(WebSocketServerProtocol):
             self._fail_connection(CLOSE_TOO_BIG, f"a message in more than {MAX_FRAGMENTS} "
                                                  f"fragments")
 
+    def onPong(self, payload):
+        # An unasked pong costs a token like a ping (answers to ours are few).
+        if self.session is not None:
+            self._within_rate()
+        super().onPong(payload)
+
     def onPing(self, payload):
         # A ping costs a token like a message.  A client that does not read
         # gets no pong: Autobahn's frames bypass the slow-reader count.
@@ -245,26 +250,27 @@ class PushServerProtocol(WebSocketServerProtocol):
     # -- the message rate ---------------------------------------------------
 
     def _within_rate(self, payload: bytes | None = None, binary: bool = False) -> bool:
-        """Spend a token for a frame from the client: False when it is over
-        the rate (then it has been answered ``rate_limited``, or the session
-        closed with 1008 after ``message_burst`` refusals in a row)."""
+        """Spend a token for a frame from the client (a message, a ping or
+        pong, every FRAGMENTS_PER_TOKEN-th fragment): False when it is over
+        the rate.  The first refusal of a window is answered
+        ``rate_limited``, the others are dropped; refusals that outnumber
+        what a window served close the session with 1008 (``RateGuard``)."""
         settings = self.factory.settings
         if settings.messages_per_second <= 0:
             return True
         engine = self.factory.engine
         now = engine.clock.seconds()
-        bucket = self._bucket
-        if bucket is None:
-            bucket = self._bucket = TokenBucket(settings.messages_per_second,
-                                                settings.message_burst, now)
-        if bucket.take(now):
-            self._refused = 0
+        guard = self._guard
+        if guard is None:
+            guard = self._guard = RateGuard(settings.messages_per_second,
+                                             settings.message_burst, now)
+        verdict = guard.admit(now)
+        if verdict is RateGuard.SERVE:
             return True
         engine.counters["rate_limited"] += 1
-        self._refused += 1
-        if self._refused >= settings.message_burst:
+        if verdict is RateGuard.CLOSE:
             self._flooding()
-        elif payload is not None:
+        elif verdict is RateGuard.TELL and payload is not None:
             error = ProtocolError(RATE_LIMITED, f"more than {settings.messages_per_second:g} "
                                                 f"messages a second; this one was not served")
             engine.reply(self.session, error_frame(error, None if binary else _ref_of(payload)))
@@ -275,8 +281,8 @@ class PushServerProtocol(WebSocketServerProtocol):
         engine.counters["dropped_flood"] += 1
         # Per connection: debug only (the drop is counted, see /metrics).
         _log.debug("closing session {session} (user {user}): {count} frames over the "
-                   "rate limit in a row", session=self.session.id, user=self.session.user,
-                   count=self._refused)
+                   "rate limit in {window:g} s", session=self.session.id, user=self.session.user,
+                   count=self._guard.refused, window=RateGuard.WINDOW)
         self._leave_engine()
         self.close(CLOSE_POLICY, "sending too fast")
 

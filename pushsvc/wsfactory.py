@@ -65,8 +65,8 @@ class PushServerFactory(WebSocketServerFactory):
         """Use ``settings`` from now on, for open connections too (a reload)."""
         self.settings = settings
         for conn in self.connections:
-            if conn._bucket is not None:
-                conn._bucket.configure(settings.messages_per_second, settings.message_burst)
+            if conn._guard is not None:
+                conn._guard.configure(settings.messages_per_second, settings.message_burst)
         # The handshake's Server header (Autobahn names its version otherwise).
         self.server = settings.server_header or None
         self.setProtocolOptions(maxFramePayloadSize=settings.max_message_bytes,

@@ -17,7 +17,7 @@ from twisted.trial import unittest
 from pushsvc.client import ConnectionClosed, ServerError, connect
 from pushsvc.config import ConfigError, build_settings
 from pushsvc.http import PushChannel
-from pushsvc.limits import OriginPolicy, PerAddress, Proxies, TokenBucket, address_key
+from pushsvc.limits import OriginPolicy, PerAddress, Proxies, RateGuard, TokenBucket, address_key
 from tests import raw
 from tests.helpers import ServerTestCase, eventually, run
 
@@ -178,21 +178,28 @@ class RateLimitTests(ClockedTestCase):
             await c.request("join", group="g")
         self.assertEqual((e.exception.code, e.exception.frame["ref"]), ("rate_limited", 6))
         self.assertEqual(self.engine.registry.get(c.session).groups, set())  # not served
-        c.sendMessage(b'{"op":"ping","ref":[1]}')       # a ref that is not a scalar
-        c.sendMessage(b"\xff" * 10, isBinary=True)
-        await c.wait_until(lambda: len(c.frames) >= 9)
-        self.assertEqual([(f["op"], f.get("code"), f.get("ref")) for f in c.frames[-2:]],
-                         [("error", "rate_limited", None)] * 2)
+        frames = len(c.frames)
+        c.sendMessage(b'{"op":"ping","ref":[1]}')       # refused again: not answered,
+        c.sendMessage(b"\xff" * 10, isBinary=True)      # one error a window is enough
+        await eventually(lambda: self.engine.counters["rate_limited"] == 3,
+                         what="both refused")
         self.clock.advance(0.1)                          # one token back
         await c.request("join", group="g")
+        self.assertEqual(c.frames[frames:], [{"op": "ok", "ref": 7}])
         self.assertEqual(self.engine.counters["rate_limited"], 3)
+        self.clock.advance(RateGuard.WINDOW)             # a new window: told again
+        for _ in range(5):
+            c.send_json({"op": "ping"})
+        with self.assertRaises(ServerError) as e:
+            await c.request("ping")
+        self.assertEqual(e.exception.code, "rate_limited")
         self.assertIsNone(c.close_code)
         msg_id = await self.push({"group": "g"}, "hi")
         await other.barrier()
         self.assertEqual([m["id"] for m in other.messages], [msg_id])
 
     @run
-    async def test_burst_refusals_in_a_row_close_with_1008(self):
+    async def test_refusals_that_outnumber_what_was_served_close_with_1008(self):
         self.start_server(messages_per_second=1.0, message_burst=4)
         other = await self.client(user="other", groups=("g",))
         c = await self.client()
@@ -202,13 +209,44 @@ class RateLimitTests(ClockedTestCase):
         self.assertEqual((code, reason), (1008, "sending too fast"))
         self.assertEqual([(f["op"], f.get("code"), f["ref"]) for f in c.frames[1:]],
                          [("pong", None, i) for i in range(4)]
-                         + [("error", "rate_limited", i) for i in range(4, 7)])
+                         + [("error", "rate_limited", 4)])  # one error, then silence
         self.assertEqual((self.engine.counters["rate_limited"],
                           self.engine.counters["dropped_flood"]), (4, 1))
         await eventually(lambda: len(self.engine.registry) == 1, what="the flooder gone")
         msg_id = await self.push({"group": "g"}, "still here")
         await other.barrier()
         self.assertEqual([m["id"] for m in other.messages], [msg_id])
+
+    @run
+    async def test_a_flood_paced_below_the_run_threshold_is_closed(self):
+        """Issue 17: a token back every 20 ms broke the run of refusals, so a
+        client sending far over the rate was refused forever, never closed."""
+        self.start_server(messages_per_second=50.0, message_burst=20)
+        other = await self.client(user="other", groups=("g",))
+        c = await self.client()
+        for _ in range(40):                              # 500 a second, 10 times the rate
+            if c.closed.called:
+                break
+            for _ in range(10):
+                if c.state == c.STATE_OPEN:
+                    c.send_json({"op": "ping"})
+            await other.barrier()
+            self.clock.advance(0.02)                     # one token back
+        code, reason = await c.closed
+        self.assertEqual((code, reason), (1008, "sending too fast"))
+        errors = [f for f in c.frames if f["op"] == "error"]
+        self.assertEqual(len(errors), 1)                 # not one per refused frame
+        self.assertEqual(self.engine.counters["dropped_flood"], 1)
+        self.assertLess(self.engine.counters["rate_limited"], 60)
+
+    @run
+    async def test_unasked_pongs_spend_tokens_too(self):
+        self.start_server(messages_per_second=1.0, message_burst=3)
+        client = await raw.open_raw(self.port)
+        client.transport.write(b"".join(raw.frame(b"q%d" % i, raw.PONG) for i in range(6)))
+        self.assertEqual(await raw.answer_close(client), 1008)
+        self.assertEqual(self.engine.counters["dropped_flood"], 1)
+        await self.all_gone()
 
     @run
     async def test_websocket_pings_spend_tokens_too(self):
