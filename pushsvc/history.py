@@ -38,11 +38,17 @@ def kept_channels(channels) -> tuple[str, ...]:
     return tuple([c for c in channels if c == ALL or c.startswith(KEPT_KINDS)])
 
 
-# A kept message: (position, id, frame, time, channels).  Tuples, not
-# objects: the hub keeps one per message at tens of thousands a second.
-_POSITION, _ID, _FRAME, _TIME, _CHANNELS = range(5)
+# A kept message: [position, id, frame, time, channels, lists]: ``lists``
+# counts the channels that still list it; at 0 its frame is let go at once
+# (``None``), and the entry waits, empty, for its turn at the front.  Lists,
+# not objects: the hub keeps one per message at tens of thousands a second.
+_POSITION, _ID, _FRAME, _TIME, _CHANNELS, _LISTS = range(6)
 
 OVERHEAD = 200  # bytes counted per kept message besides its frame
+
+# Kept messages looked at, oldest first, for one of a channel over its share
+# of the memory before the oldest of all is let go (``History._make_room``).
+SCAN = 64
 
 
 def in_order(found) -> list[tuple[Any, bytes]]:
@@ -62,7 +68,15 @@ def in_order(found) -> list[tuple[Any, bytes]]:
 
 @implementer(IReloadable)
 class History:
-    """The kept messages of one keeper; ``ttl`` 0 keeps nothing."""
+    """The kept messages of one keeper; ``ttl`` 0 keeps nothing.
+
+    Memory is shared fairly: a message that no channel lists any more (past
+    its channels' ``max_messages``) is let go at once, and when the kept
+    bytes pass ``max_bytes`` the message let go is the oldest of a channel
+    holding more than its share (``max_bytes`` / the channels listed), if
+    the new message is on one, else the oldest of all.  So a flood on some
+    channels pushes out their own messages first, not a quiet channel's.
+    """
 
     def __init__(self, ttl: float, max_messages: int, max_bytes: int,
                  epoch: str | None = None):
@@ -73,9 +87,11 @@ class History:
         self.epoch = epoch or new_incarnation()
         self.position = 0   # the last position given
         self.floor = 0      # positions up to here may be gone from channels no longer listed
-        self.bytes = 0
-        self._entries: deque[tuple] = deque()          # every kept message, oldest first
-        self._channels: dict[str, deque[tuple]] = {}   # each channel's, oldest first
+        self.bytes = 0      # of the frames still listed, with OVERHEAD each
+        self._entries: deque[list] = deque()           # every message, oldest first
+        self._empty = 0                                # entries let go, waiting in _entries
+        self._channels: dict[str, deque[list]] = {}   # each channel's, oldest first
+        self._channel_bytes: dict[str, int] = {}       # what each channel's list holds
         self._dropped: dict[str, int] = {}  # a listed channel's newest position let go of
 
     @classmethod
@@ -92,7 +108,8 @@ class History:
         return self.ttl > 0
 
     def __len__(self) -> int:
-        return len(self._entries)
+        """How many messages are kept (listed by a channel)."""
+        return len(self._entries) - self._empty
 
     def record(self, kept: tuple[str, ...], msg_id, frame: bytes, now: float) -> bytes:
         """Keep a message published on channels of which ``kept`` keep history
@@ -109,10 +126,11 @@ class History:
             self.expire(now)
         self.position += 1
         frame = with_position(frame, self.position)
-        entry = (self.position, msg_id, frame, now, kept)
+        size = len(frame) + OVERHEAD
+        entry = [self.position, msg_id, frame, now, kept, len(kept)]
         entries.append(entry)
-        self.bytes += len(frame) + OVERHEAD
-        lists = self._channels
+        self.bytes += size
+        lists, sizes = self._channels, self._channel_bytes
         for name in kept:
             listed = lists.get(name)
             if listed is None:
@@ -120,11 +138,69 @@ class History:
                 if self.floor:  # unlisted, it had lost what the keeper let go of
                     self._dropped[name] = self.floor
             listed.append(entry)
+            sizes[name] = sizes.get(name, 0) + size
             if len(listed) > self.max_messages:
-                self._dropped[name] = listed.popleft()[_POSITION]
-        while self.bytes > self.max_bytes and len(entries) > 1:
-            self._drop_oldest()
+                self._unlist(name)
+        while self.bytes > self.max_bytes and len(self) > 1:
+            self._make_room(kept)
+        if self._empty > len(entries) // 2 + 64:
+            self._compact()
         return frame
+
+    def _make_room(self, kept: tuple[str, ...]) -> None:
+        """Let go of one message: the oldest of a channel of ``kept`` that
+        holds more than its share of the memory; else the oldest message of
+        any channel over its share (among the oldest SCAN); else the oldest
+        of all."""
+        share = self.max_bytes // max(1, len(self._channels))
+        sizes, lists = self._channel_bytes, self._channels
+        for name in kept:
+            listed = lists.get(name)
+            if listed and len(listed) > 1 and sizes.get(name, 0) > share:
+                self._unlist(name)
+                return
+        looked = 0
+        for entry in self._entries:
+            if entry[_FRAME] is None:
+                continue
+            for name in entry[_CHANNELS]:
+                listed = lists.get(name)
+                if listed and listed[0] is entry and sizes.get(name, 0) > share:
+                    self._unlist(name)
+                    return
+            looked += 1
+            if looked >= SCAN:
+                break
+        self._drop_oldest()
+
+    def _unlist(self, name: str) -> None:
+        """Take the oldest message off channel ``name``'s list; let it go
+        when no channel lists it any more."""
+        listed = self._channels[name]
+        entry = listed.popleft()
+        self._dropped[name] = entry[_POSITION]
+        size = len(entry[_FRAME]) + OVERHEAD
+        self._channel_bytes[name] -= size
+        entry[_LISTS] -= 1
+        if entry[_LISTS] == 0:
+            self._let_go(entry, size)
+        if not listed:
+            self._forget(name)
+
+    def _let_go(self, entry: list, size: int) -> None:
+        self.bytes -= size
+        entry[_FRAME] = None
+        self._empty += 1
+
+    def _forget(self, name: str) -> None:
+        del self._channels[name]
+        self._channel_bytes.pop(name, None)
+        self._dropped.pop(name, None)
+
+    def _compact(self) -> None:
+        """Drop the entries let go from ``_entries`` (they only wait there)."""
+        self._entries = deque(e for e in self._entries if e[_FRAME] is not None)
+        self._empty = 0
 
     def expire(self, now: float) -> None:
         """Let go of every message older than ``ttl``."""
@@ -135,17 +211,22 @@ class History:
     def _drop_oldest(self) -> None:
         entry = self._entries.popleft()
         position = self.floor = entry[_POSITION]
-        self.bytes -= len(entry[_FRAME]) + OVERHEAD
+        if entry[_FRAME] is None:  # let go already
+            self._empty -= 1
+            return
+        size = len(entry[_FRAME]) + OVERHEAD
         for name in entry[_CHANNELS]:
             listed = self._channels.get(name)
             if listed is None:
                 continue
             if listed and listed[0] is entry:
                 listed.popleft()
+                self._channel_bytes[name] -= size
                 self._dropped[name] = position
             if not listed:
-                del self._channels[name]
-                self._dropped.pop(name, None)
+                self._forget(name)
+        self._let_go(entry, size)
+        self._empty -= 1
 
     def replay(self, channels, since: int, epoch: str | None,
                now: float) -> tuple[list[tuple[Any, bytes]], list[str]]:

@@ -96,6 +96,36 @@ class HistoryTests(unittest.TestCase):
         self.assertLessEqual(history.bytes, 3 * size)
         self.assertEqual(self.replay(["group:g"], 0), ([3, 4, 5], ["group:g"]))
 
+    def test_what_leaves_every_channel_is_let_go_at_once(self):
+        """Past a channel's count cap a message no channel lists is freed
+        then, not at its TTL: its bytes stop counting (issue 17)."""
+        for n in range(1, 21):
+            self.record(n, "group:g")                 # max_messages = 5
+        kept = sum(len(with_position(frame(n), n)) + OVERHEAD for n in range(16, 21))
+        self.assertEqual((len(self.history), self.history.bytes), (5, kept))
+        self.assertEqual(self.replay(["group:g"], 0), ([16, 17, 18, 19, 20], ["group:g"]))
+        self.record(21, "group:g", "user:u")          # listed twice: kept while one lists it
+        for n in range(22, 27):
+            self.record(n, "group:g")
+        self.assertEqual(self.replay(["user:u"], 0)[0], [21])
+        for n in range(1, 10_000):                    # the empty entries are compacted
+            self.record(100 + n, "group:g")
+        self.assertLess(len(self.history._entries), 300)
+
+    def test_a_quiet_channel_survives_a_flood_of_others(self):
+        """Strangers flooding their own groups push out their own messages,
+        not a quiet user's (issue 17: a flood made it unrecoverable)."""
+        big = message_frame("x", Address(group=("g",)), "x" * 60_000)
+        self.history = History(60, 100, max_bytes=2_000_000, epoch="E")
+        self.history.record(("user:quiet",), "m1", frame(1), 0.0)
+        for sender in range(6):
+            for n in range(195):
+                self.history.record((f"group:flood{sender}",), "x", big, 1.0)
+        self.assertLessEqual(self.history.bytes, 2_000_000)
+        self.assertEqual(self.replay(["user:quiet"], 0, now=1.0), ([1], []))
+        one = self.replay(["group:flood0"], 0, now=1.0)
+        self.assertEqual(one[1], ["group:flood0"])    # the flood lost its own, and says so
+
     def test_another_epoch_or_a_future_position_is_a_gap_everywhere(self):
         """A client of another epoch (the keeper restarted) gets everything
         this epoch keeps, and a gap everywhere; a future position nothing."""
