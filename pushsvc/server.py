@@ -13,6 +13,7 @@ from .broker import make_broker
 from .broker.local import LocalBroker
 from .engine import Engine
 from .keeper import Keeper
+from .reloadable import IReloadable
 from .http import build_site
 from .ids import IdMaker
 from .listening import ListenerService
@@ -129,7 +130,8 @@ class PushServer(MultiService):
     def reloadables(self) -> list:
         """What a reload configures (each an ``IReloadable``)."""
         kept = [] if self.keeper is None else [self.keeper]
-        return [self.engine, *kept, self.ws_factory, self.site]
+        broker = [self.broker] if IReloadable.providedBy(self.broker) else []
+        return [self.engine, *kept, *broker, self.ws_factory, self.site]
 
     def retire(self, code: int, reason: str, drain: float = 0.0) -> Deferred:
         """Stop accepting, then close every client with ``code``, spread over

@@ -12,6 +12,7 @@ from pushsvc.broker.amp import AmpBroker
 from pushsvc.broker.interface import IBroker
 from pushsvc.broker.local import LocalBroker
 from pushsvc.broker.redis import RedisBroker
+from pushsvc.reloadable import IReloadable
 from tests.helpers import settings
 
 
@@ -32,8 +33,11 @@ class BrokerInterfaceTests(unittest.TestCase):
         broker = RedisBroker(settings(redis="redis://127.0.0.1:1/0", node="n"), "n.0",
                              reactor, Clock(), token="t")
         self.assertTrue(verifyObject(IBroker, broker))
+        self.assertTrue(verifyObject(IReloadable, broker))
         self.assertEqual(broker.health(),
                          "redis unavailable: not connected yet to redis://127.0.0.1:1/0")
+        broker.configure(settings(redis="redis://127.0.0.1:1/0", node="n", ttl=0))
+        self.assertIsNone(broker.epoch)            # a reload turned the history off
 
     def test_brokers_without_a_store_never_time(self):
         observed: list[float] = []

@@ -29,6 +29,7 @@ from twisted.internet.defer import DeferredList, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..reloadable import IReloadable
 from .interface import IBroker, Message
 from .redis_context import Context
 from .redis_history import HistoryReader
@@ -50,7 +51,7 @@ def node_token(master_pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{master_pid or os.getpid()}"
 
 
-@implementer(IBroker)
+@implementer(IBroker, IReloadable)
 class RedisBroker:
     """IBroker through Redis: this engine's parts, composed.
 
@@ -170,6 +171,11 @@ class RedisBroker:
         """None when Redis carries messages both ways (and, with history,
         its epoch is known), else why not."""
         return self._context.health()
+
+    def configure(self, settings) -> None:
+        """Use ``settings``' [history] limits from now on (a reload); the
+        [redis] settings change only with a restart."""
+        self._context.settings = settings
 
     def timed(self, observe: Callable[[float], None]) -> None:
         """Call ``observe(seconds)`` with the duration of each script call

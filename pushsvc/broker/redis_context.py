@@ -171,8 +171,8 @@ class Context:
     # -- the history's settings and epoch -----------------------------------
 
     def limits(self):
-        """The [history] settings: the engine's (they follow a reload)."""
-        return getattr(self.receiver, "settings", None) or self.settings
+        """The [history] settings (``RedisBroker.configure`` follows a reload)."""
+        return self.settings
 
     def keeping(self) -> bool:
         return self.limits().ttl > 0
