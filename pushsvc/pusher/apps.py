@@ -40,6 +40,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+from ..namespaces import TableError
+
 # The webhook events a [[pusher.apps]] table may ask for (Pusher's names).
 WEBHOOK_EVENTS = ("channel_occupied", "channel_vacated", "member_added",
                   "member_removed", "client_event")
@@ -63,14 +65,9 @@ _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
 
-class AppTableError(ValueError):
-    """A ``[[pusher.apps]]`` table is wrong: ``key`` (``pusher.apps[0].secret``)
-    and what is wrong with it."""
-
-    def __init__(self, key: str, problem: str):
-        super().__init__(f"{key}: {problem}")
-        self.key = key
-        self.problem = problem
+# A ``[[pusher.apps]]`` table is wrong: ``key`` (``pusher.apps[0].secret``)
+# and what is wrong with it; the same error as a [namespaces] table's.
+AppTableError = TableError
 
 
 @dataclass(frozen=True, slots=True)
