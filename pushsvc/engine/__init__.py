@@ -8,10 +8,12 @@ a connection is any object with the ``IConnection`` methods.
 
 ``core.Engine`` holds the sessions and serves their frames in order; each
 concern it hands a request to has a module of its own: ``auth``, ``groups``,
-``sending``, ``resume``, ``perform`` and ``hooks``.
+``sending``, ``resume``, ``perform`` and ``hooks``; ``serving`` serves a
+session's frames in order.
 """
 
 from .connection import IConnection, Overloaded
-from .core import MAX_WAITING, Engine
+from .core import Engine
+from .serving import MAX_WAITING
 
 __all__ = ["Engine", "IConnection", "MAX_WAITING", "Overloaded"]

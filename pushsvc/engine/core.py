@@ -24,8 +24,8 @@ from ..ids import IdMaker
 from ..joins import Joins
 from ..namespaces import Namespaces
 from ..proxy import Backends
-from ..protocol import (CLOSE_POLICY, RATE_LIMITED, UNAUTHORIZED, Address, ProtocolError,
-                        Request, error_frame, message_frame, parse_request, reply_frame)
+from ..protocol import (CLOSE_POLICY, UNAUTHORIZED, Address, ProtocolError, Request,
+                        error_frame, message_frame, reply_frame)
 from ..reloadable import IReloadable
 from ..routing import channels, recipients, session_channels, worker_channel
 from ..sessions import Session, SessionRegistry
@@ -34,19 +34,14 @@ from ..wire.values import Command, Message
 from .auth import Auth
 from .connection import Overloaded
 from .groups import Groups
-from .hooks import INTERNAL, Hooks
+from .hooks import Hooks
 from .perform import Performer
 from .resume import Replays
 from .sending import Sending
+from .serving import Serving
 
 _log = Logger()
 
-
-# A session's frames that may wait while the application handles an earlier one.
-MAX_WAITING = 100
-
-# The ops served before a successful auth in ``auth.mode = "required"``.
-BEFORE_AUTH = ("auth", "ping")
 
 
 @implementer(IReceiver, IReloadable)
@@ -95,9 +90,10 @@ class Engine:
         self.joins = Joins(Namespaces.from_settings(settings), clock, lambda: self.tokens,
                            self.hooks.get, self.hooks.call, self.groups.expired,
                            self.backends)
-        self._ops = {"ping": self._ping, "auth": self.auth.auth, "join": self.groups.join,
-                     "leave": self.groups.leave, "send": self.sending.send,
-                     "resume": self.replays.resume, "presence": self.groups.presence}
+        self.serving = Serving(self, {
+            "ping": self._ping, "auth": self.auth.auth, "join": self.groups.join,
+            "leave": self.groups.leave, "send": self.sending.send,
+            "resume": self.replays.resume, "presence": self.groups.presence})
 
     # -- life cycle -------------------------------------------------------
 
@@ -208,11 +204,11 @@ class Engine:
             return
         hook = self.hooks.get("on_connect")
         if hook is None:  # the app changed meanwhile
-            self._serve_waiting(None, session)
+            self.serving.serve_waiting(None, session)
             return
         d = self.hooks.call("on_connect", hook, SessionInfo.of(session))
-        d.addErrback(self._request_failed, session, None)
-        d.addCallback(self._serve_waiting, session)
+        d.addErrback(self.serving.request_failed, session, None)
+        d.addCallback(self.serving.serve_waiting, session)
 
     def gone(self, session: Session) -> bool:
         """Whether ``session`` has closed (it is not the registered one)."""
@@ -284,6 +280,9 @@ class Engine:
         if request.ref is not None:
             self.reply(session, reply_frame("ok", request.ref, **fields))
 
+    def _ping(self, session: Session, request: Request) -> None:
+        self.reply(session, reply_frame("pong", request.ref))
+
     def refuse(self, session: Session, error: ProtocolError, ref: Any) -> None:
         """Answer a request with ``error``; ``unauthorized`` also closes."""
         self.reply(session, error_frame(error, ref))
@@ -293,72 +292,9 @@ class Engine:
     # -- client frames ----------------------------------------------------
 
     def handle(self, session: Session, text: bytes) -> None:
-        """Serve one client text frame; every reply goes to ``session.conn``.
-
-        While the application handles a request of the session, its next
-        frames wait (up to MAX_WAITING), so they are served in order.
-        """
-        waiting = self.waiting.get(session)
-        if waiting is None:
-            d = self._serve(session, text)
-            if d is not None:
-                self.waiting[session] = deque()
-                d.addCallback(self._serve_waiting, session)
-        elif len(waiting) < MAX_WAITING:
-            waiting.append(text)
-        else:
-            self._too_many(session, text)
-
-    def _serve(self, session: Session, text: bytes) -> Deferred | None:
-        """Serve one frame; a Deferred while the application still has it."""
-        request = None
-        try:
-            request = parse_request(text, self.settings.max_targets)
-            if (session.user is None and request.op not in BEFORE_AUTH
-                    and self.settings.auth_mode == "required"):
-                # Refused, but not closed: that is the auth timeout's to do.
-                self.reply(session, error_frame(ProtocolError(
-                    UNAUTHORIZED, "authenticate first: send auth with a token"), request.ref))
-                return None
-            d = self._ops[request.op](session, request)
-        except ProtocolError as e:
-            self.refuse(session, e, e.ref if request is None else request.ref)
-            return None
-        if d is None:
-            return None
-        done: list[Any] = []
-        d.addErrback(self._request_failed, session, request.ref).addCallback(done.append)
-        return None if done else d
-
-    def _serve_waiting(self, _, session: Session) -> None:
-        """Serve the frames that waited, until one is in the application's hands."""
-        waiting = self.waiting.pop(session, None)  # None: the session has closed
-        while waiting:
-            d = self._serve(session, waiting.popleft())
-            if d is not None:
-                self.waiting[session] = waiting
-                d.addCallback(self._serve_waiting, session)
-                return
-
-    def _too_many(self, session: Session, text: bytes) -> None:
-        try:
-            ref = parse_request(text, self.settings.max_targets).ref
-        except ProtocolError as e:
-            ref = e.ref
-        self.reply(session, error_frame(ProtocolError(
-            RATE_LIMITED, f"more than {MAX_WAITING} requests wait for the application"), ref))
-
-    def _request_failed(self, failure: Failure, session: Session, ref: Any) -> None:
-        """Answer a request that failed after its op returned (in or after a hook)."""
-        error = failure.value
-        if not failure.check(ProtocolError):
-            _log.failure("serving a request of session {session} (user {user}) failed",
-                         failure, session=session.id, user=session.user)
-            error = ProtocolError(INTERNAL, "internal error; the request was not done")
-        self.refuse(session, error, ref)
-
-    def _ping(self, session: Session, request: Request) -> None:
-        self.reply(session, reply_frame("pong", request.ref))
+        """Serve one client text frame, in order with the session's others
+        (``serving.Serving``); every reply goes to ``session.conn``."""
+        self.serving.handle(session, text)
 
     # -- messages ---------------------------------------------------------
 
