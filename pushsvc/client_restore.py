@@ -1,0 +1,116 @@
+"""How ``PushClient`` (pushsvc/client_reconnecting.py) restores a new
+connection: authenticates again, joins its groups again, resumes from the
+last ``pos``; and how it hands messages on: each once, the ones held while
+resuming sorted by ``pos``, the ones already had dropped.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred, DeferredList
+
+from .client_connection import ConnectionClosed, ServerError
+
+if TYPE_CHECKING:
+    from .client_reconnecting import _Connection
+
+
+class _Restoring:
+    """PushClient's restoring of a connection and delivery of messages (a
+    mixin: the state is PushClient's)."""
+
+    def _deliver(self, frame: dict[str, Any]) -> None:
+        pos = frame.get("pos")
+        if isinstance(pos, int):
+            if (self.pos_epoch == self.epoch and self.last_pos is not None
+                    and pos <= self.last_pos):
+                return  # had it already
+            self.last_pos, self.pos_epoch = pos, self.epoch
+        self._emit("message", frame)
+
+    def _flush_buffer(self) -> None:
+        """Deliver the messages held while resuming: one of each (one may
+        arrive live after a join and again in the replay), the kept ones in
+        ``pos`` order, then the others."""
+        held, self._buffer = self._buffer, None
+        seen: set[Any] = set()
+        kept, unkept = [], []
+        for frame in held or ():
+            if frame.get("id") in seen:
+                continue
+            seen.add(frame.get("id"))
+            (kept if isinstance(frame.get("pos"), int) else unkept).append(frame)
+        kept.sort(key=lambda f: f["pos"])
+        for frame in kept + unkept:
+            self._deliver(frame)
+
+    def _rejoin(self, conn: _Connection, group: str) -> Deferred:
+        d = self._join_fields(group, self._join_options.get(group, {}))
+        return d.addCallback(lambda fields: self._send(conn, "join", fields))
+
+    async def _restore(self, conn: _Connection) -> None:
+        resuming = self._resuming
+        self._buffer = [] if resuming else None
+        try:
+            if self._credentials is not None:
+                fields = await self._credential_fields(self._credentials)
+                await self._send(conn, "auth", fields)
+            groups = sorted(self.groups)
+            results = await DeferredList([self._rejoin(conn, g) for g in groups],
+                                         consumeErrors=True)
+            for group, (ok, result) in zip(groups, results):
+                if not ok:
+                    if result.check(ConnectionClosed):
+                        result.raiseException()
+                    # Refused now (or its token function failed): no longer
+                    # one of ours, and said so.
+                    self._forget(group)
+                    if result.check(ServerError):
+                        result.value.group = group
+                    self._emit("error", result.value)
+            if resuming:
+                await self._resume(conn)
+        except ConnectionClosed:
+            return  # _lost takes it from here
+        except Exception as e:
+            # An auth refused: the server closes with 1008 next.
+            if conn is self.protocol:
+                self._flush_buffer()
+                self._emit("error", e)
+            return
+        if conn is not self.protocol:
+            return
+        self.attempt = 0
+        self._ever_ready = True
+        self._set_state("ready", session=self.session)
+        waiters, self._ready_waiters = self._ready_waiters, []
+        for d in waiters:
+            d.callback(self)
+        queue, self._queue = self._queue, []
+        for op, fields, d in queue:
+            self._send(conn, op, fields, d)
+
+    async def _resume(self, conn: _Connection) -> None:
+        # With no kept message yet: from the start of the first history seen
+        # (a server without history, ttl = 0, answers with every channel a gap).
+        since = self.last_pos if self.last_pos is not None else 0
+        epoch = self.pos_epoch if self.pos_epoch is not None else (self.epoch or "")
+        changed = epoch != self.epoch
+        try:
+            ok = await self._send(conn, "resume", {"since": since, "epoch": epoch})
+        except ServerError as e:  # "unavailable": the history cannot be read now
+            self._flush_buffer()
+            self._emit("error", e)
+            self._emit("gap", {"channels": None, "epoch_changed": changed, "since": since,
+                               "error": e})
+            return
+        if changed:  # positions in the old history mean nothing now
+            self.pos_epoch, self.last_pos = self.epoch, None
+        self._flush_buffer()
+        info = {"since": since, "epoch": epoch, "replayed": ok.get("replayed", 0),
+                "gaps": ok.get("gaps", []), "epoch_changed": changed}
+        self._emit("resumed", info)
+        if info["gaps"]:
+            self._emit("gap", {"channels": info["gaps"], "epoch_changed": changed,
+                               "since": since})
