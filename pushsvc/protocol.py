@@ -277,6 +277,24 @@ def parse_request(text: str | bytes, max_targets: int = 100) -> Request:
         raise
 
 
+# A frame that is not served (over the rate) is parsed for its ref only up to
+# this size.
+REF_PARSE_LIMIT = 4096
+
+
+def ref_of(payload: bytes) -> Any:
+    """The ``ref`` of a small frame that parses, else None (for the error
+    answering a frame that is not served)."""
+    if len(payload) > REF_PARSE_LIMIT:
+        return None
+    try:
+        frame = decode_json(payload)
+    except ProtocolError:
+        return None
+    ref = frame.get("ref") if isinstance(frame, dict) else None
+    return None if isinstance(ref, (dict, list)) else ref
+
+
 def encode(frame: Any) -> bytes:
     """One server frame (or any JSON value) as compact UTF-8 JSON.
 

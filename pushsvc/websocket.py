@@ -32,7 +32,7 @@ from zope.interface import implementer
 from .engine import IConnection, Overloaded
 from .limits import RateGuard
 from .protocol import (BAD_REQUEST, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN,
-                       RATE_LIMITED, ProtocolError, decode_json, encode, error_frame)
+                       RATE_LIMITED, ProtocolError, encode, error_frame, ref_of)
 
 _log = Logger()
 
@@ -47,27 +47,11 @@ FLUSH_AT = 64 * 1024
 MAX_FRAGMENTS = 1024
 FRAGMENTS_PER_TOKEN = 16  # every 16th fragment of a message costs a token, like a message
 
-# A refused (rate-limited) frame is parsed for its ref only up to this size.
-REF_PARSE_LIMIT = 4096
-
 # Handshake state Autobahn keeps for a connection's whole life but reads only
 # during the handshake: about 2 KB per idle connection.
 HANDSHAKE_ONLY = ("http_headers", "http_request_data", "http_response_data",
                   "http_status_line", "http_request_params", "http_request_uri",
                   "http_request_path", "http_request_host", "websocket_origin", "_wskey")
-
-
-def _ref_of(payload: bytes):
-    """The ``ref`` of a small frame that parses, else None (for the error
-    answering a frame that is not served)."""
-    if len(payload) > REF_PARSE_LIMIT:
-        return None
-    try:
-        frame = decode_json(payload)
-    except ProtocolError:
-        return None
-    ref = frame.get("ref") if isinstance(frame, dict) else None
-    return None if isinstance(ref, (dict, list)) else ref
 
 
 def prepare_frame(frame: bytes) -> PreparedMessage:
@@ -273,7 +257,7 @@ class PushServerProtocol(WebSocketServerProtocol):
         elif verdict is RateGuard.TELL and payload is not None:
             error = ProtocolError(RATE_LIMITED, f"more than {settings.messages_per_second:g} "
                                                 f"messages a second; this one was not served")
-            engine.reply(self.session, error_frame(error, None if binary else _ref_of(payload)))
+            engine.reply(self.session, error_frame(error, None if binary else ref_of(payload)))
         return False
 
     def _flooding(self) -> None:
