@@ -112,10 +112,10 @@ class Joins:
         except TokenError as e:
             raise ProtocolError(FORBIDDEN, str(e))
 
-    def ask_send(self, proxy, session: Session, to: dict[str, Any], data: Any) -> Deferred:
-        """``proxy``'s answer to a client's send to a ``proxy`` group: a
-        Deferred firing with the data to send (the backend may replace it),
-        or failing with ``forbidden``."""
+    def ask_send(self, session: Session, to: dict[str, Any], data: Any) -> Deferred:
+        """The backend's (``backends.send``) answer to a client's send to a
+        ``proxy`` group: a Deferred firing with the data to send (the backend
+        may replace it), or failing with ``forbidden``."""
         document = {"event": "send", "session": session.id, "user": session.user,
                     "to": to, "claims": self.payloads.get(session), "data": data}
 
@@ -123,7 +123,7 @@ class Joins:
             if not verdict.allow:
                 raise ProtocolError(FORBIDDEN, verdict.reason or "refused by the backend")
             return data if verdict.data is None else verdict.data
-        return proxy.ask(document).addCallback(decided)
+        return self.backends.send.ask(document).addCallback(decided)
 
     # -- members -------------------------------------------------------------
 

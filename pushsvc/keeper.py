@@ -49,6 +49,11 @@ class SubscriptionTable:
         """Forget every subscription of a subscriber that is gone."""
         self.unsubscribe(worker, list(self.workers.pop(worker, ())))
 
+    def any_subscribed(self, channels: Iterable[str]) -> bool:
+        """Whether any of ``channels`` has a subscriber (no set built)."""
+        subscribed = self.channels
+        return any(channel in subscribed for channel in channels)
+
     def targets(self, channels: Iterable[str], origin: Hashable = None) -> set[Hashable]:
         """The subscribers other than ``origin`` of any of ``channels``."""
         found: set[Hashable] = set()

@@ -45,13 +45,14 @@ class LocalBroker:
 
     def publish(self, channels, message, store=False):
         keeper = self.keeper
+        now = self.clock.seconds()
         if store:
-            keeper.mail(channels, message.id, message.frame, self.clock.seconds())
+            keeper.mail(channels, message.id, message.frame, now)
         kept = keeper.keeps(channels)
         if kept:
-            frame = keeper.number(kept, message.id, message.frame, self.clock.seconds())
+            frame = keeper.number(kept, message.id, message.frame, now)
             message = Message(message.id, message.to, frame)
-        if keeper.targets(channels):
+        if keeper.table.any_subscribed(channels):  # the one engine wants it
             self.receiver.deliver(message)
         return succeed(None)
 

@@ -63,13 +63,13 @@ class Groups:
         if engine.gone(session):  # it closed while the backend or hook decided
             return
         group = request.group
-        if group not in session.groups:
+        new = group not in session.groups
+        if new:
             self.check_room(session, group)  # it may have joined others meanwhile
-            engine.joins.admitted(session, group, grant, engine.leeway())
+        engine.joins.admitted(session, group, grant, engine.leeway())
+        if new:
             engine.registry.join(session, group)
             self.announce("joined", session, group)
-        else:
-            engine.joins.admitted(session, group, grant, engine.leeway())
         engine.ok(session, request)
 
     def leave(self, session: Session, request: Request) -> None:

@@ -23,8 +23,7 @@ class Sending:
         ask = engine.joins.namespaces.check_send(session, request.to)
         engine.counters["sent_by_clients"] += 1
         if ask and engine.backends.send is not None:
-            d = engine.joins.ask_send(engine.backends.send, session, request.to.to_json(),
-                                      request.data)
+            d = engine.joins.ask_send(session, request.to.to_json(), request.data)
             return d.addCallback(lambda data: self._to_app(session, request, data))
         return self._to_app(session, request, request.data)
 

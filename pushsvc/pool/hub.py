@@ -58,12 +58,13 @@ class Hub:
                 for worker in keeper.targets(channels, origin):
                     outbox.add(worker, record)
                 continue
+            parts = None
             if flags & STORE:
-                msg_id, frame = message_parts(record)
+                msg_id, frame = parts = message_parts(record)
                 keeper.mail(channels, msg_id.decode("utf-8", "surrogatepass"), frame, now)
             kept = keeper.keeps(channels)
             if kept:
-                msg_id, frame = message_parts(record)
+                msg_id, frame = parts or message_parts(record)
                 record = reframe(record, keeper.number(kept, msg_id, frame, now))
             for worker in keeper.targets(channels):
                 outbox.add(worker, record)
