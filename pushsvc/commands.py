@@ -2,37 +2,57 @@
 
 A command (join a user's sessions to a group, destroy a group, list a group's
 members, ...) runs on every engine that holds sessions; each returns a dict and
-``merge`` folds them into the answer for the whole server.  The HTTP API (and
-later the AMP console) build commands with ``make_command``, so every entry
-point checks arguments the same way.
+``merge`` folds them into the answer for the whole server.  The HTTP API, the
+console and the application API build commands with ``make_command``, so every
+entry point checks arguments the same way.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from .wire.values import Command
 from .protocol import BAD_REQUEST, ProtocolError, name, valid_unicode
 
-# command -> (required name arguments, whether it takes a user-or-session
-# target, optional arguments: a reason is text, anything else a name)
-COMMANDS: dict[str, tuple[tuple[str, ...], bool, tuple[str, ...]]] = {
-    "join": (("group",), True, ()),
-    "leave": (("group",), True, ()),
-    "destroy": (("group",), False, ()),
-    "tag": (("tag",), True, ()),
-    "untag": (("tag",), True, ()),
-    "kick": ((), True, ("reason",)),
-    "group": (("group",), False, ()),
-    "presence": (("group",), False, ()),
-    "user": (("user",), False, ()),
-    "groups": ((), False, ()),
-    "stats": ((), False, ()),
-    "sessions": ((), False, ("user",)),
+
+@dataclass(frozen=True)
+class Spec:
+    """One command: its arguments, and what it does in a line (the console's
+    help, the docs).  A targeted command takes exactly one of ``user`` or
+    ``session``; of the optional arguments a ``reason`` is text, anything
+    else a name; an ``action`` changes sessions and is ``POST /api/NAME``
+    (the others are read through GET routes)."""
+    help: str
+    needs: tuple[str, ...] = ()
+    targeted: bool = False
+    optional: tuple[str, ...] = ()
+    action: bool = False
+
+
+# Every server-side command, declared once: the engine (``Performer.do_NAME``),
+# the HTTP API, the console, the application API and the Redis command relay
+# read this table.
+COMMANDS: dict[str, Spec] = {
+    "stats": Spec("counters for the whole server"),
+    "sessions": Spec("sessions (of USER, or everyone's): groups and tags", optional=("user",)),
+    "user": Spec("USER's sessions, with their groups and tags", ("user",)),
+    "groups": Spec("every group and how many sessions are in it"),
+    "group": Spec("the sessions in GROUP", ("group",)),
+    "presence": Spec("the users in GROUP, with their session counts and join data",
+                     ("group",)),
+    "join": Spec("put the user's sessions (or one session) in GROUP", ("group",), True,
+                 action=True),
+    "leave": Spec("take the user's sessions (or one) out of GROUP", ("group",), True,
+                  action=True),
+    "destroy": Spec("empty GROUP: every session leaves it", ("group",), action=True),
+    "kick": Spec("close the user's sessions (or one) with code 4000 and REASON", (), True,
+                 ("reason",), action=True),
+    "tag": Spec("tag the user's sessions (or one) with TAG", ("tag",), True, action=True),
+    "untag": Spec("remove TAG from the user's sessions (or one)", ("tag",), True,
+                  action=True),
 }
-# The commands that change sessions: POST /api/NAME (the others are read
-# through GET routes).
-ACTIONS = ("join", "leave", "destroy", "tag", "untag", "kick")
+ACTIONS = tuple(name for name, spec in COMMANDS.items() if spec.action)
 
 MAX_REASON = 120  # a close reason must fit a close frame (123 bytes)
 
@@ -46,9 +66,9 @@ def make_command(command: str, body: Any) -> Command:
         raise ProtocolError(BAD_REQUEST, f"unknown command '{command}'")
     if not isinstance(body, dict):
         raise ProtocolError(BAD_REQUEST, "the body must be a JSON object")
-    needed, targeted, optional = COMMANDS[command]
-    args = {key: name(body.get(key), key) for key in needed}
-    for key in optional:
+    spec = COMMANDS[command]
+    args = {key: name(body.get(key), key) for key in spec.needs}
+    for key in spec.optional:
         if key in body and key != "reason":
             args[key] = name(body[key], key)
         elif key in body:
@@ -57,7 +77,7 @@ def make_command(command: str, body: Any) -> Command:
                 raise ProtocolError(BAD_REQUEST, f"'{key}' must be a string of at most "
                                                  f"{MAX_REASON} bytes")
             args[key] = body[key]
-    if targeted:
+    if spec.targeted:
         given = [key for key in ("user", "session") if key in body]
         if len(given) != 1:
             raise ProtocolError(BAD_REQUEST, "give exactly one of 'user' or 'session'")

@@ -198,6 +198,17 @@ class ConsoleTests(AdminTestCase):
                           for child in (join, kick)])
 
     @run
+    async def test_presence_lists_the_users_of_a_group(self):
+        self.start_admin()
+        await self.client("u1")
+        await self.client("u1")
+        self.assertEqual((await self.finished(self.console("join", "u1", "room")))[0], 0)
+        status, out, _ = await self.finished(self.console("presence", "room"))
+        self.assertEqual(status, 0)
+        self.assertEqual(out.splitlines()[-1], "(2 sessions, 0 anonymous)")
+        self.assertEqual(out.splitlines()[1].split(), ["u1", "2", "-"])
+
+    @run
     async def test_refusals_are_one_line_and_status_1(self):
         self.start_admin()
         cases = [self.console("restart-workers"), self.console("join", "u1", "x" * 300)]
@@ -612,6 +623,20 @@ class ArgumentTests(unittest.TestCase):
                                            "wrong number of arguments (0)")
         self.assertRaises(cli.Usage, cli.prepare, "loglevel", ["loud"])
         self.assertRaises(cli.Usage, cli.prepare, "stats", ["x"])
+
+    def test_every_server_command_is_a_console_command(self):
+        """The console reads the one command table (pushsvc/commands.py): each
+        server-side command is offered, with its usage built from its arguments."""
+        from pushsvc.commands import COMMANDS as SERVER
+        self.assertLessEqual(set(SERVER), set(cli.COMMANDS))
+        self.assertEqual(cli.help_for(["tag"]).splitlines()[0],
+                         "usage: pushsvc-admin tag USER|session:ID TAG")
+        _, (_, args) = cli.prepare("presence", ["room"])
+        self.assertEqual(args, {"name": "presence", "args": {"group": "room"}})
+        _, (_, args) = cli.prepare("untag", ["session:s1", "vip"])
+        self.assertEqual(args, {"name": "untag", "args": {"session": "s1", "tag": "vip"}})
+        self.assertRaises(cli.Usage, cli.prepare, "untag", ["u1", "vip", "extra"])
+        self.assertRaises(cli.Usage, cli.prepare, "sessions", ["u1", "u2"])
 
     def test_interactive_words(self):
         words = cli.interactive_words

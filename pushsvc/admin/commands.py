@@ -5,12 +5,13 @@ not fit), and what ``help`` says."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from twisted.protocols import amp
 
 from .. import loglevel
+from ..commands import COMMANDS as SERVER_COMMANDS, Spec
 from ..protocol import ADDRESS_KINDS, ProtocolError, decode_json
 from .output import (pairs, reload_errors, show_count, show_reload, show_sessions,
                      show_workers, table, totals)
@@ -106,54 +107,69 @@ def _level(words: list[str]) -> Request:
     return SetLogLevel, {"level": words[0]}
 
 
-def _targeted(name: str, key: str) -> Callable[[list[str]], Request]:
-    """``NAME USER|session:ID VALUE`` -> the command with ``key=VALUE``."""
-    return lambda words: _run(name, **parse_who(words[0]), **{key: words[1]})
+def _server_command(name: str, spec: Spec, show: Callable[[Any], str],
+                    args: str | None = None, **more: Any) -> Command:
+    """The console's face of a server-side command (``commands.COMMANDS``):
+    ``[USER|session:ID] NEEDS... [OPTIONAL]``, a reason taking the rest of
+    the words."""
+    words = (["USER|session:ID"] if spec.targeted else []) + [n.upper() for n in spec.needs]
+    reason = "reason" in spec.optional
+    words += [f"[{n.upper()}{'...' if n == 'reason' else ''}]" for n in spec.optional]
+    low = spec.targeted + len(spec.needs)
+
+    def request(given: list[str]) -> Request:
+        fields = parse_who(given[0]) if spec.targeted else {}
+        rest = given[spec.targeted:]
+        fields.update(zip(spec.needs, rest))
+        extra = rest[len(spec.needs):]
+        if extra:
+            fields[spec.optional[0]] = " ".join(extra) if reason else extra[0]
+        return _run(name, **fields)
+
+    return Command(" ".join(words) if args is None else args, spec.help, low,
+                   None if reason else low + len(spec.optional), request, show, **more)
 
 
+def show_presence(result: dict[str, Any]) -> str:
+    users = sorted(result["users"].items())
+    text = table(["user", "sessions", "data"],
+                 [[user, entry["sessions"], entry.get("data")] for user, entry in users])
+    return f"{text}\n({result['sessions']} sessions, {result['anonymous']} anonymous)"
 
-def _kick(words: list[str]) -> Request:
-    reason = {"reason": " ".join(words[1:])} if len(words) > 1 else {}
-    return _run("kick", **parse_who(words[0]), **reason)
 
+# How the console shows each server-side command's result.
+_SHOWN: dict[str, tuple[Callable[[Any], str], dict[str, Any]]] = {
+    "stats": (pairs, {"args": "[--watch [SECONDS]]", "answer": totals}),
+    "sessions": (show_sessions, {}),
+    "user": (show_sessions, {}),
+    "groups": (lambda r: table(["group", "sessions"], sorted(map(list, r["groups"].items()))),
+               {}),
+    "group": (lambda r: table(["session", "user"],
+                              [[m["session"], m["user"]] for m in r["members"]]), {}),
+    "presence": (show_presence, {}),
+    "join": (show_count("joined"), {}),
+    "leave": (show_count("removed"), {}),
+    "destroy": (show_count("removed"), {}),
+    "kick": (show_count("kicked"), {}),
+    "tag": (show_count("tagged"), {}),
+    "untag": (show_count("untagged"), {}),
+}
 
 COMMANDS: dict[str, Command] = {
-    "stats": Command("[--watch [SECONDS]]", "counters for the whole server; --watch: "
-                     "again every SECONDS with rates per second, until Ctrl-C", 0, 0,
-                     lambda w: _run("stats"), pairs, answer=totals),
+    name: _server_command(name, spec, _SHOWN[name][0], **_SHOWN[name][1])
+    for name, spec in SERVER_COMMANDS.items()}
+COMMANDS["stats"] = replace(COMMANDS["stats"], help=(
+    "counters for the whole server; --watch: again every SECONDS with rates per second, "
+    "until Ctrl-C"))
+COMMANDS.update({
     "workers": Command("", "the worker processes: pid, sessions, uptime", 0, 0,
                        lambda w: (Workers, {}), show_workers),
-    "sessions": Command("[USER]", "sessions (of USER, or everyone's): groups and tags",
-                        0, 1, lambda w: _run("sessions", **({"user": w[0]} if w else {})),
-                        show_sessions),
-    "user": Command("USER", "USER's sessions, with their groups and tags", 1, 1,
-                    lambda w: _run("user", user=w[0]), show_sessions),
-    "groups": Command("", "every group and how many sessions are in it", 0, 0,
-                      lambda w: _run("groups"),
-                      lambda r: table(["group", "sessions"],
-                                      sorted(map(list, r["groups"].items())))),
-    "group": Command("GROUP", "the sessions in GROUP", 1, 1,
-                     lambda w: _run("group", group=w[0]),
-                     lambda r: table(["session", "user"],
-                                     [[m["session"], m["user"]] for m in r["members"]])),
     "push": Command("TARGET DATA", "send DATA to TARGET (all, session:ID, user:U, group:G, "
                     "tag:T or an address object); DATA is JSON, or else plain text, sent as "
                     "a string (the rest of the words); quote JSON for the shell", 2, None,
                     lambda w: (Push, {"to": parse_target(w[0]),
                                       "data": parse_data(" ".join(w[1:]))}),
                     lambda r: f"sent message {r['id']}"),
-    "join": Command("USER|session:ID GROUP", "put the user's sessions (or one session) in GROUP",
-                    2, 2, _targeted("join", "group"), show_count("joined")),
-    "leave": Command("USER|session:ID GROUP", "take the user's sessions (or one) out of GROUP",
-                     2, 2, _targeted("leave", "group"), show_count("removed")),
-    "destroy": Command("GROUP", "empty GROUP: every session leaves it", 1, 1,
-                       lambda w: _run("destroy", group=w[0]), show_count("removed")),
-    "kick": Command("USER|session:ID [REASON...]", "close the user's sessions (or one) with "
-                    "code 4000 and REASON", 1, None, _kick, show_count("kicked")),
-    "tag": Command("USER|session:ID TAG", "tag the user's sessions (or one) with TAG", 2, 2,
-                   _targeted("tag", "tag"), show_count("tagged")),
-    "untag": Command("USER|session:ID TAG", "remove TAG from the user's sessions (or one)",
-                     2, 2, _targeted("untag", "tag"), show_count("untagged")),
     "reload": Command("", "re-read the config file and the application module, keeping "
                       "every connection", 0, 0, lambda w: (Reload, {}), show_reload,
                       reload_errors),
@@ -164,7 +180,7 @@ COMMANDS: dict[str, Command] = {
                                                 for x in r["replaced"]])),
     "loglevel": Command("LEVEL", f"log from LEVEL up: {', '.join(loglevel.LEVELS)}", 1, 1,
                         _level, lambda r: f"log level: {r['level']}"),
-}
+})
 
 
 def prepare(name: str, words: list[str]) -> tuple[Command, Request]:
