@@ -17,9 +17,11 @@ ALL = "all"
 
 
 class Session:
-    """One connected client: its id, user, groups and tags, and its connection."""
+    """One connected client: its id, user, groups and tags, and its connection.
+    What the engine keeps about a session while it lives (reply gates, timers,
+    replays) the engine's parts hold, each forgetting it when it closes."""
 
-    __slots__ = ("id", "user", "groups", "tags", "conn", "gate", "mailed", "resumed", "timer")
+    __slots__ = ("id", "user", "groups", "tags", "conn")
 
     def __init__(self, session_id: str, conn: Any = None):
         self.id = session_id
@@ -27,10 +29,6 @@ class Session:
         self.groups: set[str] = set()
         self.tags: set[str] = set()
         self.conn = conn
-        self.gate = None  # a Deferred while replies wait for subscriptions (engine)
-        self.mailed = None  # ids of the messages its user's mailbox gave it (engine)
-        self.resumed = False  # it has sent its one resume (engine)
-        self.timer = None  # a DelayedCall: its auth timeout or token expiry (engine)
 
     def describe(self) -> dict[str, Any]:
         """The session as the HTTP API and the console show it."""

@@ -500,7 +500,7 @@ class RequiredModeTests(TokenServerTestCase):
         self.clock.advance(3600)
         await c.barrier()
         self.assertIsNone(c.close_code)
-        self.assertIsNone(self.engine.registry.get(c.session).timer)
+        self.assertNotIn(self.engine.registry.get(c.session), self.engine.auth.timers)
 
     @run
     async def test_url_token_in_required_mode(self):
@@ -569,7 +569,7 @@ class ExpiryTests(TokenServerTestCase):
         self.start()
         c = await self.open()
         await c.request("auth", token=token(exp=NOW + 60))
-        timer = self.engine.registry.get(c.session).timer
+        timer = self.engine.auth.timers[self.engine.registry.get(c.session)]
         self.assertTrue(timer.active())
         await c.disconnect()
         await self.all_closed()

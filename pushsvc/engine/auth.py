@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -20,17 +21,25 @@ _log = Logger()
 
 
 class Auth:
-    """The ``auth`` op and the timers that end sessions (``session.timer``)."""
+    """The ``auth`` op and the timers that end sessions: a session's auth
+    timeout, then its token's expiry (``timers``)."""
 
     def __init__(self, engine):
         self.engine = engine
+        self.timers: dict[Session, IDelayedCall] = {}
 
     def opened(self, session: Session) -> None:
         """A new session: in "required" mode, its auth timeout starts."""
         engine = self.engine
         if engine.settings.auth_mode == "required":
-            session.timer = engine.clock.callLater(engine.settings.auth_timeout,
-                                                   self.time_up, session)
+            self.timers[session] = engine.clock.callLater(engine.settings.auth_timeout,
+                                                          self.time_up, session)
+
+    def closed(self, session: Session) -> None:
+        """``session`` has closed: its timer stops."""
+        timer = self.timers.pop(session, None)
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def from_url(self, session: Session, token: str) -> None:
         """A token given on the /ws URL (``?token=``): served as if the client
@@ -112,19 +121,16 @@ class Auth:
         leeway), instead of at its auth timeout or at an earlier token's
         expiry; None: never."""
         engine = self.engine
-        timer = session.timer
-        if timer is not None and timer.active():
-            timer.cancel()
-        session.timer = None
+        self.closed(session)
         if expires is not None:
             delay = max(0.0, expires + engine.leeway() - engine.clock.seconds())
-            session.timer = engine.clock.callLater(delay, self.time_up, session)
+            self.timers[session] = engine.clock.callLater(delay, self.time_up, session)
 
     def time_up(self, session: Session) -> None:
         """The auth timeout (no user yet) or the token's expiry (no fresh token
         came): ``unauthorized``, then close with 1008."""
         engine = self.engine
-        session.timer = None
+        self.timers.pop(session, None)
         if engine.gone(session):
             return
         if session.user is None:
@@ -145,12 +151,10 @@ class Auth:
         for session in engine.registry.everyone():
             if session.user is not None:
                 continue
-            if session.timer is not None:
-                session.timer.cancel()
-                session.timer = None
+            self.closed(session)
             if required:
-                session.timer = engine.clock.callLater(engine.settings.auth_timeout,
-                                                       self.time_up, session)
+                self.timers[session] = engine.clock.callLater(engine.settings.auth_timeout,
+                                                              self.time_up, session)
 
     def _mailed(self, messages: list, session: Session, request: Request) -> None:
         """Write the kept messages, then ``ok`` the ``auth``.  A later
@@ -158,7 +162,8 @@ class Auth:
         for msg_id, frame in messages:
             self.engine.reply(session, frame)
         if messages:
-            session.mailed = (session.mailed or set()) | {msg_id for msg_id, _ in messages}
+            self.engine.replays.mailed.setdefault(session, set()).update(
+                msg_id for msg_id, _ in messages)
         self.engine.ok(session, request)
 
 

@@ -3,6 +3,15 @@ order, replies, and messages in and out.  The concerns it hands requests to
 live beside it: ``auth`` (who a session is), ``groups`` (membership,
 presence, member events), ``sending`` (a client's ``send``), ``resume``
 (replays), ``perform`` (server-side commands), ``hooks`` (the application).
+
+A session's life: ``open`` registers it (refused past ``max_connections``;
+its auth timeout starts; ``on_connect`` runs before its frames are served);
+``handle`` serves its frames in order, each reply through ``reply``;
+``close`` makes every part forget it (registry and memberships, joins,
+reply gates, waiting frames, replays and mail, auth timers) and runs
+``on_disconnect``.  The parts keep what they know of a session in their own
+tables, keyed by the session, and forget it there (``joins.gone``,
+``replays.closed``, ``auth.closed``).
 """
 
 from __future__ import annotations
@@ -65,6 +74,9 @@ class Engine:
         # Subscriptions the broker has not confirmed yet, by channel: replies
         # to a session wait for those of its channels (see ``reply``).
         self._pending: dict[str, Deferred] = {}
+        # A session's replies waiting for those subscriptions, or for its
+        # earlier replies that wait (see ``reply``).
+        self.gates: dict[Session, Deferred] = {}
         self.counters: Counter[str] = new_counters()  # the edges add to it too
         # The rest of what /metrics shows (pushsvc/metrics.py); the WebSocket
         # factory puts its set of open connections in ``connections``.
@@ -190,11 +202,9 @@ class Engine:
         self.registry.remove(session)
         self.groups.publish_all(farewells)
         self.waiting.pop(session, None)
-        self.replays.held.pop(session, None)
-        if session.timer is not None:
-            if session.timer.active():
-                session.timer.cancel()
-            session.timer = None
+        self.gates.pop(session, None)
+        self.replays.closed(session)
+        self.auth.closed(session)
         if info is not None:
             # Hooks.call has logged a failure; nobody is left to answer.
             self.hooks.call("on_disconnect", hook, info).addErrback(lambda _: None)
@@ -249,31 +259,31 @@ class Engine:
         own = self._pending.get(worker_channel(self.ids.owner))  # session-addressed
         if own is not None:
             waits.append(own)
-        if session.gate is not None:
-            waits.append(session.gate)
+        gate = self.gates.get(session)
+        if gate is not None:
+            waits.append(gate)
         if not waits:
             session.conn.send_frame(frame)
             return
-        gate = session.gate = DeferredList(waits, consumeErrors=True)
+        gate = self.gates[session] = DeferredList(waits, consumeErrors=True)
         gate.addCallback(self._release, session, gate, frame)
 
-    @staticmethod
-    def _release(_, session: Session, gate: Deferred, frame: bytes) -> None:
-        if session.gate is gate:
-            session.gate = None
+    def _release(self, _, session: Session, gate: Deferred, frame: bytes) -> None:
+        if self.gates.get(session) is gate:
+            del self.gates[session]
         session.conn.send_frame(frame)
 
-    @staticmethod
-    def after_replies(session: Session, action, *args) -> None:
+    def after_replies(self, session: Session, action, *args) -> None:
         """Do ``action(*args)`` once the replies held for ``session`` are sent."""
-        if session.gate is None:
+        gate = self.gates.get(session)
+        if gate is None:
             action(*args)
             return
 
         def then(result):
             action(*args)
             return result
-        session.gate.addCallback(then)
+        gate.addCallback(then)
 
     def ok(self, session: Session, request: Request, **fields: Any) -> None:
         """``ok`` with ``fields``, when the request carried a ``ref``."""

@@ -33,6 +33,16 @@ class Replays:
     def __init__(self, engine):
         self.engine = engine
         self.held: dict[Session, _Held] = {}
+        self.resumed: set[Session] = set()  # each has sent its one resume
+        # the ids of the messages a session's user's mailbox gave it (auth):
+        # its resume skips them
+        self.mailed: dict[Session, set[str]] = {}
+
+    def closed(self, session: Session) -> None:
+        """``session`` has closed: what it held, its resume and mail go."""
+        self.held.pop(session, None)
+        self.resumed.discard(session)
+        self.mailed.pop(session, None)
 
     def hold(self, session: Session) -> None:
         """Hold the live messages for ``session`` until its ``resume`` (a
@@ -47,9 +57,9 @@ class Replays:
         Live messages for the session wait until the replay is written; one
         that is also in the replay is written once, in its replay place.
         """
-        if session.resumed:  # one replay per connection: each costs the keeper a scan
+        if session in self.resumed:  # one replay per connection: each costs the keeper a scan
             raise ProtocolError(BAD_REQUEST, "this session has resumed already")
-        session.resumed = True
+        self.resumed.add(session)
         self.hold(session)  # held since it connected (?resume=1), or from now on
         d = self.engine.broker.replay(session_channels(session), request.since,
                                       request.epoch)
@@ -63,11 +73,12 @@ class Replays:
             _log.failure("reading the history for session {session} (user {user}) failed",
                          result, session=session.id, user=session.user)
             self._end(session, set(), self._since(request))
-            session.resumed = False  # it may try again
+            self.resumed.discard(session)  # it may try again
             raise ProtocolError(UNAVAILABLE, "the history cannot be read now")
         messages, gaps = result
-        if session.mailed:
-            messages = [(i, frame) for i, frame in messages if i not in session.mailed]
+        mailed = self.mailed.get(session)
+        if mailed:
+            messages = [(i, frame) for i, frame in messages if i not in mailed]
         for _, frame in messages:
             engine.reply(session, frame)
         engine.after_replies(session, self._end, session,
