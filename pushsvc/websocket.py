@@ -212,9 +212,8 @@ class PushServerProtocol(WebSocketServerProtocol):
     def sendHttpErrorResponse(self, code, reason, responseHeaders=None):
         """A handshake Autobahn refuses (no Sec-WebSocket-Key, a version other
         than 13, ...): answered as the rest of the HTTP edge answers, in JSON."""
-        engine = self.factory.engine
         if code == 400:
-            engine.counters["http_invalid"] += 1
+            self.factory.counters["http_invalid"] += 1
         body = encode({"error": {"code": BAD_REQUEST if code == 400 else f"http_{code}",
                                  "message": str(reason)[:300]}}) + b"\n"
         head = [f"HTTP/1.1 {code} {RESPONSES.get(code, b'Error').decode('ascii')}",
@@ -227,7 +226,7 @@ class PushServerProtocol(WebSocketServerProtocol):
         # Autobahn fails a connection for a frame over the size limit (1009),
         # a protocol error (1002) or invalid UTF-8 (1007).
         if self.state != self.STATE_CLOSED and not self.failedByMe:
-            self.factory.engine.counters[
+            self.factory.counters[
                 "dropped_large" if code == CLOSE_TOO_BIG else "dropped_invalid"] += 1
         super()._fail_connection(code, reason)
 
@@ -251,7 +250,7 @@ class PushServerProtocol(WebSocketServerProtocol):
         verdict = guard.admit(now)
         if verdict is RateGuard.SERVE:
             return True
-        engine.counters["rate_limited"] += 1
+        self.factory.counters["rate_limited"] += 1
         if verdict is RateGuard.CLOSE:
             self._flooding()
         elif verdict is RateGuard.TELL and payload is not None:
@@ -261,8 +260,7 @@ class PushServerProtocol(WebSocketServerProtocol):
         return False
 
     def _flooding(self) -> None:
-        engine = self.factory.engine
-        engine.counters["dropped_flood"] += 1
+        self.factory.counters["dropped_flood"] += 1
         # Per connection: debug only (the drop is counted, see /metrics).
         _log.debug("closing session {session} (user {user}): {count} frames over the "
                    "rate limit in {window:g} s", session=self.session.id, user=self.session.user,
@@ -371,8 +369,7 @@ class PushServerProtocol(WebSocketServerProtocol):
     # -- slow readers -------------------------------------------------------
 
     def _too_slow(self) -> None:
-        engine = self.factory.engine
-        engine.counters["dropped_slow"] += 1
+        self.factory.counters["dropped_slow"] += 1
         _log.debug("closing session {session} (user {user}): more than {limit} bytes "
                    "waiting to be written", session=self.session.id,
                    user=self.session.user, limit=self.factory.settings.max_buffered_bytes)

@@ -32,6 +32,7 @@ class PushServerFactory(WebSocketServerFactory):
     def __init__(self, engine, settings, reactor):
         super().__init__()
         self.engine = engine
+        self.counters = engine.counters  # the refusals this edge counts (counters.py)
         self.reactor = reactor
         self.connections: set[PushServerProtocol] = set()
         engine.connections = self.connections  # for /metrics (pushsvc/metrics.py)

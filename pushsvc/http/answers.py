@@ -157,7 +157,7 @@ class JsonResource(Resource):
             e = failure.value
             status = STATUS.get(e.code, 400)
             if status in COUNTED:
-                self.api.engine.counters[COUNTED[status]] += 1
+                self.api.counters[COUNTED[status]] += 1
             if isinstance(e, AuthError):
                 request.setHeader(b"www-authenticate", e.challenge)
             elif status == 405:

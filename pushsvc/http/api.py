@@ -30,6 +30,7 @@ class HttpApi:
 
     def __init__(self, engine, settings, gather_metrics=None):
         self.engine = engine
+        self.counters = engine.counters  # the refusals this edge counts (counters.py)
         if gather_metrics is not None:  # a pool worker asks the master (worker.py)
             self.gather_metrics = gather_metrics
         # Counts survive a reload; only the limit changes.

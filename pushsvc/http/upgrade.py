@@ -24,13 +24,13 @@ class PushWebSocketResource(WebSocketResource):
     def render(self, request):
         api = self.api
         if request.clientproto < b"HTTP/1.1":  # RFC 6455, 4.1: HTTP/1.1 or later
-            api.engine.counters["http_invalid"] += 1
+            api.counters["http_invalid"] += 1
             return _refuse(request, 400, BAD_REQUEST, "a WebSocket handshake needs HTTP/1.1")
         origin = request.getHeader(b"origin")
         if origin is not None:
             origin = origin.decode("latin-1")
             if not api.origins.allows(origin):
-                api.engine.counters["refused_origin"] += 1
+                api.counters["refused_origin"] += 1
                 return _refuse(request, 403, FORBIDDEN,
                                f"origin {origin[:200]!r} is not allowed")
         channel = request.channel
@@ -40,7 +40,7 @@ class PushWebSocketResource(WebSocketResource):
                                         request.requestHeaders.getRawHeaders(b"x-forwarded-for"))
             slot = api.per_ip.acquire(address_key(client))
             if slot is None:
-                api.engine.counters["refused_ip"] += 1
+                api.counters["refused_ip"] += 1
                 channel.persistent = False
                 request.setHeader(b"connection", b"close")
                 return _refuse(request, 429, RATE_LIMITED,
