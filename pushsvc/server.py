@@ -19,6 +19,7 @@ from .ids import IdMaker
 from .listening import ListenerService
 from .logtext import plural
 from .tls import TLSContext, TLSError, describe_certificate, is_tls
+from .twisted_private import tcp_binding
 from .websocket import prepare_frame
 from .wsfactory import PushServerFactory
 
@@ -149,8 +150,8 @@ class PushServer(MultiService):
         """
         if is_tls(description):
             context = TLSContext(reactor, description)
-            endpoint = TCP4ServerEndpoint(reactor, context.port, context.backlog,
-                                          context.interface)
+            interface, port, backlog = tcp_binding(context.endpoint)
+            endpoint = TCP4ServerEndpoint(reactor, port, backlog, interface)
             return self._listener(description, endpoint, context)
         return self._listener(description, serverFromString(reactor, description))
 

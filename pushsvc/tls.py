@@ -25,6 +25,8 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from .twisted_private import context_factory
+
 _log = Logger()
 
 
@@ -84,19 +86,7 @@ class TLSContext:
         self.description = description
         self.endpoint = parse(reactor, description)
         self.options = None
-        self.use(self._check(self.endpoint._sslContextFactory))
-
-    @property
-    def port(self) -> int:
-        return self.endpoint._port
-
-    @property
-    def interface(self) -> str:
-        return self.endpoint._interface
-
-    @property
-    def backlog(self) -> int:
-        return self.endpoint._backlog
+        self.use(self._check(context_factory(self.endpoint)))
 
     def getContext(self):
         return self.options.getContext()
@@ -107,7 +97,7 @@ class TLSContext:
 
     def load(self):
         """Read the key and certificate files again: options for ``use``, or TLSError."""
-        return self._check(parse(self.reactor, self.description)._sslContextFactory)
+        return self._check(context_factory(parse(self.reactor, self.description)))
 
     def _check(self, options):
         try:

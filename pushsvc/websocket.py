@@ -33,6 +33,7 @@ from .engine import IConnection, Overloaded
 from .limits import RateGuard
 from .protocol import (BAD_REQUEST, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN,
                        RATE_LIMITED, ProtocolError, encode, error_frame, ref_of)
+from .twisted_private import nothing_unsent
 
 _log = Logger()
 
@@ -329,7 +330,7 @@ class PushServerProtocol(WebSocketServerProtocol):
         self.factory.meter.bytes_out += len(data)
         transport, sock = self.transport, self._socket
         if (sock is not None and transport.connected and not transport.disconnecting
-                and transport._tempDataLen == 0 and len(transport.dataBuffer) == transport.offset):
+                and nothing_unsent(transport)):
             try:
                 sent = sock.send(data)
             except OSError:  # EAGAIN, or an error the transport will find itself

@@ -61,3 +61,31 @@ class ImportDirectionTests(unittest.TestCase):
                 text = path.read_text()
                 self.assertNotIn("from ..pool", text, path)
                 self.assertNotIn("pushsvc.pool", text, path)
+
+
+class TwistedPrivateTests(unittest.TestCase):
+    """pushsvc/twisted_private.py reads fields Twisted keeps private: each is
+    checked against the installed Twisted here, so a rename fails the suite."""
+
+    def test_unsent_bytes_of_a_file_descriptor(self):
+        from twisted.internet.abstract import FileDescriptor
+        from pushsvc.twisted_private import nothing_unsent, unsent
+        fd = FileDescriptor()
+        self.assertEqual((unsent(fd), nothing_unsent(fd)), (0, True))
+        fd.connected = True
+        fd.startWriting = lambda: None
+        fd.write(b"12345")
+        self.assertEqual((unsent(fd), nothing_unsent(fd)), (5, False))
+
+    def test_endpoint_fields(self):
+        import os
+        from twisted.internet import reactor
+        from twisted.internet.endpoints import serverFromString
+        from pushsvc.twisted_private import context_factory, tcp_binding
+        from tests.test_tls import make_certificate
+        endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1:backlog=7")
+        self.assertEqual(tcp_binding(endpoint), ("127.0.0.1", 0, 7))
+        key, cert, _ = make_certificate(os.path.abspath(self.mktemp()), "localhost")
+        endpoint = serverFromString(reactor, f"ssl:4433:privateKey={key}:certKey={cert}")
+        self.assertEqual(tcp_binding(endpoint), ("", 4433, 50))
+        self.assertIsNotNone(context_factory(endpoint).getContext())

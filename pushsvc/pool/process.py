@@ -13,6 +13,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent
 
 from .. import loglevel
+from ..twisted_private import unsent
 from . import AMP_IN, AMP_OUT
 
 if TYPE_CHECKING:
@@ -23,16 +24,6 @@ _log = Logger(namespace="pushsvc.pool.master")
 # How the master re-emits a worker's log event (``WorkerProcess._relay``).
 RELAYED = loglevel.RELAYED
 _LEVELS = tuple(LogLevel.iterconstants())
-
-
-def unsent(writer) -> int:
-    """Bytes a Twisted writer (a FileDescriptor, here a pipe) holds unwritten.
-
-    Read off its buffer's private fields: its producer's pause and resume
-    say only whether it is empty, and a worker that keeps up with a lag would
-    never let it empty.
-    """
-    return len(writer.dataBuffer) - writer.offset + writer._tempDataLen
 
 
 class _PipeTransport:

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from ..listening import LISTEN_ERRORS, exit_cannot_listen
 from ..logtext import address_text, plural
 from ..tls import is_tls
+from ..twisted_private import tcp_binding
 
 _log = Logger()
 
@@ -53,13 +54,13 @@ def bind(reactor, description: str, copies: int) -> list:
     factory = Factory()
     factory.noisy = False
     if isinstance(endpoint, (_TCPServerEndpoint, SSL4ServerEndpoint)):
-        ports, number = [], endpoint._port
+        interface, number, backlog = tcp_binding(endpoint)
+        ports = []
         if number:
-            check_free(endpoint._interface, number)
+            check_free(interface, number)
         for _ in range(copies):
-            binding = makeBinding(endpoint._interface, number, reuseAddress=True,
-                                  reusePort=True)
-            ports.append(reactor.listenTCP(binding, factory, endpoint._backlog))
+            binding = makeBinding(interface, number, reuseAddress=True, reusePort=True)
+            ports.append(reactor.listenTCP(binding, factory, backlog))
             number = ports[0].getHost().port  # port 0: the others share the one chosen
     else:
         ports, failures = [], []

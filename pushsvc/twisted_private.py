@@ -1,0 +1,39 @@
+"""The few private fields of Twisted that pushsvc reads, in this one place.
+
+Twisted offers no public way to ask these, and pushsvc needs them:
+
+- how many bytes a transport (a TCP connection, a pipe to a worker) holds
+  unwritten: a producer's pause and resume only say whether the buffer is
+  past its limit or empty, and a peer that keeps up with a lag would never
+  let it empty;
+- the interface, port and backlog of a ``tcp:`` or ``ssl:`` endpoint, to
+  bind SO_REUSEPORT copies of it in a pool's master, and the OpenSSL
+  context factory of an ``ssl:`` one, to renew a certificate in place.
+
+``tests/test_smoke.py`` checks each against the installed Twisted, so that a
+Twisted that renames one fails the suite, not a server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def unsent(transport: Any) -> int:
+    """Bytes a Twisted FileDescriptor (a TCP transport, a pipe) holds unwritten."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+def nothing_unsent(transport: Any) -> bool:
+    """Whether a FileDescriptor holds nothing unwritten (cheaper than ``unsent``)."""
+    return transport._tempDataLen == 0 and len(transport.dataBuffer) == transport.offset
+
+
+def tcp_binding(endpoint: Any) -> tuple[str, int, int]:
+    """(interface, port, backlog) of a ``tcp:`` or ``ssl:`` server endpoint."""
+    return endpoint._interface, endpoint._port, endpoint._backlog
+
+
+def context_factory(endpoint: Any) -> Any:
+    """The OpenSSL context factory (CertificateOptions) of an ``ssl:`` server endpoint."""
+    return endpoint._sslContextFactory
