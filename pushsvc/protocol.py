@@ -359,18 +359,26 @@ def position_of(frame: bytes) -> int | None:
 
 def message_frame(msg_id: str, to: Address, data: Any,
                   sender: dict[str, Any] | None = None,
-                  max_data: int | None = None, to_text: bytes | None = None) -> bytes:
+                  max_data: int | None = None, to_text: bytes | None = None,
+                  event: str | None = None, socket_id: str | None = None) -> bytes:
     """The ``msg`` frame, encoded once per message whoever receives it:
-    ``{"op":"msg","id":..,"to":..,"from":..,"data":..}``, ``data`` last.
+    ``{"op":"msg","id":..,"to":..,"event":..,"socket_id":..,"from":..,"data":..}``,
+    ``data`` last.
 
-    ``to_text`` is ``to`` encoded, when the caller has it.  Raises
-    ``too_large`` when ``data``, encoded, is longer than ``max_data``.
+    ``to_text`` is ``to`` encoded, when the caller has it.  ``event`` and
+    ``socket_id`` are a Pusher event's name and the Pusher connection it is
+    not for (docs/pusher.md); absent otherwise.  Raises ``too_large`` when
+    ``data``, encoded, is longer than ``max_data``.
     """
     body = encode(data)
     if max_data is not None and len(body) > max_data:
         raise ProtocolError(TOO_LARGE, f"'data' is {len(body)} bytes encoded; "
                                        f"the limit is {max_data}")
     parts = [_MSG_HEAD, b'"id":', encode(msg_id), b',"to":', to_text or encode(to.to_json())]
+    if event is not None:
+        parts += (b',"event":', encode(event))
+    if socket_id is not None:
+        parts += (b',"socket_id":', encode(socket_id))
     if sender is not None:
         parts += (b',"from":', encode(sender))
     parts += (b',"data":', body, b"}")

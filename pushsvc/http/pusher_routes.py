@@ -31,8 +31,9 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ..commands import make_command
-from ..protocol import MAX_NAME, TOO_LARGE, Address, ProtocolError, name
+from ..protocol import MAX_NAME, TOO_LARGE, ProtocolError, name
 from ..pusher.apps import Apps, PusherApp, check_apps
+from ..pusher.dialect import event_message
 from ..pusher.events import (ChannelStats, Route, batch_answer, body_limit, channel_answer,
                              channel_stats, channels_answer, parse_batch, parse_info,
                              parse_route, parse_trigger, trigger_answer, user_ids,
@@ -157,28 +158,28 @@ class PusherApi(Resource):
 
     # -- the routes ------------------------------------------------------------------------
 
-    async def _publish(self, apps: Apps, app: PusherApp, pairs) -> None:
-        """Publish each (channel, data) to its group; every message is built
-        (and its size checked) before any is sent."""
+    async def _publish(self, apps: Apps, app: PusherApp, triggers) -> None:
+        """Publish each trigger to the group of each of its channels, with
+        its event name and the socket id it is not for; every message is
+        built (and its size checked) before any is sent."""
         engine = self.api.engine
-        messages = [(engine.message(Address(group=(apps.group_of(app, channel),)), data),
-                     False) for channel, data in pairs]
+        limit = engine.settings.max_message_bytes
+        messages = [(event_message(engine.ids.message_id(), apps.group_of(app, channel),
+                                   t.name, t.data, limit, t.socket_id), False)
+                    for t in triggers for channel in t.channels]
         await engine.send_all(messages)
 
     async def do_events(self, route: Route, app: PusherApp, apps: Apps, body: bytes,
                         query) -> dict[str, Any]:
         trigger = parse_trigger(body, app)
-        # trigger.socket_id is accepted and ignored: no Pusher connection is
-        # served here yet (the WebSocket endpoint /app/{key} is not wired).
-        await self._publish(apps, app, [(channel, trigger.data)
-                                        for channel in trigger.channels])
+        await self._publish(apps, app, [trigger])
         stats = await self._stats(apps, app, trigger.channels) if trigger.info else {}
         return trigger_answer(trigger, stats)
 
     async def do_batch_events(self, route: Route, app: PusherApp, apps: Apps, body: bytes,
                               query) -> dict[str, Any]:
         triggers = parse_batch(body, app)
-        await self._publish(apps, app, [(t.channels[0], t.data) for t in triggers])
+        await self._publish(apps, app, triggers)
         asked = [t.channels[0] for t in triggers if t.info]
         stats = await self._stats(apps, app, asked) if asked else {}
         return batch_answer(triggers, stats)

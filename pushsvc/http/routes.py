@@ -153,9 +153,12 @@ def build_site(engine, ws_factory, settings, reactor=None, gather_metrics=None) 
     commands = {name: CommandRoute(api, name) for name in ACTIONS}
     from ..static import routes as static_routes  # "/", "/pushsvc.js": docs/clients.md
     from .pusher_routes import PusherApi  # Pusher's HTTP API, by signature: docs/pusher.md
+    from ..pusher.websocket import PusherEdge  # /app/{key}: Pusher clients (docs/pusher.md)
     pusher_api = PusherApi(api)
+    pusher_edge = PusherEdge(engine, ws_factory, pusher_api.apps)
     root = Folder(not_found, {
         "ws": PushWebSocketResource(ws_factory, api),
+        "app": PushWebSocketResource(pusher_edge, api),  # the same checks as /ws
         "healthz": Health(api),
         "metrics": Metrics(api),  # Prometheus: a read key will do (docs/http-api.md)
         **static_routes(),  # no API key: the demo page and the browser client

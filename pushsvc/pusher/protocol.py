@@ -74,7 +74,8 @@ __all__ = [
     # this module
     "ClientFrame", "channel_event", "connection_established", "data_of_message", "data_text",
     "data_value",
-    "error", "member_added", "member_removed", "parse_frame", "ping", "pong",
+    "error", "member_added", "member_added_data", "member_removed", "member_removed_data",
+    "parse_frame", "ping", "pong",
     "signin_success", "subscription_count", "subscription_error", "subscription_succeeded"]
 
 # -- data --------------------------------------------------------------------
@@ -259,17 +260,28 @@ def subscription_succeeded(channel: str, members: dict[str, Any] | None = None) 
                   data_text({"presence": presence}), channel)
 
 
-def member_added(channel: str, user_id: str, user_info: Any = None) -> bytes:
-    """A user's first connection joined the presence ``channel``."""
+def member_added_data(user_id: str, user_info: Any = None) -> str:
+    """The data of ``pusher_internal:member_added``."""
     member: dict[str, Any] = {"user_id": user_id}
     if user_info is not None:
         member["user_info"] = user_info
-    return _event("pusher_internal:member_added", data_text(member), channel)
+    return data_text(member)
+
+
+def member_removed_data(user_id: str) -> str:
+    """The data of ``pusher_internal:member_removed``."""
+    return data_text({"user_id": user_id})
+
+
+def member_added(channel: str, user_id: str, user_info: Any = None) -> bytes:
+    """A user's first connection joined the presence ``channel``."""
+    return _event("pusher_internal:member_added", member_added_data(user_id, user_info),
+                  channel)
 
 
 def member_removed(channel: str, user_id: str) -> bytes:
     """A user's last connection left the presence ``channel``."""
-    return _event("pusher_internal:member_removed", data_text({"user_id": user_id}), channel)
+    return _event("pusher_internal:member_removed", member_removed_data(user_id), channel)
 
 
 def subscription_count(channel: str, count: int) -> bytes:
