@@ -21,6 +21,7 @@ gaps everywhere.
 from __future__ import annotations
 
 from collections import deque
+from heapq import heappop, heappush
 from typing import Any
 
 from zope.interface import implementer
@@ -92,7 +93,8 @@ class History:
         self._empty = 0                                # entries let go, waiting in _entries
         self._channels: dict[str, deque[list]] = {}   # each channel's, oldest first
         self._channel_bytes: dict[str, int] = {}       # what each channel's list holds
-        self._dropped: dict[str, int] = {}  # a listed channel's newest position let go of
+        self._dropped: dict[str, int] = {}  # a channel's newest position let go of
+        self._emptied: list[tuple[int, str]] = []  # (position, channel) of lists emptied
 
     @classmethod
     def from_settings(cls, settings) -> "History":
@@ -135,7 +137,8 @@ class History:
             listed = lists.get(name)
             if listed is None:
                 listed = lists[name] = deque()
-                if self.floor:  # unlisted, it had lost what the keeper let go of
+                if self.floor > self._dropped.get(name, 0):
+                    # unlisted, it had lost what the keeper let go of
                     self._dropped[name] = self.floor
             listed.append(entry)
             sizes[name] = sizes.get(name, 0) + size
@@ -184,8 +187,9 @@ class History:
         entry[_LISTS] -= 1
         if entry[_LISTS] == 0:
             self._let_go(entry, size)
-        if not listed:
-            self._forget(name)
+        if not listed:  # what it lost counts until the floor passes it
+            del self._channels[name], self._channel_bytes[name]
+            heappush(self._emptied, (entry[_POSITION], name))
 
     def _let_go(self, entry: list, size: int) -> None:
         self.bytes -= size
@@ -211,6 +215,10 @@ class History:
     def _drop_oldest(self) -> None:
         entry = self._entries.popleft()
         position = self.floor = entry[_POSITION]
+        while self._emptied and self._emptied[0][0] <= position:
+            name = heappop(self._emptied)[1]
+            if name not in self._channels and self._dropped.get(name, 0) <= position:
+                self._dropped.pop(name, None)
         if entry[_FRAME] is None:  # let go already
             self._empty -= 1
             return
@@ -250,7 +258,7 @@ class History:
         gaps = []
         for name in channels:
             listed = self._channels.get(name)
-            lost = self._dropped.get(name, 0) if listed is not None else self.floor
+            lost = max(self._dropped.get(name, 0), 0 if listed is not None else self.floor)
             if lost > since:
                 gaps.append(name)
             for entry in reversed(listed or ()):

@@ -126,6 +126,23 @@ class HistoryTests(unittest.TestCase):
         one = self.replay(["group:flood0"], 0, now=1.0)
         self.assertEqual(one[1], ["group:flood0"])    # the flood lost its own, and says so
 
+    def test_a_channel_let_go_whole_for_others_reports_its_gap(self):
+        """A channel whose only message went to make room has no list left,
+        yet reports what it lost until the floor passes it (its record
+        then goes)."""
+        big = message_frame("b", Address(group=("big",)), "x" * 1000)
+        self.history = History(60, 100, max_bytes=3000, epoch="E")
+        self.history.record(("group:q",), "m1", frame(1), 0.0)
+        self.history.record(("group:big",), "b", big, 0.0)      # position 2
+        for n in range(3, 9):
+            self.record(n, f"group:c{n}")                        # big goes for them
+        self.assertNotIn("group:big", self.history._channels)
+        self.assertEqual(self.replay(["group:big"], 1), ([], ["group:big"]))
+        self.assertEqual(self.replay(["group:q"], 0), ([1], []))
+        self.history.expire(61.0)                                # past the floor: forgotten
+        self.assertEqual(self.history._dropped, {})
+        self.assertEqual(self.replay(["group:big"], 1, now=61.0), ([], ["group:big"]))
+
     def test_another_epoch_or_a_future_position_is_a_gap_everywhere(self):
         """A client of another epoch (the keeper restarted) gets everything
         this epoch keeps, and a gap everywhere; a future position nothing."""

@@ -18,7 +18,8 @@ from pushsvc.broker.redis_scripts import (BASE, MAGIC, body, parse_body, parse_p
 from pushsvc.history import in_order
 from pushsvc.ids import owner
 from pushsvc.wire.records import pack_publish
-from pushsvc.protocol import with_position
+from pushsvc.protocol import Address, message_frame, with_position
+from pushsvc.wire.values import Message
 from tests.helpers import eventually, run
 from tests.test_redis_broker import (BrokerTestCase, FakeEngine, NodesTestCase, collect_log,
                                      message)
@@ -161,7 +162,7 @@ class RedisHistoryTests(BrokerTestCase):
         self.assertEqual((ids(messages), gaps), (["a.0.x.M3"], ["group:g", "group:h"]))
         messages, gaps = await b.replay(["group:g", "group:h"], 2, a.epoch)
         self.assertEqual((ids(messages), gaps), (["a.0.x.M3"], []))
-        self.assertEqual(self.redis.call("LLEN", "pushsvc:_history_log"), 1)
+        self.assertEqual(self.redis.call("ZCARD", "pushsvc:_history_log"), 1)
         self.assertEqual(self.redis.call("HLEN", "pushsvc:_history_frames"), 1)
         # a channel whose list expired whole and is listed anew has lost what
         # the history let go of meanwhile (as it had, unlisted)
@@ -176,7 +177,7 @@ class RedisHistoryTests(BrokerTestCase):
     @run
     async def test_past_the_byte_budget_the_oldest_go(self):
         names, first = message("a.0.x.M0", group=["g"])
-        size = len(body(first.id, first.frame)) + 200
+        size = len(body(first.id, first.frame)) + len("group:g") + 200
         a, ea, b, eb = await self.pair(max_memory=3 * size)
         for n in range(5):
             a.publish(*message(f"a.0.x.M{n}", group=["g"]))
@@ -185,6 +186,104 @@ class RedisHistoryTests(BrokerTestCase):
         self.assertEqual((ids(messages), gaps),
                          ([f"a.0.x.M{n}" for n in (2, 3, 4)], ["group:g"]))
         self.assertEqual(int(self.redis.call("HGET", "pushsvc:_history", "bytes")), 3 * size)
+
+    def keys(self) -> dict[str, int]:
+        """How much each of the history's keys holds."""
+        return {"log": self.redis.call("ZCARD", "pushsvc:_history_log"),
+                "frames": self.redis.call("HLEN", "pushsvc:_history_frames"),
+                "meta": self.redis.call("HLEN", "pushsvc:_history_meta"),
+                "refs": self.redis.call("HLEN", "pushsvc:_history_refs"),
+                "bytes": int(self.redis.call("HGET", "pushsvc:_history", "bytes"))}
+
+    @run
+    async def test_what_leaves_every_channel_is_let_go_at_once(self):
+        """Past its channel's count cap a message no channel lists is freed
+        in the same call, not at its ttl: it stops counting (issue 17)."""
+        a, ea, b, eb = await self.pair(max_per_channel=5)
+        sizes = {}
+        for n in range(1, 21):
+            names, msg = message(f"a.0.x.G{n}", group=["g"])
+            sizes[msg.id] = len(body(msg.id, msg.frame)) + len("group:g") + 200
+            a.publish(names, msg)
+        await self.settle(a)
+        kept = [f"a.0.x.G{n}" for n in range(16, 21)]
+        self.assertEqual(self.keys(), {"log": 5, "frames": 5, "meta": 5, "refs": 0,
+                                       "bytes": sum(sizes[i] for i in kept)})
+        self.assertEqual(await b.replay(["group:g"], 0, a.epoch), (
+            [(i, with_position(message(i, group=["g"])[1].frame, n))
+             for n, i in enumerate(kept, 16)], ["group:g"]))
+        # listed by two channels: kept while one of them lists it
+        a.publish(*message("a.0.x.U", group=["g"], user=["u"]))
+        for n in range(5):
+            a.publish(*message(f"a.0.x.H{n}", group=["g"]))
+        await self.settle(a)
+        self.assertEqual(ids((await b.replay(["user:u"], 0, a.epoch))[0]), ["a.0.x.U"])
+        self.assertEqual(self.keys()["log"], 6)
+        for n in range(5):
+            a.publish(*message(f"a.0.x.V{n}", user=["u"]))
+        await self.settle(a)
+        self.assertEqual(self.keys()["log"], 10)
+        self.assertEqual(self.keys()["refs"], 0)
+        messages, gaps = await b.replay(["user:u", "group:g"], 20, a.epoch)
+        self.assertEqual(len(messages), 10)
+        self.assertEqual(gaps, ["group:g", "user:u"])
+
+    @run
+    async def test_a_quiet_channel_survives_a_flood_of_others(self):
+        """Strangers flooding their own groups push out their own messages,
+        not a quiet user's, and the memory they take stays under the budget
+        (issue 17: 6 clients x 195 big messages left the quiet user with
+        nothing to replay)."""
+        a, ea, b, eb = await self.pair(max_memory=500_000)
+        a.publish(*message("a.0.x.quiet", user=["quiet"]))
+        for n in range(195):
+            for sender in range(6):
+                address = Address(group=(f"flood{sender}",))
+                msg = Message(f"b.0.x.F{sender}.{n}", address,
+                              message_frame("x", address, "x" * 16_000))
+                b.publish({f"group:flood{sender}"}, msg)
+            if n % 20 == 0:
+                await self.settle(a, b)
+        await self.settle(a, b)
+        self.assertLessEqual(self.keys()["bytes"], 500_000)
+        self.assertEqual(self.keys()["frames"], self.keys()["log"])
+        messages, gaps = await a.replay(["user:quiet"], 0, a.epoch)
+        self.assertEqual((ids(messages), gaps), (["a.0.x.quiet"], []))
+        for sender in range(6):  # each flood lost its own, and says so
+            messages, gaps = await a.replay([f"group:flood{sender}"], 0, a.epoch)
+            self.assertEqual(gaps, [f"group:flood{sender}"])
+            self.assertTrue(messages)
+            self.assertEqual(ids(messages)[-1], f"b.0.x.F{sender}.194")
+
+    @run
+    async def test_a_channel_let_go_whole_for_others_reports_its_gap(self):
+        """A channel whose only message went to make room has no list left:
+        its mark says what it lost; once the mark is gone, the floor does,
+        moved by the ticks (all that came after was let go of early, so no
+        message old enough to expire moves it)."""
+        a, ea, b, eb = await self.pair(max_memory=100_000, max_per_channel=1, ttl=0.8)
+
+        def big(msg_id, group, size):
+            address = Address(group=(group,))
+            a.publish({f"group:{group}"},
+                      Message(msg_id, address, message_frame(msg_id, address, "x" * size)))
+        a.publish(*message("a.0.x.small", group=["q"]))
+        big("a.0.x.big", "big", 60_000)
+        big("a.0.x.O0", "o0", 20_000)
+        big("a.0.x.O1", "o1", 20_000)  # past the budget: big holds the most
+        await self.settle(a)
+        self.assertEqual(self.redis.call("EXISTS", "pushsvc:_h:group:big"), 0)
+        self.assertEqual(await b.replay(["group:big"], 1, a.epoch), ([], ["group:big"]))
+        self.assertEqual(ids((await b.replay(["group:q"], 0, a.epoch))[0]), ["a.0.x.small"])
+        self.redis.call("DEL", "pushsvc:_hl:group:big")  # as if expired
+        for n in range(12):  # the newest stay young; the others go at once
+            big(f"a.0.x.O0.{n}", "o0", 20_000)
+            big(f"a.0.x.O1.{n}", "o1", 20_000)
+            await self.settle(a)
+            await deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(await b.replay(["group:big"], 1, a.epoch), ([], ["group:big"]))
+        self.assertEqual(await b.replay(["group:q"], 0, a.epoch), ([], ["group:q"]))
+        self.assertEqual(self.keys()["log"], 2)
 
     @run
     async def test_a_redis_that_lost_its_data_has_a_new_epoch(self):

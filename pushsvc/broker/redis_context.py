@@ -77,9 +77,9 @@ class Context:
         self.reply_key = _utf8(f"{prefix}_reply:{self.id}")
         self.members_key = _utf8(prefix + "_members")
         self.node_key = _utf8(f"{prefix}_node:{self.node}")
-        # The history's keys (redis_scripts): its state, its log, its frames.
-        self.history_keys = [_utf8(prefix + "_history"), _utf8(prefix + "_history_log"),
-                             _utf8(prefix + "_history_frames")]
+        # The history's keys, in the order of redis_history_lua.
+        self.history_keys = [_utf8(prefix + "_history" + part) for part in (
+            "", "_log", "_frames", "_meta", "_refs", "_chans", "_ticks")]
 
         self.receiver = None           # the engine (IReceiver), once attached
         self.hub = None                # a pool worker's WorkerProtocol (``use_hub``)
