@@ -10,7 +10,7 @@ PORT   ?= 8080
 ARGS   ?=
 BENCH_ARGS ?=
 
-.PHONY: run test bench clean redis-server browser
+.PHONY: run test bench clean redis-server browser pusherjs
 
 # An editable install: the checkout itself is on sys.path (setup.py says
 # why), so `.venv/bin/pushsvc`, `.venv/bin/twistd -n pushsvc` and the tests
@@ -64,9 +64,20 @@ browser:
 	  else echo "npm is missing: the browser test will be skipped (fail with CI=true)"; fi; \
 	fi
 
+# The Pusher client tests (tests/test_pusher_ws_js.py) drive pusher-js in Node:
+# npm installs it into tests/pusherjs/node_modules (git-ignored).  Without
+# node and npm they are skipped, or fail when CI=true.
+pusherjs:
+	@if [ ! -d tests/pusherjs/node_modules/pusher-js ]; then \
+	  if command -v npm >/dev/null; then echo "installing pusher-js with npm"; \
+	    (cd tests/pusherjs && npm install --no-audit --no-fund --no-package-lock --loglevel=error) \
+	      || echo "could not install pusher-js: the Pusher client tests will be skipped (fail with CI=true)"; \
+	  else echo "npm is missing: the Pusher client tests will be skipped (fail with CI=true)"; fi; \
+	fi
+
 # pyflakes reads the code first (unused names, undefined names); its findings
 # fail the run, after the suite, whose summary line comes last.
-test: $(VENV)/.installed redis-server browser
+test: $(VENV)/.installed redis-server browser pusherjs
 	@set -o pipefail; $(PY) -m pyflakes pushsvc tests examples tools; lint=$$?; \
 	  [ $$lint = 0 ] || echo "pyflakes: the problems above fail this run"; \
 	  $(PY) -m twisted.trial --temp-directory=$(VENV)/_trial_temp tests 2>&1 \
