@@ -23,16 +23,11 @@ class PushWebSocketResource(WebSocketResource):
 
     def render(self, request):
         api = self.api
-        if request.clientproto < b"HTTP/1.1":  # RFC 6455, 4.1: HTTP/1.1 or later
-            api.counters["http_invalid"] += 1
-            return _refuse(request, 400, BAD_REQUEST, "a WebSocket handshake needs HTTP/1.1")
         origin = request.getHeader(b"origin")
-        if origin is not None:
-            origin = origin.decode("latin-1")
-            if not api.origins.allows(origin):
-                api.counters["refused_origin"] += 1
-                return _refuse(request, 403, FORBIDDEN,
-                               f"origin {origin[:200]!r} is not allowed")
+        refusal = refuse_upgrade(api, request.clientproto >= b"HTTP/1.1",
+                                 None if origin is None else origin.decode("latin-1"))
+        if refusal is not None:
+            return _refuse(request, *refusal)
         channel = request.channel
         proxied = getattr(channel, "proxied", False)
         if proxied:
@@ -59,6 +54,19 @@ class PushWebSocketResource(WebSocketResource):
                     slot.release()
                 else:
                     channel.ip_slot = slot
+
+
+def refuse_upgrade(api: HttpApi, http11: bool,
+                   origin: str | None) -> tuple[int, str, str] | None:
+    """Why a WebSocket handshake is refused before the upgrade, counted:
+    (status, error code, message); None when it may go on."""
+    if not http11:  # RFC 6455, 4.1: HTTP/1.1 or later
+        api.counters["http_invalid"] += 1
+        return 400, BAD_REQUEST, "a WebSocket handshake needs HTTP/1.1"
+    if origin is not None and not api.origins.allows(origin):
+        api.counters["refused_origin"] += 1
+        return 403, FORBIDDEN, f"origin {origin[:200]!r} is not allowed"
+    return None
 
 
 def _refuse(request, status: int, code: str, message: str):
