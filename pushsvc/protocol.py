@@ -330,6 +330,20 @@ def reply_frame(op: str, ref: Any = None, **fields: Any) -> bytes:
     return encode(frame)
 
 
+def welcome_frame(session_id: str, user: str | None, epoch: str | None = None,
+                  ref: Any = None) -> bytes:
+    """``welcome``: as ``reply_frame`` would encode it, built from parts (one
+    per connection, so a connect storm writes many)."""
+    parts = [b'{"op":"welcome","session":', encode(session_id), b',"user":',
+             b"null" if user is None else encode(user)]
+    if epoch is not None:
+        parts += (b',"epoch":', encode(epoch))
+    if ref is not None:
+        parts += (b',"ref":', encode(ref))
+    parts.append(b"}")
+    return b"".join(parts)
+
+
 _MSG_HEAD = b'{"op":"msg",'
 
 

@@ -285,6 +285,20 @@ class EncodeTests(unittest.TestCase):
                          b'"ref":false}')
 
 
+class WelcomeFrameTests(unittest.TestCase):
+    def test_same_bytes_as_a_reply_frame(self):
+        """The welcome built from parts is the JSON reply_frame encodes."""
+        from pushsvc.protocol import reply_frame, welcome_frame
+        for user, epoch, ref in [(None, None, None), ("u1", "e1", None),
+                                 ('a "quoted" \\ \u00e9 \ud83d\ude00 user', "e2", 7),
+                                 ("\ud800", None, "r")]:
+            fields = {"session": "web1.0.x.1", "user": user}
+            if epoch is not None:
+                fields["epoch"] = epoch
+            self.assertEqual(welcome_frame("web1.0.x.1", user, epoch, ref),
+                             reply_frame("welcome", ref, **fields))
+
+
 class AddressJsonTests(unittest.TestCase):
     def test_from_json_gives_back_what_to_json_wrote(self):
         for address in (Address(all=True), Address(user=("u",)),

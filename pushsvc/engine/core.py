@@ -34,7 +34,7 @@ from ..joins import Joins
 from ..namespaces import Namespaces
 from ..proxy import Backends
 from ..protocol import (CLOSE_POLICY, UNAUTHORIZED, Address, ProtocolError, Request,
-                        error_frame, message_frame, reply_frame)
+                        error_frame, message_frame, reply_frame, welcome_frame)
 from ..reloadable import IReloadable
 from ..routing import channels, recipients, session_channels, worker_channel
 from ..sessions import Session, SessionRegistry
@@ -243,9 +243,7 @@ class Engine:
 
     def welcome(self, session: Session, ref: Any = None) -> bytes:
         epoch = self.broker.epoch if self.settings.ttl > 0 else None
-        if epoch is None:
-            return reply_frame("welcome", ref, session=session.id, user=session.user)
-        return reply_frame("welcome", ref, session=session.id, user=session.user, epoch=epoch)
+        return welcome_frame(session.id, session.user, epoch, ref)
 
     def reply(self, session: Session, frame: bytes) -> None:
         """Send a frame to one session, after every subscription its channels
