@@ -60,6 +60,9 @@ setup(
         # GET /metrics (pushsvc/metrics.py): the Prometheus text format, rendered
         # by the reference implementation rather than by hand.
         "prometheus-client>=0.17",
+        # The lean path of the HTTP API (pushsvc/http/lean_reader.py): llhttp,
+        # Node's HTTP/1.1 parser, through MagicStack's binding (uvloop's).
+        "httptools>=0.6",
     ],
     extras_require={
         # tests/test_install.py builds a wheel without build isolation (no

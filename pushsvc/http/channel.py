@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 
-from twisted.web.http import HTTPChannel
 from twisted.web.server import Site
 from zope.interface import implementer
 
@@ -14,10 +13,12 @@ from ..protocol import BAD_REQUEST, TOO_LARGE
 from ..reloadable import IReloadable
 from .answers import COUNTED, error_body
 from .api import HttpApi
+from .lean import LeanChannel
 
 
-class PushChannel(HTTPChannel):
-    """One HTTP connection (until it upgrades to a WebSocket), with limits:
+class PushChannel(LeanChannel):
+    """One HTTP connection (until it upgrades to a WebSocket), its API
+    requests served by the lean path (lean.py), with limits:
 
     - the request line and headers at most ``max_header_bytes`` (and Twisted's
       ``maxHeaders``, 500 headers), else a JSON 431; any other malformed
@@ -50,6 +51,8 @@ class PushChannel(HTTPChannel):
         if self.abort_now:
             self.transport.abortConnection()
             return
+        if self.refused:
+            self._lean_now = False  # LimitedRequest.process answers it 429
         self._arm()
 
     def dataReceived(self, data):
@@ -72,6 +75,19 @@ class PushChannel(HTTPChannel):
         self._partial, self._served = False, True
         super().allContentReceived()
 
+    def _lean_arrived(self):
+        self._partial, self._served = False, True
+
+    def _lean_waits(self):
+        super()._lean_waits()
+        self._disarm()
+
+    def _lean_answered(self):
+        super()._lean_answered()
+        if not self._closing:
+            self._arm()
+            self._partial = bool(self._buffer)  # the next request has begun
+
     def requestDone(self, request):
         if self.persistent and not self._closing:
             self._arm()  # the next request's deadline (a pipelined one may be here)
@@ -92,9 +108,12 @@ class PushChannel(HTTPChannel):
         super().connectionLost(reason)
 
     def _arm(self):
-        self._disarm()
-        self._deadline = self.callLater(self.site.api.settings.handshake_timeout,
-                                        self._expired)
+        timeout = self.site.api.settings.handshake_timeout
+        deadline = self._deadline
+        if deadline is not None and deadline.active():
+            deadline.reset(timeout)  # an answer given at once: cheaper than a new call
+        else:
+            self._deadline = self.callLater(timeout, self._expired)
 
     def _disarm(self):
         deadline, self._deadline = self._deadline, None
