@@ -73,7 +73,8 @@ local function open(H, prefix, now, ttl, max_n, max_bytes)
   local S = {H = H, prefix = prefix, now = now, ttl = ttl, max_n = max_n,
              max_bytes = max_bytes, keep = str(ttl + KEEP_MARGIN),
              pos = tonumber(h[1]) or 0, floor = tonumber(h[2]) or 0,
-             bytes = tonumber(h[3]) or 0, live = redis.call('ZCARD', H.log)}
+             bytes = tonumber(h[3]) or 0, live = redis.call('ZCARD', H.log),
+             lost = {}, touched = {}}
   if S.live == 0 and (S.floor ~= S.pos or S.bytes ~= 0) then
     redis.call('DEL', H.frames, H.meta, H.refs, H.chans)
     S.floor, S.bytes = S.pos, 0
@@ -81,9 +82,13 @@ local function open(H, prefix, now, ttl, max_n, max_bytes)
   return S
 end
 
+-- The state, and the channels' new marks.
 local function save(S)
   redis.call('HSET', S.H.hist, 'pos', str(S.pos), 'floor', str(S.floor),
              'bytes', str(S.bytes))
+  for channel, p in pairs(S.lost) do
+    redis.call('SET', S.prefix .. '_hl:' .. channel, p, 'PX', S.keep)
+  end
 end
 
 -- Positions up to S.pos were given by now: this second's tick says so.
@@ -108,8 +113,9 @@ local function meta_of(S, p)
          string.sub(m, b + 1)
 end
 
+-- channel let go of position p (written by save)
 local function mark(S, channel, p)
-  redis.call('SET', S.prefix .. '_hl:' .. channel, p, 'PX', S.keep)
+  S.lost[channel] = p
 end
 
 local function free(S, p, size)
@@ -119,12 +125,10 @@ local function free(S, p, size)
   S.bytes, S.live = S.bytes - size, S.live - 1
 end
 
--- channel's list lost its front (of size bytes)
-local function shrunk(S, channel, key, size)
-  if redis.call('LLEN', key) == 0 then
+-- channel's list lost its front (of size bytes): at 0 it lists nothing
+local function shrunk(S, channel, size)
+  if tonumber(redis.call('ZINCRBY', S.H.chans, -size, channel)) <= 0 then
     redis.call('ZREM', S.H.chans, channel)
-  else
-    redis.call('ZINCRBY', S.H.chans, -size, channel)
   end
 end
 
@@ -138,10 +142,11 @@ local function unlist(S, channel)
     return
   end
   mark(S, channel, p)
-  local _, size = meta_of(S, p)
+  local _, size, names = meta_of(S, p)
   if not size then return end
-  shrunk(S, channel, key, size)
-  if redis.call('HEXISTS', S.H.refs, p) == 0 then
+  shrunk(S, channel, size)
+  if not string.find(names, '\\255', 1, true)  -- its one channel
+     or redis.call('HEXISTS', S.H.refs, p) == 0 then  -- the last of several
     free(S, p, size)
   elseif redis.call('HINCRBY', S.H.refs, p, -1) < 2 then
     redis.call('HDEL', S.H.refs, p)
@@ -163,7 +168,7 @@ local function drop_oldest(S, limit)
       if front == first then
         redis.call('LPOP', key)
         mark(S, channel, first)
-        shrunk(S, channel, key, size)
+        shrunk(S, channel, size)
       elseif not front then
         redis.call('ZREM', S.H.chans, channel)
       end
@@ -220,14 +225,13 @@ local function keep(S, body, channels)
   S.bytes, S.live = S.bytes + size, S.live + 1
   for _, channel in ipairs(channels) do
     local key = S.prefix .. '_h:' .. channel
-    local marked = S.prefix .. '_hl:' .. channel
     local len = redis.call('RPUSH', key, p)
     -- listed anew: what went before went for it too
-    if len == 1 and S.floor > (tonumber(redis.call('GET', marked)) or 0) then
+    if len == 1 and S.floor > (tonumber(S.lost[channel] or
+                                        redis.call('GET', S.prefix .. '_hl:' .. channel)) or 0) then
       mark(S, channel, str(S.floor))
     end
-    redis.call('PEXPIRE', key, S.keep)
-    redis.call('PEXPIRE', marked, S.keep)
+    S.touched[channel] = true
     redis.call('ZINCRBY', S.H.chans, size, channel)
     if len > S.max_n then unlist(S, channel) end
   end
@@ -239,6 +243,10 @@ end
 local function close(S)
   save(S)
   tick(S)
+  for channel in pairs(S.touched) do
+    redis.call('PEXPIRE', S.prefix .. '_h:' .. channel, S.keep)
+    redis.call('PEXPIRE', S.prefix .. '_hl:' .. channel, S.keep)
+  end
   local H = S.H
   for _, key in ipairs({H.log, H.frames, H.meta, H.refs, H.chans, H.ticks}) do
     redis.call('PEXPIRE', key, S.keep)
