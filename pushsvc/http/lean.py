@@ -69,7 +69,8 @@ class LeanChannel(HTTPChannel):
             while self._buffer and self._current is None and self.persistent:
                 outcome, used = self._reader.read(self._buffer)
                 if outcome is HAND_OFF:
-                    self._lean_now = False
+                    # A WebSocket handshake, most often: its connection keeps no reader.
+                    self._lean_now, self._reader = False, None
                     LineReceiver.dataReceived(self, b"")  # twisted.web reads _buffer
                     self._back_to_lean()
                     return
@@ -113,11 +114,14 @@ class LeanChannel(HTTPChannel):
         """A lean request has arrived whole."""
 
     def _lean_waits(self) -> None:
-        """Its answer comes later: no idle timeout meanwhile (as HTTPChannel)."""
+        """Its answer comes later: no idle timeout meanwhile, and no reading
+        when the transport resumes (as HTTPChannel)."""
+        self._handlingRequest = True
         if self.timeOut:
             self._savedTimeOut = self.setTimeout(None)
 
     def _lean_answered(self) -> None:
+        self._handlingRequest = False
         if self._savedTimeOut:
             self.setTimeout(self._savedTimeOut)
             self._savedTimeOut = None
