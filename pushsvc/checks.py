@@ -125,12 +125,24 @@ def jwt_algorithms(value: Any) -> list[str]:
 
 
 def redis_url(value: Any) -> str:
-    """'' (no Redis) or a redis:// or redis+sentinel:// URL (``broker.redis_url``)."""
+    """'' (no Redis) or redis:// or redis+sentinel:// URLs (``broker.redis_url``),
+    several separated by spaces: one per shard (``broker.redis_shards``)."""
     from .broker.redis_url import parse_redis_url
-    value = text(value).strip()
-    if value:
-        parse_redis_url(value)
-    return value
+    urls = text(value).split()
+    for url in urls:
+        parse_redis_url(url)
+    if len(set(urls)) != len(urls):
+        raise ValueError("names a Redis twice")
+    return " ".join(urls)
+
+
+def redis_urls(value: Any) -> str:
+    """A list of Redis URLs, one per shard, as ``redis_url`` gives them."""
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError("must be a list of Redis URLs")
+    if any(len(v.split()) != 1 for v in value):
+        raise ValueError("must hold one URL per string")
+    return redis_url(" ".join(value))
 
 
 REDIS_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")

@@ -202,6 +202,10 @@ def build_settings(config_path: str | None = None,
         raise ConfigError("server.admin_secret",
                           "must be set when the admin endpoint is tcp:")
     _check_auth(values)
+    if values["redis_urls"] and overrides.get("url") is None:  # --redis wins
+        if values["redis"]:
+            raise ConfigError("redis.urls", "set redis.url or redis.urls, not both")
+        values["redis"] = values["redis_urls"]
     values["namespaces"] = _check_namespaces(file_values.get("namespaces", {}), values)
     values["pusher_apps"] = _check_pusher(file_values.get("pusher", {}).get("apps"), values)
     if values["ping_timeout"] < values["ping_interval"]:

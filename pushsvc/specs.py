@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from .checks import (DEFAULT_ADMIN, admin_endpoint, app_module, backend_url, boolean, choice,
                      endpoints, integer, jwt_algorithms, jwt_secret, networks, node_name,
-                     origins, per_second, redis_prefix, redis_url, seconds, separator,
+                     origins, per_second, redis_prefix, redis_url, redis_urls, seconds, separator,
                      strings, text, whole, workers)
 
 
@@ -107,8 +107,12 @@ SPECS: tuple[Spec, ...] = (
          "bytes of kept messages in all; past it the oldest go first"),
     Spec("redis", "url", "", redis_url,
          "Redis for many nodes: redis://HOST:PORT/DB or "
-         "redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE/DB; '' = none",
+         "redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE/DB; several, separated "
+         "by spaces, are shards; '' = none",
          flag="redis", attr="redis"),
+    Spec("redis", "urls", [], redis_urls,
+         "Redis shards: a list of URLs, each channel on one (instead of url)",
+         attr="redis_urls"),
     Spec("redis", "prefix", "pushsvc:", redis_prefix,
          "start of every Redis channel and key this cluster uses",
          attr="redis_prefix"),
@@ -187,5 +191,5 @@ SPECS: tuple[Spec, ...] = (
 
 # Settings a reload leaves as they are: only a restart of the server applies them.
 RESTART_ONLY = ("port", "listen", "workers", "node", "admin", "admin_secret", "log_format",
-                "redis", "redis_prefix", "redis_timeout", "redis_heartbeat",
+                "redis", "redis_urls", "redis_prefix", "redis_timeout", "redis_heartbeat",
                 "redis_max_queued", "redis_max_queued_bytes")

@@ -400,18 +400,23 @@ class NodesTestCase(ChildTestCase):
 
     timeout = 120
 
-    async def start_nodes(self, workers: int, names=("a", "b"), config_text: str = "") -> None:
-        """A redis-server and nodes ``names`` on it; ``config_text`` ends
+    async def start_nodes(self, workers: int, names=("a", "b"), config_text: str = "",
+                          shards: int = 1) -> None:
+        """A redis-server (``shards`` of them: ``self.shards``, the first is
+        ``self.redis``) and nodes ``names`` on it; ``config_text`` ends
         their config file."""
-        self.redis = RedisServer(self)
-        await self.redis.start()
+        self.shards = [RedisServer(self) for _ in range(shards)]
+        for server in self.shards:
+            await server.start()
+        self.redis = self.shards[0]
         config = os.path.join(self.cwd, "pushsvc.toml")
         with open(config, "w") as f:  # quick heartbeats: quick to see who is back
             f.write("[redis]\nheartbeat = 0.5\ntimeout = 2.0\n" + config_text)
         self.nodes = {}
         for name in names:
             port = free_port()
-            child = self.spawn("twistd", "--workers", str(workers), "--redis", self.redis.url,
+            urls = " ".join(server.url for server in self.shards)
+            child = self.spawn("twistd", "--workers", str(workers), "--redis", urls,
                                "--node", name, "--port", str(port), "--admin", "",
                                "--config", config)
             pool = HTTPConnectionPool(reactor, persistent=True)

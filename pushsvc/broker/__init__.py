@@ -15,7 +15,8 @@ from typing import Any, Callable
 def make_broker(settings, worker: int, reactor, clock=None, *,
                 otherwise: Callable[[], Any], master_pid: int | None = None):
     """The broker of engine ``worker`` of this node: a ``RedisBroker`` when
-    ``settings.redis`` is set, else ``otherwise()`` (the local or AMP one).
+    ``settings.redis`` is set (a ``ShardedRedisBroker`` for several URLs),
+    else ``otherwise()`` (the local or AMP one).
 
     ``master_pid``: the pid of this node's master, for a pool worker (it
     tells this node's processes from another node's with the same name).
@@ -23,5 +24,7 @@ def make_broker(settings, worker: int, reactor, clock=None, *,
     if not settings.redis:
         return otherwise()
     from .redis import RedisBroker, node_token
-    return RedisBroker(settings, f"{settings.node}.{worker}", reactor, clock,
-                       token=node_token(master_pid) if master_pid else None)
+    from .redis_sharded import ShardedRedisBroker
+    kind = ShardedRedisBroker if len(settings.redis.split()) > 1 else RedisBroker
+    return kind(settings, f"{settings.node}.{worker}", reactor, clock,
+                token=node_token(master_pid) if master_pid else None)

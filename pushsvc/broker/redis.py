@@ -81,14 +81,15 @@ class RedisBroker:
     connections start with ``attach``.  ``token`` (default ``node_token()``
     at attach) tells this node's processes from another node's of the same
     name; a duplicate node name ends in ``on_fatal(reason)`` (default: log
-    it and stop the reactor).
+    it and stop the reactor).  ``url`` (default ``settings.redis``) is the
+    Redis, for one shard of several (``redis_sharded``).
     """
 
     def __init__(self, settings, owner: str, reactor, clock=None, token: str | None = None,
-                 on_fatal: Callable[[str], None] | None = None):
+                 on_fatal: Callable[[str], None] | None = None, url: str | None = None):
         self.reactor = reactor
         clock = clock or reactor
-        url = parse_redis_url(settings.redis)
+        url = parse_redis_url(url or settings.redis)
         timeout = settings.redis_timeout
         kind = _SentinelMaster if url.sentinel else _Server
         self._server = kind(reactor, url, timeout)
