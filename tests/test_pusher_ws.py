@@ -68,7 +68,8 @@ class SessionRuleTests(unittest.TestCase):
         self.assertEqual((sub.user_id, sub.user_info), ("alice", {"name": "A"}))
         self.s.subscribed(sub)
         self.assertEqual(self.s.user, "alice")
-        self.assertEqual(self.s.presence_channels(), [("presence-room", "pusher.1001:presence-room")])
+        self.assertEqual(self.s.presence_channels(),
+                         [("presence-room", "pusher.1001:presence-room")])
         bob = json.dumps({"user_id": "bob"})
         with self.assertRaises(PusherError) as e:
             self.s.subscribe(parse_frame(subscribe(
@@ -131,16 +132,23 @@ class DialectTests(unittest.TestCase):
 
     def test_translation_is_made_once_per_message_and_channel(self):
         made = []
-        translation = Translation(lambda b: made.append(b) or b)
-        key = object()
-        frame = message_frame("m1", Address(group=("g1", "g2")), "x", event="e")
-        self.assertEqual(translation.use(key, lambda: frame)["id"], "m1")
-        self.assertEqual(translation.groups, ("g1", "g2"))
+        translation = Translation(lambda b: made.append(json.loads(b)) or b)
+        a, b = PusherSession(APPS.by_id("1001"), "1.1"), PusherSession(APPS.by_id("1001"), "1.2")
+        other = PusherSession(APPS.by_id("1002"), "1.3")
+        translation.use(1, message_frame("m1", Address(group=("pusher.1001:c",)), "x",
+                                         event="e", socket_id="1.1"))
+        self.assertIsNone(translation.frame_for(a, {"pusher.1001:c"}))  # its own
         for _ in range(3):
-            translation.frame("c1")
-        translation.frame("c2")
-        self.assertEqual(len(made), 2)
-        self.assertIsNone(translation.use(object(), lambda: b'{"op":"joined"}'))
+            translation.frame_for(b, {"pusher.1001:c"})
+        self.assertEqual(made, [{"event": "e", "channel": "c", "data": "x"}])
+        translation.use(2, message_frame("m2", Address(group=("pusher.1001:c", "pusher.1002:c"),
+                                                       user=("u",)), "y"))
+        self.assertEqual(translation.frame_for(other, {"pusher.1002:c"}),
+                         translation.frame_for(b, {"pusher.1001:c"}))  # the same channel
+        translation.frame_for(a, set())  # through its user: no channel
+        self.assertEqual([m.get("channel") for m in made[1:]], ["c", None])
+        translation.use(3, b'{"op":"joined","group":"g"}')
+        self.assertIsNone(translation.frame_for(b, {"g"}))
 
     def test_errors_become_pusher_errors(self):
         self.assertEqual(json.loads(pusher_error(b'{"op":"error","code":"rate_limited",'

@@ -1,7 +1,7 @@
 """The real pusher-js (npm, in Node) against /app/{key}, with triggers from
 the official Python server SDK: connection, public, private and presence
-channels, client events, sign-in and socket_id exclusion; in one process
-and in a pool of two workers.
+channels, client events, sign-in and socket_id exclusion; in one process,
+in a pool of two workers, and on two nodes through Redis.
 
 pusher-js lives in tests/pusherjs/node_modules (``make pusherjs``, which
 ``make test`` runs); without node or it, these tests are skipped, or fail
@@ -22,6 +22,7 @@ from twisted.internet.threads import deferToThread
 
 from tests.helpers import ServerTestCase, eventually, run
 from tests.test_pool import PoolTestCase
+from tests.test_redis_broker import NodesTestCase
 from tests.test_pusher_http import PusherSDKMixin, pusher_overrides
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pusherjs")
@@ -35,6 +36,10 @@ if MISSING and os.environ.get("CI") == "true":
 APP = {"id": "1001", "key": "app-key", "secret": "app-secret", "client_events": True}
 QUIET = {"id": "1002", "key": "quiet-key", "secret": "quiet-secret"}
 TABLES = [APP, QUIET]
+# The same apps in a config file (for the nodes of TwoNodeTests).
+APPS_TOML = "".join(
+    f'[[pusher.apps]]\nid = "{t["id"]}"\nkey = "{t["key"]}"\nsecret = "{t["secret"]}"\n'
+    f'client_events = {"true" if t.get("client_events") else "false"}\n' for t in TABLES)
 
 
 class PusherJs(ProcessProtocol):
@@ -243,3 +248,32 @@ class PoolTests(PusherJsMixin, PoolTestCase):
         for i in range(1, len(clients)):
             await first.wait("member_added", id=f"u{i}")
         self.assertEqual(first.all("event", event="hello"), [])
+
+
+class TwoNodeTests(PusherJsMixin, NodesTestCase):
+    """Two nodes (one process each) on one Redis: a trigger through node a
+    reaches pusher-js on node b, presence and client events cross."""
+
+    @run
+    async def test_triggers_presence_and_client_events_across_nodes(self):
+        await self.start_nodes(workers=0, config_text=APPS_TOML)
+        self.use_port(self.nodes["a"].port)
+        a = await self.js()
+        self.use_port(self.nodes["b"].port)
+        b = await self.js()
+        await self.subscribed(a, "presence-x", user="ann")
+        listed = await self.subscribed(b, "presence-x", user="ben")
+        self.assertEqual(listed["members"], {"ann": None, "ben": None})
+        await a.wait("member_added", id="ben")
+        b.send(do="whisper", channel="presence-x", event="client-hi", data="from b")
+        event = await a.wait("event", event="client-hi")
+        self.assertEqual(event["user_id"], "ben")
+        self.use_port(self.nodes["a"].port)
+        await self.trigger("presence-x", "news", {"n": 1}, socket_id=a.socket_id)
+        event = await b.wait("event", event="news")
+        self.assertEqual(event["data"], {"n": 1})
+        b.send(do="disconnect")
+        await a.wait("member_removed", id="ben")
+        self.assertEqual(a.all("event", event="news"), [])
+
+

@@ -80,29 +80,57 @@ def groups_of(to: dict[str, Any]) -> tuple[str, ...]:
     return (groups,) if isinstance(groups, str) else tuple(groups)
 
 
+def channel_for(groups: tuple[str, ...], pusher, member_of) -> str | None:
+    """The channel a message to ``groups`` reaches a Pusher connection on:
+    the first of them it is in (``member_of``: its session's groups) that is
+    a channel of its app (``pusher.channel_of``); None when it is in none
+    (the message reached it by its user, a tag or ``all``)."""
+    for group in groups:
+        if group in member_of:
+            channel = pusher.channel_of(group)
+            if channel is not None:
+                return channel
+    return None
+
+
 class Translation:
     """A message's Pusher frames, made once per channel and kept while the
     same message is delivered (``key``: the object the engine hands every
-    recipient of one message).  ``prepare`` frames bytes for writing."""
+    recipient of one message).  ``prepare`` frames bytes for writing.
 
-    __slots__ = ("key", "message", "groups", "frames", "prepare")
+    A message to one group and nothing else reaches only members of it, so
+    its frame is looked up by the app (``pusher.prefix``) alone.
+    """
+
+    __slots__ = ("key", "message", "groups", "only", "skip", "frames", "by_app", "prepare")
 
     def __init__(self, prepare: Callable[[bytes], Any]):
         self.prepare = prepare
-        self.key: Any = None
-        self.message: dict[str, Any] | None = None
-        self.groups: tuple[str, ...] = ()
-        self.frames: dict[str | None, Any] = {}
+        self.use(None, b"")
 
-    def use(self, key: Any, payload: Callable[[], bytes]) -> dict[str, Any] | None:
-        """The decoded message of ``key`` (``payload()`` gives its frame
-        when it is a new one); None when it is not a ``msg``."""
-        if key is not self.key:
-            self.key = key
-            self.message = native_message(payload())
-            self.groups = groups_of(self.message["to"]) if self.message else ()
-            self.frames = {}
-        return self.message
+    def use(self, key: Any, payload: bytes) -> None:
+        """The deliveries of the message ``key``, whose frame is ``payload``, begin."""
+        self.key = key
+        message = self.message = native_message(payload)
+        self.frames: dict[str | None, Any] = {}
+        self.by_app: dict[str, Any] = {}
+        to = message["to"] if message is not None else {}
+        self.groups = groups_of(to)
+        self.only = self.groups[0] if len(to) == 1 and len(self.groups) == 1 else None
+        self.skip = message.get("socket_id") if message is not None else None
+
+    def frame_for(self, pusher, member_of) -> Any:
+        """The prepared frame for the Pusher connection whose state is
+        ``pusher`` and whose session's groups are ``member_of``; None for
+        none (not a ``msg``, or the connection's own event)."""
+        if self.message is None or self.skip == pusher.socket_id:
+            return None
+        if self.only is None:
+            return self.frame(channel_for(self.groups, pusher, member_of))
+        prepared = self.by_app.get(pusher.prefix)
+        if prepared is None:
+            prepared = self.by_app[pusher.prefix] = self.frame(pusher.channel_of(self.only))
+        return prepared
 
     def frame(self, channel: str | None) -> Any:
         """The prepared Pusher frame of the current message on ``channel``."""

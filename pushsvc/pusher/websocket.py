@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any, Callable
+from typing import Callable
 
 from twisted.logger import Logger
 
@@ -37,7 +37,8 @@ from ..protocol import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_KICKED, CLOSE_PO
                         CLOSE_RESTART, CLOSE_TRY_AGAIN)
 from ..websocket import OPEN, prepare_frame
 from .apps import Apps, PusherApp
-from .dialect import Translation, groups_of, native_message, pusher_error, pusher_frame
+from .dialect import (Translation, channel_for, groups_of, native_message, pusher_error,
+                      pusher_frame)
 from .names import (ACTIVITY_TIMEOUT, APP_DISABLED, APP_NOT_FOUND, OVER_CAPACITY,
                     PONG_NOT_RECEIVED, RECONNECT, UNAUTHORIZED, PusherError,
                     new_socket_id, parse_connect)
@@ -93,6 +94,7 @@ class PusherProtocol:
         if isBinary:
             self.send_frame(error("binary frames are not supported; send JSON text"))
             return
+        self.pusher.app = self.edge.apps().by_id(self.pusher.app.id) or self.pusher.app  # reloaded
         try:
             self.edge.serving.handle(self, payload)
         except Exception:
@@ -135,13 +137,32 @@ class PusherProtocol:
                 return
         super().send_prepared(prepare_frame(frame))
 
+    def _translated(self, prepared):
+        """The prepared Pusher frame of a delivered message (its frame
+        ``prepared``), or None (not a ``msg``; this connection's own event).
+        The edge's ``Translation`` makes it once for all its recipients."""
+        translation = self.edge.translation
+        if prepared is not translation.key:
+            translation.use(prepared, payload_of(prepared))
+        session = self.session
+        return translation.frame_for(self.pusher, session.groups if session else ())
+
     def send_prepared(self, prepared) -> None:
         """A delivered message: its Pusher frame, made once for all."""
-        pusher_prepared = self.edge.translate(prepared, self)
-        if pusher_prepared is not None:
-            super().send_prepared(pusher_prepared)
+        translated = self._translated(prepared)
+        if translated is not None:
+            super().send_prepared(translated)
 
-    send_now = send_prepared  # written at the end of the turn, with the others
+    def send_now(self, prepared) -> None:
+        """A delivered message alone in its turn: written at once, unless
+        frames wait (``PushServerProtocol.send_now``)."""
+        translated = self._translated(prepared)
+        if translated is None:
+            return
+        if self._out is not None or self._paused:
+            super().send_prepared(translated)
+        else:
+            super().send_now(translated)
 
 
 class PusherEdge:
@@ -221,15 +242,6 @@ class PusherEdge:
 
     # -- frames -----------------------------------------------------------------
 
-    def translate(self, prepared, conn) -> Any:
-        """The prepared Pusher frame of a delivered message for ``conn``, or
-        None (not a ``msg``; ``conn``'s own event)."""
-        translation = self.translation
-        message = translation.use(prepared, lambda: payload_of(prepared))
-        if message is None or message.get("socket_id") == conn.pusher.socket_id:
-            return None
-        return translation.frame(self._channel(translation.groups, conn))
-
     def translate_reply(self, frame: bytes, conn) -> bytes | None:
         """A frame the engine sends to ``conn`` alone, in Pusher's dialect."""
         message = native_message(frame)
@@ -237,17 +249,6 @@ class PusherEdge:
             return pusher_error(frame)
         if message.get("socket_id") == conn.pusher.socket_id:
             return None
-        return pusher_frame(message, self._channel(groups_of(message["to"]), conn))
-
-    @staticmethod
-    def _channel(groups, conn) -> str | None:
-        """The channel a message to ``groups`` reaches ``conn`` on (None: by
-        its user, a tag or ``all``)."""
         session = conn.session
-        if session is not None:
-            for group in groups:
-                if group in session.groups:
-                    channel = conn.pusher.channel_of(group)
-                    if channel is not None:
-                        return channel
-        return None
+        return pusher_frame(message, channel_for(groups_of(message["to"]), conn.pusher,
+                                                 session.groups if session else ()))
