@@ -3,6 +3,8 @@
 No load runs here: ``make bench`` runs the benchmark itself.
 """
 
+import json
+
 from twisted.trial import unittest
 
 from pushsvc.bench.cli import loopback
@@ -10,9 +12,10 @@ from pushsvc.bench.profile import summarize
 from pushsvc.bench.report import (BROADCAST, MEMORY, NONE, P99, Figure, Result,
                                   bottleneck, format_table)
 from pushsvc.bench.stats import cpu_used, parse_machine, parse_rss, parse_stat, percentile
-from pushsvc.bench.wire import (OP_CLOSE, OP_PING, WS_ACCEPT, FrameError, FrameReader,
-                                ResponseReader, Tally, check_handshake, client_frame,
-                                http_request, parse_push_data, push_data, server_frame)
+from pushsvc.bench.wire import (OP_CLOSE, OP_PING, PUSHER_PREFIX, WS_ACCEPT, FrameError,
+                                FrameReader, ResponseReader, Tally, check_handshake,
+                                client_frame, http_request, parse_push_data, push_data,
+                                server_frame)
 from pushsvc.protocol import encode, message_frame, parse_address
 
 SENT = 1732500000.25
@@ -112,6 +115,20 @@ class FrameReaderTests(unittest.TestCase):
         frame = server_frame(encode({"op": "msg", "id": "x", "to": {"group": "g"},
                                      "data": push_data(100, SENT), "from": {"user": "u"}}))
         self.assertRaises(FrameError, reader.feed, frame, SENT)
+
+
+    def test_pusher_frames_from_the_real_translation(self):
+        """--protocol pusher: the Pusher frame of a push, as the server makes
+        it, is counted by the same fast path (and checked by a sample)."""
+        from pushsvc.pusher.dialect import pusher_frame
+        for sample in (False, True):
+            tally = Tally(100, 2, slots=1)
+            reader = FrameReader(tally, base=0, span=2, sample=sample, prefix=PUSHER_PREFIX)
+            native = json.loads(message_frame("m", parse_address({"group": "g"}, 1),
+                                              push_data(101, SENT)))
+            stream = server_frame(pusher_frame(native, "b400")) + msg(100)
+            self.assertEqual(reader.feed(stream, SENT + 1)[0][1][:12], b'{"op":"msg",')
+            self.assertEqual((tally.received, tally.unique), (1, 1))
 
 
 class HandshakeTests(unittest.TestCase):

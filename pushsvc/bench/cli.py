@@ -19,6 +19,7 @@ from .server import ChildServer, Server, http_status
 from .workloads import Bench, Options, Progress
 
 WORKLOADS = ("connect", "broadcast", "latency", "unicast", "batch")
+PROTOCOLS = ("pushsvc", "pusher")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,6 +52,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                            "and is profiled only when listed)")
     load.add_argument("--clients", type=int, default=o.clients,
                       help="WebSocket clients (default %(default)s)")
+    load.add_argument("--protocol", choices=PROTOCOLS, default=o.protocol,
+                      help="what the clients speak: pushsvc's own protocol at /ws, or "
+                           "Pusher's at /app/bench-key (connect, broadcast and latency "
+                           "only; default %(default)s)")
     load.add_argument("--generators", type=int, default=o.generators,
                       help="client processes sharing them (default %(default)s)")
     load.add_argument("--small-group", type=int, default=o.small_group,
@@ -130,8 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(**{name: getattr(args, name) for name in (
         "clients", "generators", "small_group", "messages", "rate", "rate_seconds",
         "unicast", "timeout", "concurrency", "push_connections", "window", "batch",
-        "sample_every", "api_key")})
+        "sample_every", "api_key", "protocol")})
     workloads = [w for w in WORKLOADS if w in args.workloads.split(",")]
+    remarks = []
+    if options.protocol == "pusher":  # its clients have no users
+        skipped = [w for w in workloads if w in ("unicast", "batch")]
+        workloads = [w for w in workloads if w not in skipped]
+        if skipped:
+            remarks.append(f"{', '.join(skipped)}: skipped, Pusher clients have no users")
     check_fd_limit(options.clients, options.generators)
     progress = Progress()
     if args.url:
@@ -142,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         described = " ".join(filter(None, ["twistd pushsvc --workers", args.workers,
                                            args.server_args]))
         progress.done(f"server: {' '.join(server.command)} (log: {args.server_log})")
-    results, remarks, profile, error, processes = [], [], None, None, None
+    results, profile, error, processes = [], None, None, None
     bench = profiler = None
     started = time.monotonic()
     try:
@@ -186,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         status = server.stop()
     if processes:
         described += f" ({processes} server process{'es' if processes > 1 else ''})"
-    header = (f"pushsvc-bench: {described}; {options.clients:,} clients over "
+    header = (f"pushsvc-bench: {described}; {options.clients:,} {options.protocol} clients over "
               f"{options.generators} generator processes; {time.monotonic() - started:.0f} s")
     if results:
         print(format_table(results, header, os.cpu_count() or 1))

@@ -15,6 +15,11 @@ Commands (name, arguments) and replies:
 - ``request(upto, op, fields, timeout)``: every client with index < ``upto``
   sends ``{"op": op, "ref": 1, **fields}`` (``{i}`` in a field's value is
   replaced by the client's index) and waits for its ``ok``.  -> ``{ok, errors}``
+
+Pusher clients (``pusher``: the path is ``/app/KEY?protocol=7``) count as
+opened at ``pusher:connection_established``; their ``join`` of a group is a
+``pusher:subscribe`` to the channel of that name, answered by
+``pusher_internal:subscription_succeeded`` (or ``pusher:subscription_error``).
 - ``expect(seq0, span, upto, unicast, sample_every)``: set up the tally of a
   workload: messages ``seq0`` .. ``seq0 + span - 1``, each for every client
   with index < ``upto`` (or, ``unicast``, each for one client).
@@ -36,8 +41,8 @@ import time
 import traceback
 from collections import Counter
 
-from .wire import (OP_PONG, FrameError, FrameReader, Tally, check_handshake, client_frame,
-                   handshake_request)
+from .wire import (MSG_PREFIX, OP_PONG, PUSHER_PREFIX, FrameError, FrameReader, Tally,
+                   check_handshake, client_frame, handshake_request)
 
 CONNECTING, HANDSHAKE, OPEN = "connecting", "handshake", "open"
 LINGER_RESET = struct.pack("ii", 1, 0)
@@ -47,15 +52,22 @@ OPENED, FAILED, RECEIVED, UNIQUE = range(4)
 PROGRESS_FIELDS = 4
 
 
+# A server frame's first field, as the generator reads it: (op or event) -> kind.
+KINDS = {"welcome": "welcome", "ok": "ok", "error": "error",
+         "pusher:connection_established": "welcome",
+         "pusher_internal:subscription_succeeded": "ok",
+         "pusher:subscription_error": "error", "pusher:error": "error"}
+
+
 class Client:
     __slots__ = ("index", "sock", "state", "head", "reader", "welcomed")
 
-    def __init__(self, index: int):
+    def __init__(self, index: int, prefix: bytes = MSG_PREFIX):
         self.index = index
         self.sock = None
         self.state = CONNECTING
         self.head = b""
-        self.reader = FrameReader()
+        self.reader = FrameReader(prefix=prefix)
         self.welcomed = False
 
 
@@ -66,6 +78,8 @@ class Generator:
         self.generators = generators
         self.address = (host, port)
         self.handshake = handshake_request(host, port, path)
+        self.pusher = path.startswith("/app/")
+        self.prefix = PUSHER_PREFIX if self.pusher else MSG_PREFIX
         self.ctrl = ctrl
         self.progress = progress
         self.offset = number * PROGRESS_FIELDS
@@ -137,7 +151,7 @@ class Generator:
 
     def cmd_connect(self, clients: int, concurrency: int, timeout: float) -> None:
         mine = range(self.number, clients, self.generators)
-        self.clients = [Client(i) for i in mine]
+        self.clients = [Client(i, self.prefix) for i in mine]
         self.waiting = list(reversed(self.clients))
         self.concurrency = concurrency
         self.phase = "connect"
@@ -228,7 +242,7 @@ class Generator:
     def frame(self, client: Client, first: int, payload: bytes) -> None:
         if first == 0x81:
             body = json.loads(payload)
-            op = body.get("op")
+            op = KINDS.get(body.get("event") if self.pusher else body.get("op"))
             if op == "welcome" and not client.welcomed:
                 client.welcomed = True
                 self.opened += 1
@@ -238,7 +252,9 @@ class Generator:
             elif op == "ok":
                 self.replies += 1
             elif op == "error":
-                self.errors[f"error {body.get('code')}"] += 1
+                code = (body["data"].get("error") or body["data"].get("message")
+                        if self.pusher else body.get("code"))
+                self.errors[f"error {code}"] += 1
                 self.replies += 1
         elif first == 0x88:
             code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
@@ -258,6 +274,8 @@ class Generator:
         for client in targets:
             body = {"op": op, "ref": 1,
                     **{k: v.format(i=client.index) for k, v in fields.items()}}
+            if self.pusher:  # only joins: a subscription to the group's channel
+                body = {"event": "pusher:subscribe", "data": {"channel": body["group"]}}
             client.sock.send(client_frame(json.dumps(body).encode()))
         self.phase = "request"
         self.deadline = time.time() + timeout

@@ -26,6 +26,12 @@ messages_per_second = 0.0
 ping_interval = 3600.0
 ping_timeout = 7200.0
 handshake_timeout = 120.0
+
+# The app of --protocol pusher (workloads.PUSHER_PATH).
+[[pusher.apps]]
+id = "bench"
+key = "bench-key"
+secret = "bench-secret"
 """
 
 

@@ -47,6 +47,9 @@ def parse_push_data(data: object) -> tuple[int, float] | None:
 _SEP = 20                       # the space
 _SEQ = _SEP + SEQ_DIGITS        # first digit of the sequence number
 MSG_PREFIX = b'{"op":"msg",'
+# A pushed message as a Pusher client gets it (--protocol pusher): the server
+# names a push without an event "message", and writes ``data`` last too.
+PUSHER_PREFIX = b'{"event":"message",'
 
 
 # -- WebSocket -----------------------------------------------------------------
@@ -138,11 +141,12 @@ class FrameReader:
     byte in ``tally.seen``; ``span`` is 0 for a client that expects nothing.
     """
 
-    __slots__ = ("buf", "tally", "base", "span", "sample")
+    __slots__ = ("buf", "tally", "base", "span", "sample", "prefix")
 
     def __init__(self, tally: Tally | None = None, base: int = 0, span: int = 0,
-                 sample: bool = False):
+                 sample: bool = False, prefix: bytes = MSG_PREFIX):
         self.buf = b""
+        self.prefix = prefix  # how a pushed message's frame starts
         self.expect(tally or Tally(), base, span, sample)
 
     def expect(self, tally: Tally, base: int, span: int, sample: bool) -> None:
@@ -157,6 +161,7 @@ class FrameReader:
         tally = self.tally
         seen, base, span, seq0 = tally.seen, self.base, self.span, tally.seq0
         fast = not self.sample
+        prefix = self.prefix
         other = []
         msgs = dupes = stray = 0
         pos, end = 0, len(data)
@@ -179,7 +184,7 @@ class FrameReader:
             stop = start + n
             if stop > end:
                 break
-            if data[pos] == 0x81 and data.startswith(MSG_PREFIX, start):
+            if data[pos] == 0x81 and data.startswith(prefix, start):
                 msgs += 1
                 if fast:
                     k = -1

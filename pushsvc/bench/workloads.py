@@ -39,6 +39,13 @@ class Options:
     window: int = 16                  # pipelined messages per connection
     batch: int = 100                  # messages per POST /api/batch (unicast batch)
     api_key: str | None = None
+    protocol: str = "pushsvc"         # the clients' protocol: pushsvc (/ws) or pusher
+
+
+# --protocol pusher: the app the clients connect to (server.BENCH_CONFIG has it)
+# and the prefix of its channels' groups.
+PUSHER_PATH = "/app/bench-key?protocol=7"
+PUSHER_GROUPS = "pusher.bench:"
 
 
 class Progress:
@@ -81,7 +88,8 @@ class Bench:
             ours, theirs = ctx.Pipe()
             process = ctx.Process(
                 target=run, name=f"pushsvc-bench-gen-{number}", daemon=True,
-                args=(number, options.generators, server.host, server.port, "/ws",
+                args=(number, options.generators, server.host, server.port,
+                      PUSHER_PATH if options.protocol == "pusher" else "/ws",
                       theirs, self.counts))
             process.start()
             theirs.close()
@@ -281,7 +289,7 @@ class Bench:
         (``messages`` x ``clients``) whatever the group's size."""
         o = self.o
         count = o.messages * o.clients // members
-        group = f'{{"group":"{group_name(members)}"}}'
+        group = f'{{"group":"{self.pushed_group(members)}"}}'
         result, _ = self.push(f"broadcast {members:,} x {count:,}", members, count,
                               lambda n: group,
                               report.BROADCAST if members == o.clients else None)
@@ -291,7 +299,7 @@ class Bench:
         """Broadcast to every client at a fixed rate of deliveries per second."""
         o = self.o
         per_second = o.rate / o.clients
-        group = f'{{"group":"{group_name(o.clients)}"}}'
+        group = f'{{"group":"{self.pushed_group(o.clients)}"}}'
         result, latencies = self.push(
             f"{o.rate:,} deliveries/s to {o.clients:,}", o.clients,
             max(1, round(per_second * o.rate_seconds)), lambda n: group, None,
@@ -299,6 +307,12 @@ class Bench:
         result.figures[0].name = "deliveries/s achieved"
         result.figures[1:1] = latency_figures(latencies, report.P99)
         return result
+
+    def pushed_group(self, members: int) -> str:
+        """The group a broadcast to ``members`` clients is pushed to: the one
+        they joined, or the group of the Pusher channel they subscribed to."""
+        prefix = PUSHER_GROUPS if self.o.protocol == "pusher" else ""
+        return prefix + group_name(members)
 
     def unicast(self, batch: int = 0) -> Result:
         """Pushes to random users, one client each; ``batch`` per request, if given."""
