@@ -64,12 +64,13 @@ browser:
 	  else echo "npm is missing: the browser test will be skipped (fail with CI=true)"; fi; \
 	fi
 
-# The Pusher client tests (tests/test_pusher_ws_js.py) drive pusher-js in Node:
-# npm installs it into tests/pusherjs/node_modules (git-ignored).  Without
-# node and npm they are skipped, or fail when CI=true.
+# The Pusher client tests (tests/test_pusher_ws_js.py) drive pusher-js and
+# Laravel Echo in Node: npm installs them into tests/pusherjs/node_modules
+# (git-ignored).  Without node and npm they are skipped, or fail when CI=true.
 pusherjs:
-	@if [ ! -d tests/pusherjs/node_modules/pusher-js ]; then \
-	  if command -v npm >/dev/null; then echo "installing pusher-js with npm"; \
+	@if [ ! -d tests/pusherjs/node_modules/pusher-js ] \
+	    || [ ! -d tests/pusherjs/node_modules/laravel-echo ]; then \
+	  if command -v npm >/dev/null; then echo "installing pusher-js and laravel-echo with npm"; \
 	    (cd tests/pusherjs && npm install --no-audit --no-fund --no-package-lock --loglevel=error) \
 	      || echo "could not install pusher-js: the Pusher client tests will be skipped (fail with CI=true)"; \
 	  else echo "npm is missing: the Pusher client tests will be skipped (fail with CI=true)"; fi; \

@@ -1,11 +1,13 @@
-"""The real pusher-js (npm, in Node) against /app/{key}, with triggers from
-the official Python server SDK: connection, public, private and presence
-channels, client events, sign-in and socket_id exclusion; in one process,
-in a pool of two workers, and on two nodes through Redis.
+"""The real pusher-js and Laravel Echo (npm, in Node) against /app/{key},
+with triggers from the official Python server SDK: connection, public,
+private and presence channels, client events, sign-in and socket_id
+exclusion; in one process, in a pool of two workers, and on two nodes
+through Redis.
 
-pusher-js lives in tests/pusherjs/node_modules (``make pusherjs``, which
-``make test`` runs); without node or it, these tests are skipped, or fail
-when CI=true.  tests/pusherjs/client.js is one client driven by JSON lines.
+They live in tests/pusherjs/node_modules (``make pusherjs``, which ``make
+test`` runs); without node or them, these tests are skipped, or fail when
+CI=true.  tests/pusherjs/client.js (pusher-js) and echo.mjs (Echo) are one
+client each, driven by JSON lines.
 """
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ from tests.test_pusher_http import PusherSDKMixin, pusher_overrides
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pusherjs")
 SCRIPT = os.path.join(HERE, "client.js")
+ECHO = os.path.join(HERE, "echo.mjs")
 NODE = shutil.which("node")
-MISSING = (None if NODE and os.path.isdir(os.path.join(HERE, "node_modules", "pusher-js"))
-           else "node or tests/pusherjs/node_modules/pusher-js is missing (make pusherjs)")
+MISSING = (None if NODE and all(os.path.isdir(os.path.join(HERE, "node_modules", package))
+                                for package in ("pusher-js", "laravel-echo"))
+           else "node, or pusher-js or laravel-echo in tests/pusherjs/node_modules, is "
+                "missing (make pusherjs)")
 if MISSING and os.environ.get("CI") == "true":
     raise RuntimeError(MISSING)
 
@@ -87,9 +92,11 @@ class PusherJsMixin:
     if MISSING:
         skip = MISSING
 
-    async def js(self, key: str = "app-key", secret: str = "app-secret") -> PusherJs:
+    async def js(self, key: str = "app-key", secret: str = "app-secret", *more: str,
+                 script: str = SCRIPT) -> PusherJs:
+        """A client (client.js, or ``script``) connected to the server."""
         client = PusherJs()
-        reactor.spawnProcess(client, NODE, [NODE, SCRIPT, str(self.port), key, secret],
+        reactor.spawnProcess(client, NODE, [NODE, script, str(self.port), key, secret, *more],
                              env=os.environ.copy(), path=HERE)
         self.addCleanup(client.kill)
         client.socket_id = (await client.wait("connected"))["socket_id"]
@@ -210,6 +217,44 @@ class OneProcessTests(PusherJsMixin, ServerTestCase):
         self.addCleanup(client.kill)
         error = await client.wait("error")
         self.assertEqual(error["error"]["data"]["code"], 4001, error)
+
+
+class EchoTests(PusherJsMixin, ServerTestCase):
+    """Laravel Echo 2.5 over pusher-js, as a Laravel front end uses it, with
+    the backend's broadcasts made by the Python SDK as Laravel's Pusher
+    driver makes them (event ``App\\Events\\NAME``, the sender's socket id)."""
+
+    def setUp(self):
+        self.start_server(**pusher_overrides(TABLES))
+
+    async def echo(self, user: str, name: str) -> PusherJs:
+        return await self.js("app-key", "app-secret", user, name, script=ECHO)
+
+    @run
+    async def test_listen_whisper_and_presence(self):
+        alice, bob = await self.echo("1", "Alice"), await self.echo("2", "Bob")
+        for client in (alice, bob):
+            client.send(do="listen", channel="orders", event="OrderShipped")
+            client.send(do="private", channel="room", whisper="typing")
+            await client.wait("subscribed", channel="orders")
+            await client.wait("subscribed", channel="private-room")
+        await self.trigger("orders", "App\\Events\\OrderShipped", {"order": {"id": 9}},
+                           socket_id=bob.socket_id)  # Laravel's toOthers()
+        event = await alice.wait("event", channel="orders")
+        self.assertEqual(event["data"], {"order": {"id": 9}})
+        bob.send(do="whisper", channel="room", event="typing", data={"who": "Bob"})
+        whisper = await alice.wait("whisper", channel="room")
+        self.assertEqual(whisper["data"], {"who": "Bob"})
+        alice.send(do="join", channel="chat")
+        self.assertEqual((await alice.wait("here"))["users"], [{"id": "1", "name": "Alice"}])
+        bob.send(do="join", channel="chat")
+        here = await bob.wait("here")
+        self.assertEqual(sorted(u["name"] for u in here["users"]), ["Alice", "Bob"])
+        self.assertEqual((await alice.wait("joining"))["user"], {"id": "2", "name": "Bob"})
+        bob.send(do="disconnect")
+        self.assertEqual((await alice.wait("leaving"))["user"], {"id": "2", "name": "Bob"})
+        self.assertEqual(bob.all("event"), [])
+        self.assertEqual(bob.all("whisper"), [])
 
 
 class PoolTests(PusherJsMixin, PoolTestCase):
