@@ -209,6 +209,21 @@ def parse_store(body: dict[str, Any], where: str = "the body") -> bool:
     return store
 
 
+def parse_event(body: dict[str, Any], where: str = "the body") -> str | None:
+    """A push's ``event``: the event name Pusher clients get it as
+    (docs/pusher.md), or None."""
+    event = body.get("event")
+    if event is None:
+        return None
+    if not isinstance(event, str) or not event or len(event) > MAX_NAME:
+        raise ProtocolError(BAD_REQUEST, f"'event' in {where} must be a non-empty string "
+                                         f"of at most {MAX_NAME} characters")
+    if event.startswith(("pusher:", "pusher_internal:")):
+        raise ProtocolError(BAD_REQUEST, f"'event' in {where} must not start with "
+                                         "pusher: or pusher_internal: (Pusher's own events)")
+    return event
+
+
 def decode_json(text: str | bytes) -> Any:
     """``json.loads`` with every way it can fail turned into ProtocolError.
 

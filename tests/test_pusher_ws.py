@@ -230,7 +230,8 @@ class EdgeTests(ServerTestCase):
     @run
     async def test_subscribe_and_receive_a_push(self):
         """A public channel is its group: /api/push to it reaches the client
-        as a Pusher event (named ``message`` when the push has no name)."""
+        as a Pusher event, named by the push's ``event`` (``message`` when
+        it has none)."""
         self.start()
         client = await self.pusher_client()
         await self.established(client)
@@ -242,6 +243,19 @@ class EdgeTests(ServerTestCase):
         await client.wait_for(lambda: self.events(client, "message"))
         self.assertEqual(self.events(client, "message"),
                          [{"event": "message", "channel": "chat", "data": '{"a":1}'}])
+        # A push may name its Pusher event; pushsvc's own clients see it too.
+        status, _ = await self.http("POST", "/api/push", {
+            "to": {"group": "pusher.1001:chat"}, "data": "x", "event": "order-shipped"})
+        self.assertEqual(status, 202)
+        status, _ = await self.http("POST", "/api/batch", {"messages": [
+            {"to": {"group": "pusher.1001:chat"}, "data": 2, "event": "second"}]})
+        self.assertEqual(status, 202)
+        await client.wait_for(lambda: self.events(client, "second"))
+        self.assertEqual([e["data"] for e in self.events(client, "order-shipped")], ["x"])
+        for bad in ("pusher:x", "", 5, "e" * 201):
+            status, body = await self.http("POST", "/api/push", {
+                "to": {"group": "pusher.1001:chat"}, "data": 1, "event": bad})
+            self.assertEqual((status, body["error"]["code"]), (400, "bad_request"), bad)
         # A bad signature on a private channel: a subscription error on it.
         client.transport.write(text({"event": "pusher:subscribe", "data": {
             "channel": "private-x", "auth": "app-key:" + "0" * 64}}))

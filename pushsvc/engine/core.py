@@ -306,16 +306,17 @@ class Engine:
 
     # -- messages ---------------------------------------------------------
 
-    def message(self, to: Address, data: Any,
-                sender: dict[str, Any] | None = None) -> Message:
-        """A new message with its id and its frame, encoded once.
+    def message(self, to: Address, data: Any, sender: dict[str, Any] | None = None,
+                event: str | None = None) -> Message:
+        """A new message with its id and its frame, encoded once; ``event``
+        names it for Pusher clients (docs/pusher.md).
 
         Raises ``too_large`` when ``data`` is over ``max_message_bytes``.
         """
         msg_id = self.ids.message_id()
         to_text = to.to_text()
         frame = message_frame(msg_id, to, data, sender, self.settings.max_message_bytes,
-                              to_text)
+                              to_text, event)
         return Message(msg_id, to, frame, to_text)
 
     def send(self, message: Message, store: bool = False) -> Deferred:
@@ -339,9 +340,9 @@ class Engine:
                                    store and bool(message.to.user))
 
     def publish(self, to: Address, data: Any, sender: dict[str, Any] | None = None,
-                store: bool = False) -> Deferred:
+                store: bool = False, event: str | None = None) -> Deferred:
         """Build and send a message; a Deferred firing with its id."""
-        return self.send(self.message(to, data, sender), store)
+        return self.send(self.message(to, data, sender, event), store)
 
     def deliver(self, message: Message, alone: bool = False) -> None:
         """Write ``message`` to each local session it is for, encoded once.

@@ -7,7 +7,8 @@ from twisted.internet.defer import maybeDeferred
 from twisted.web.server import NOT_DONE_YET
 
 from ..commands import ACTIONS, make_command, merge
-from ..protocol import BAD_REQUEST, TOO_LARGE, ProtocolError, parse_push, parse_store
+from ..protocol import (BAD_REQUEST, TOO_LARGE, ProtocolError, parse_event, parse_push,
+                        parse_store)
 from .answers import Folder, JsonResource, LimitedRequest, NotFound, json_body
 from .api import HttpApi
 from .channel import PushSite
@@ -21,7 +22,7 @@ class Push(JsonResource):
         settings = self.api.settings
         body = json_body(request, settings.max_message_bytes)
         to, data = parse_push(body, settings.max_targets)
-        d = self.api.engine.publish(to, data, store=parse_store(body))
+        d = self.api.engine.publish(to, data, store=parse_store(body), event=parse_event(body))
         return d.addCallback(lambda msg_id: (202, {"id": msg_id}))
 
 
@@ -44,7 +45,8 @@ class Batch(JsonResource):
             where = f"messages[{i}]"
             try:
                 to, data = parse_push(item, settings.max_targets, where)
-                messages.append((engine.message(to, data), parse_store(item, where)))
+                messages.append((engine.message(to, data, event=parse_event(item, where)),
+                                 parse_store(item, where)))
             except ProtocolError as e:
                 raise ProtocolError(e.code, e.message if e.message.startswith(where)
                                     else f"{where}: {e.message}")
