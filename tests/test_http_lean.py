@@ -5,9 +5,11 @@ connection and back, and bad input on a connection that is also serving."""
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from pushsvc.http import PushChannel
@@ -160,6 +162,34 @@ class KeepAliveTests(LeanTestCase):
         self.assertEqual([m["data"] for m in self.watcher.messages],
                          [*range(30), "late"] * 2)
         self.assertEqual(len(self.served), 66)
+
+    @run
+    async def test_requests_behind_one_that_waits_stop_the_reading(self):
+        """While a command waits for its round trip, the requests pipelined
+        behind it wait too; past 16 KiB of them the connection is not read
+        until the command is answered, then all are served in order."""
+        await self.begin()
+        waiting = Deferred()
+        run_command = self.engine.run
+        self.patch(self.engine, "run", lambda command: waiting.addCallback(
+            lambda _: run_command(command)))
+        client = await self.connect(request("POST", "/api/join", b'{"user":"w","group":"x"}',
+                                            headers=AUTH))
+        await eventually(lambda: len(self.served) == 1, what="the command arrived")
+        from twisted.internet import reactor
+        channel, = [c for c in gc.get_objects() if isinstance(c, PushChannel)
+                    and c._current is not None]
+        for i in range(200):
+            client.transport.write(push(i))
+        await eventually(lambda: channel.transport not in reactor.getReaders(),
+                         what="the connection is no longer read")
+        self.assertLess(len(channel._buffer), 32_768)
+        waiting.callback(None)
+        await client.wait_for(lambda: len(answers(client.data)) == 201)
+        self.assertEqual([s for s, _, _ in answers(client.data)], [200] + [202] * 200)
+        self.assertIn(channel.transport, reactor.getReaders())
+        await self.watcher.barrier()
+        self.assertEqual([m["data"] for m in self.watcher.messages], list(range(200)))
 
     @run
     async def test_keep_alive_across_requests_and_close(self):

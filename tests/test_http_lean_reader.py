@@ -24,6 +24,11 @@ def chunked(*pieces: bytes, trailers: bytes = b"") -> bytes:
     return head(headers={"Transfer-Encoding": "chunked"}) + body + b"0\r\n" + trailers + b"\r\n"
 
 
+class Target(tuple):
+    """What the tests' ``accept`` makes of a head: (method, url), not an upgrade."""
+    upgrade = False
+
+
 class ReaderTests(unittest.TestCase):
 
     def reader(self, wanted=True, max_head=16384, max_headers=500, max_body=1000):
@@ -31,7 +36,7 @@ class ReaderTests(unittest.TestCase):
 
         def accept(method, url, headers):
             self.heads.append((method, url, headers))
-            return (method, url) if wanted else None
+            return Target((method, url)) if wanted else None
         return RequestReader(accept, max_head, max_headers, max_body)
 
     def read_all(self, reader, data: bytes, step: int | None = None) -> list:

@@ -39,6 +39,7 @@ class LeanChannel(HTTPChannel):
     _current = None        # the LeanRequest being answered
     _reader = None         # made at the first request
     _serving = False       # inside _serve (an answer given at once must not recurse)
+    _paused = False        # reading stopped: requests wait in _buffer
 
     def connectionMade(self):
         super().connectionMade()
@@ -55,8 +56,9 @@ class LeanChannel(HTTPChannel):
         self._buffer += data
         if self._current is None:
             self._serve()
-        elif (len(self._buffer) > self._optimisticEagerReadSize
+        elif (len(self._buffer) > self._optimisticEagerReadSize and not self._paused
               and not self._waitingForTransport):
+            self._paused = True
             self._networkProducer.pauseProducing()  # read no more until answered
 
     def _serve(self) -> None:
@@ -105,8 +107,10 @@ class LeanChannel(HTTPChannel):
             self.loseConnection()
             return
         self._lean_answered()
-        if not self._waitingForTransport:
-            self._networkProducer.resumeProducing()
+        if self._paused:
+            self._paused = False
+            if not self._waitingForTransport:  # else the transport's resume does it
+                self._networkProducer.resumeProducing()
         if not self._serving:
             self._serve()
 
