@@ -82,21 +82,30 @@ class RedisBroker:
     at attach) tells this node's processes from another node's of the same
     name; a duplicate node name ends in ``on_fatal(reason)`` (default: log
     it and stop the reactor).  ``url`` (default ``settings.redis``) is the
-    Redis, for one shard of several (``redis_sharded``).
+    Redis, for one shard of several (``redis_sharded``).  ``place`` (one
+    logical shard of a Redis Cluster, ``redis_cluster.Place``) gives the
+    connections and the key prefix instead.
     """
 
     def __init__(self, settings, owner: str, reactor, clock=None, token: str | None = None,
-                 on_fatal: Callable[[str], None] | None = None, url: str | None = None):
+                 on_fatal: Callable[[str], None] | None = None, url: str | None = None,
+                 place=None):
         self.reactor = reactor
         clock = clock or reactor
-        url = parse_redis_url(url or settings.redis)
         timeout = settings.redis_timeout
-        kind = _SentinelMaster if url.sentinel else _Server
-        self._server = kind(reactor, url, timeout)
-        self._cmd = _Link(self, "commands", self._server, txredisapi.RedisProtocol,
-                          url.db, clock, timeout)
-        self._sub = _Link(self, "subscriber", self._server, _Subscriber, None, clock, timeout)
-        ctx = self._context = Context(settings, owner, clock, url, self._cmd, self._sub, token)
+        if place is None:
+            url = parse_redis_url(url or settings.redis)
+            kind = _SentinelMaster if url.sentinel else _Server
+            self._server = kind(reactor, url, timeout)
+            self._cmd = _Link(self, "commands", self._server, txredisapi.RedisProtocol,
+                              url.db, clock, timeout)
+            self._sub = _Link(self, "subscriber", self._server, _Subscriber, None, clock,
+                              timeout)
+        else:
+            self._server, self._cmd, self._sub = place.bind(self)
+            url = self._server.url
+        ctx = self._context = Context(settings, owner, clock, url, self._cmd, self._sub, token,
+                                      prefix=place and place.prefix)
         self._inbox = Inbox(ctx)
         self._subscriptions = Subscriptions(ctx, on_ready=self._resubscribed)
         self._members = Members(ctx, on_beat=self._inbox.forget_relayed,

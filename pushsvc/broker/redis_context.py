@@ -51,11 +51,12 @@ class Context:
     ``owner`` is the engine's ``NODE.WORKER``; ``cmd`` and ``sub`` its two
     links to ``url``; ``clock`` runs the timers; ``token`` (None until the
     broker attaches) tells this node's processes from another node's of the
-    same name.
+    same name.  ``prefix`` (default ``[redis] prefix``) starts every key and
+    channel (a Redis Cluster's logical shard puts its hash tag there).
     """
 
     def __init__(self, settings, owner: str, clock, url: RedisURL, cmd: _Link, sub: _Link,
-                 token: str | None):
+                 token: str | None, prefix: str | None = None):
         self.settings = settings
         self.url = url
         self.owner = owner
@@ -71,7 +72,7 @@ class Context:
         # How long the queue waits after an outage for the peers to be back:
         # their longest backoff, and time to subscribe again and register.
         self.hold_time = RETRY_MAX * (1 + RETRY_JITTER) + self.timeout + 2 * self.interval
-        prefix = settings.redis_prefix
+        prefix = settings.redis_prefix if prefix is None else prefix
         self.prefix = _utf8(prefix)
         self.cmd_key = _utf8(prefix + "_cmd")
         self.reply_key = _utf8(f"{prefix}_reply:{self.id}")

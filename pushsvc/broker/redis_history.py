@@ -81,7 +81,7 @@ class HistoryReader:
         if limits.ttl <= 0 or ctx.cmd.protocol is None:
             return succeed([])
         ready = self.standing(f"user:{user}")
-        key = _utf8(f"{ctx.settings.redis_prefix}_mail:{user}")
+        key = ctx.prefix + _utf8(f"_mail:{user}")
         ready.addCallback(lambda _: ctx.eval(TAKE_MAIL_SCRIPT, [key],
                                              [int(limits.ttl * 1000)]))
 

@@ -61,7 +61,8 @@ def _reason(failure: Failure) -> str:
 
 class _Subscriber(txredisapi.SubscriberProtocol):
     """txredisapi's subscriber, with every push handed to the broker: messages,
-    subscribe confirmations (by channel) and the answers to PING."""
+    subscribe confirmations (by channel) and the answers to PING; the same
+    for shard channels (SSUBSCRIBE, in a Redis Cluster)."""
 
     link: "_Link"
 
@@ -69,10 +70,10 @@ class _Subscriber(txredisapi.SubscriberProtocol):
         if isinstance(reply, list) and reply:
             kind = reply[0]
             try:
-                if kind == b"message" and len(reply) == 3:
+                if kind in (b"message", b"smessage") and len(reply) == 3:
                     self.link.broker._received(reply[1], reply[2])
                     return
-                if kind == b"subscribe" and len(reply) == 3:
+                if kind in (b"subscribe", b"ssubscribe") and len(reply) == 3:
                     self.link.broker._confirmed(reply[1])
                     return
                 if kind == b"unsubscribe" and len(reply) == 3:
@@ -156,6 +157,8 @@ class _Link:
     with ``_link_down`` and the next attempt waits ``delay(n)``: 0.1 s after
     a connection that was up, then doubling to 5 s.  Timers run on ``clock``.
     """
+
+    SUBSCRIBE, UNSUBSCRIBE = b"SUBSCRIBE", b"UNSUBSCRIBE"  # for a subscriber link
 
     def __init__(self, broker: LinkOwner, name: str, server: _Server, protocol_class,
                  dbid: int | None, clock, timeout: float):

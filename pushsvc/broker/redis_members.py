@@ -254,7 +254,7 @@ class Members:
         if proto is None:
             return
         answer.update(rid=rid, member=ctx.id)
-        proto.publish(_utf8(f"{ctx.settings.redis_prefix}_reply:{origin}"),
+        proto.publish(ctx.prefix + _utf8(f"_reply:{origin}"),
                       json.dumps(answer, separators=(",", ":")).encode("utf-8")
                       ).addErrback(lambda _: None)
 

@@ -6,8 +6,9 @@ them each broker subscribes to ``PREFIX_cmd`` (cluster commands) and to its
 own ``PREFIX_reply:ID``.  A broker subscribes to ``C`` when its engine's first
 local session wants it and unsubscribes when the last one leaves, so Redis
 sends each process only what its sessions need.  ``SUBSCRIBE`` and
-``UNSUBSCRIBE`` are written straight to the subscriber connection, and
-Redis's confirmations are counted per channel.
+``UNSUBSCRIBE`` (``SSUBSCRIBE`` and ``SUNSUBSCRIBE`` in a Redis Cluster: the
+subscriber link names them) are written straight to the subscriber
+connection, and Redis's confirmations are counted per channel.
 
 At reconnect the subscriber subscribes every channel again (txredisapi does
 not), and only once every confirmation is in is the broker healthy and does
@@ -64,7 +65,7 @@ class Subscriptions:
         key = ctx.key(channel)
         d = Deferred()
         self._expect.setdefault(key, deque()).append(d)
-        proto.transport.write(_command(b"SUBSCRIBE", key))
+        proto.transport.write(_command(ctx.sub.SUBSCRIBE, key))
         if hub is None:
             return d
         return DeferredList([d, hub]).addCallback(lambda _: None)
@@ -76,7 +77,7 @@ class Subscriptions:
             ctx.to_hub(Unsubscribe, channels=[channel])
         proto = ctx.sub.protocol
         if proto is not None:
-            proto.transport.write(_command(b"UNSUBSCRIBE", ctx.key(channel)))
+            proto.transport.write(_command(ctx.sub.UNSUBSCRIBE, ctx.key(channel)))
 
     def follow_hub(self) -> None:
         """The hub (just set in ``context.hub``) learns every channel this
@@ -103,7 +104,7 @@ class Subscriptions:
         for key in keys:
             self._expect.setdefault(key, deque()).append(_RESUBSCRIBE)
         self._resubscribing = len(keys)
-        proto.transport.write(b"".join(_command(b"SUBSCRIBE", key) for key in keys))
+        proto.transport.write(b"".join(_command(ctx.sub.SUBSCRIBE, key) for key in keys))
 
     def confirmed(self, key: bytes) -> None:
         """Redis confirmed a SUBSCRIBE of ``key``."""
