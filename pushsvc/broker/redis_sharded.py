@@ -73,10 +73,14 @@ class ShardedRedisBroker:
 
     def __init__(self, settings, owner: str, reactor, clock=None, token: str | None = None,
                  on_fatal: Callable[[str], None] | None = None):
-        urls = urls_of(settings.redis)
-        self.shards = [RedisBroker(settings, owner, reactor, clock, token, on_fatal, url=url)
-                       for url in urls]
-        self._once = _Once(len(urls), clock or reactor)
+        self.shards = self._brokers(settings, owner, reactor, clock, token, on_fatal)
+        self._once = _Once(len(self.shards), clock or reactor)
+
+    @staticmethod
+    def _brokers(settings, owner, reactor, clock, token, on_fatal) -> list[RedisBroker]:
+        """One ``RedisBroker`` per shard (a Redis Cluster's: ``redis_cluster``)."""
+        return [RedisBroker(settings, owner, reactor, clock, token, on_fatal, url=url)
+                for url in urls_of(settings.redis)]
 
     def _of(self, channel: str) -> RedisBroker:
         return self.shards[self._once._shard(channel)]
