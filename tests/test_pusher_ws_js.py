@@ -6,8 +6,10 @@ through Redis.
 
 They live in tests/pusherjs/node_modules (``make pusherjs``, which ``make
 test`` runs); without node or them, these tests are skipped, or fail when
-CI=true.  tests/pusherjs/client.js (pusher-js) and echo.mjs (Echo) are one
-client each, driven by JSON lines.
+CI=true.  tests/pusherjs/client.js (pusher-js in Node), browser.js (its
+browser build in headless Chromium, as test_browser.py drives it) and
+echo.mjs (Echo) are one client each, driven by JSON lines; drive.js is the
+pusher-js client both of the first two run.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SkipTest
 
 from tests.helpers import ServerTestCase, eventually, run
+from tests.test_browser import missing_tools
 from tests.test_pool import PoolTestCase
 from tests.test_redis_broker import NodesTestCase
 from tests.test_pusher_http import PusherSDKMixin, pusher_overrides
@@ -30,6 +34,7 @@ from tests.test_pusher_http import PusherSDKMixin, pusher_overrides
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pusherjs")
 SCRIPT = os.path.join(HERE, "client.js")
 ECHO = os.path.join(HERE, "echo.mjs")
+BROWSER = os.path.join(HERE, "browser.js")
 NODE = shutil.which("node")
 MISSING = (None if NODE and all(os.path.isdir(os.path.join(HERE, "node_modules", package))
                                 for package in ("pusher-js", "laravel-echo"))
@@ -93,11 +98,11 @@ class PusherJsMixin:
         skip = MISSING
 
     async def js(self, key: str = "app-key", secret: str = "app-secret", *more: str,
-                 script: str = SCRIPT) -> PusherJs:
+                 script: str = SCRIPT, **env: str) -> PusherJs:
         """A client (client.js, or ``script``) connected to the server."""
         client = PusherJs()
         reactor.spawnProcess(client, NODE, [NODE, script, str(self.port), key, secret, *more],
-                             env=os.environ.copy(), path=HERE)
+                             env={**os.environ, **env}, path=HERE)
         self.addCleanup(client.kill)
         client.socket_id = (await client.wait("connected"))["socket_id"]
         return client
@@ -255,6 +260,41 @@ class EchoTests(PusherJsMixin, ServerTestCase):
         self.assertEqual((await alice.wait("leaving"))["user"], {"id": "2", "name": "Bob"})
         self.assertEqual(bob.all("event"), [])
         self.assertEqual(bob.all("whisper"), [])
+
+
+class BrowserTests(PusherJsMixin, ServerTestCase):
+    """pusher-js's browser build in a real headless Chromium (the browser's
+    own WebSocket), with a Node client beside it (tests/pusherjs/browser.js;
+    chromium and playwright-core as for test_browser.py: ``make browser``)."""
+
+    timeout = 90
+
+    def setUp(self):
+        node, self.chromium, missing = missing_tools()
+        if missing:
+            if os.environ.get("CI") == "true":
+                self.fail("; ".join(missing) + "; CI=true, so this is a failure")
+            raise SkipTest("; ".join(missing))
+        self.start_server(**pusher_overrides(TABLES))
+
+    @run
+    async def test_a_browser_client(self):
+        page = await self.js(script=BROWSER, PUSHSVC_CHROMIUM=self.chromium)
+        node = await self.js()
+        for client, user in ((page, "pat"), (node, "nod")):
+            await self.subscribed(client, "presence-desk", user=user, info={"n": user})
+        self.assertEqual(page.all("subscribed")[0]["members"], {"pat": {"n": "pat"}})
+        await page.wait("member_added", id="nod")
+        node.send(do="whisper", channel="presence-desk", event="client-ping", data=[1])
+        event = await page.wait("event", event="client-ping")
+        self.assertEqual((event["data"], event["user_id"]), ([1], "nod"))
+        page.send(do="whisper", channel="presence-desk", event="client-pong", data=[2])
+        await node.wait("event", event="client-pong")
+        await self.trigger("presence-desk", "notice", "hi", socket_id=node.socket_id)
+        await page.wait("event", event="notice", data="hi")
+        page.send(do="disconnect")
+        await node.wait("member_removed", id="pat")
+        self.assertEqual(node.all("event", event="notice"), [])
 
 
 class PoolTests(PusherJsMixin, PoolTestCase):

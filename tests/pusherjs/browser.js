@@ -1,0 +1,45 @@
+// One pusher-js client in a page of a real headless Chromium (pusher-js's
+// browser build, the browser's own WebSocket), driven as client.js is:
+// drive.js's commands as JSON lines on stdin, what it sees on stdout.
+//
+//   PUSHSVC_CHROMIUM=/path/to/chromium node browser.js PORT KEY SECRET
+//
+// playwright-core comes from tests/browser/node_modules (`make browser`).
+"use strict";
+const crypto = require("crypto");
+const path = require("path");
+const readline = require("readline");
+const { chromium } = require("../browser/node_modules/playwright-core");
+
+const [port, key, secret] = process.argv.slice(2);
+const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+
+(async () => {
+  const browser = await chromium.launch({
+    executablePath: process.env.PUSHSVC_CHROMIUM, headless: true,
+    args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+  });
+  const page = await browser.newPage();
+  page.on("pageerror", (e) => process.stderr.write(`page error: ${e}\n`));
+  // The app's backend (the secret) stays in Node; the page asks it.
+  await page.exposeFunction("sign", (text) =>
+    crypto.createHmac("sha256", secret).update(text).digest("hex"));
+  await page.exposeFunction("report", out);
+  // A page of the server itself: an origin the handshake accepts (about:blank's is "null").
+  await page.goto(`http://127.0.0.1:${port}/healthz`);
+  await page.addScriptTag({ path: require.resolve("pusher-js/dist/web/pusher.js") });
+  await page.addScriptTag({ path: path.join(__dirname, "drive.js") });
+  await page.evaluate(([p, k]) => {
+    window.handle = drive(window.Pusher, p, k, window.sign, window.report);
+  }, [port, key]);
+  // Commands run one after the other, then the end of stdin closes the browser.
+  let queue = Promise.resolve();
+  const then = (step) => { queue = queue.then(step); };
+  const quit = async () => { await browser.close(); process.exit(0); };
+  readline.createInterface({ input: process.stdin }).on("line", (line) => {
+    const cmd = JSON.parse(line);
+    then(() => page.evaluate((c) => window.handle(c), cmd));
+    if (cmd.do === "disconnect") then(quit);
+  });
+  process.stdin.on("end", () => then(quit));
+})().catch((e) => { process.stderr.write(`${e.stack || e}\n`); process.exit(1); });
