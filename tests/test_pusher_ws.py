@@ -217,14 +217,23 @@ class EdgeTests(ServerTestCase):
         client.transport.write(text({"event": "pusher:nonsense", "data": {}}))
         client.transport.write(text({"event": "hello", "data": {}}))
         client.transport.write(text({"event": "client-x", "channel": "private-a", "data": 1}))
+        client.transport.write(text({"event": "client-x", "channel": "private-a",
+                                     "data": "x" * 10241}))
+        client.transport.write(text({"event": "pusher:subscribe",
+                                     "data": {"channel": "bad channel"}}))
+        client.transport.write(text({"event": "pusher:subscribe",
+                                     "data": {"channel": "c" * 201}}))
         client.transport.write(text({"event": "pusher:ping", "data": {}}))
         await client.wait_for(lambda: self.events(client, "pusher:pong"))
         messages = [e["data"]["message"] for e in self.events(client, "pusher:error")]
-        self.assertEqual(len(messages), 4, messages)
+        self.assertEqual(len(messages), 7, messages)
         self.assertIn("JSON", messages[0])
         self.assertIn("unknown event", messages[1])
         self.assertIn("not 'hello'", messages[2])
         self.assertIn("not subscribed", messages[3])
+        self.assertIn("over 10240 bytes", messages[4])
+        self.assertIn("invalid channel name", messages[5])
+        self.assertIn("longer than 200", messages[6])
         self.assertIsNone(client.close_code)
 
     @run
