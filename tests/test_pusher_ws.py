@@ -19,7 +19,7 @@ from pushsvc.pusher.presence import members, sessions_of
 from pushsvc.pusher.protocol import parse_frame
 from pushsvc.pusher.session import PusherSession
 from pushsvc.pusher.signatures import channel_auth, user_auth
-from tests.helpers import ServerTestCase, run
+from tests.helpers import ServerTestCase, eventually, run
 from tests.raw import answer_close, connect_raw, frame, handshake, text
 from tests.test_pusher_http import pusher_overrides
 
@@ -287,6 +287,42 @@ class EdgeTests(ServerTestCase):
         status, result = await self.http("POST", "/api/kick", {"user": "alice"})
         self.assertEqual(result["sessions"], 1)
         self.assertEqual(await answer_close(client), 4009)
+
+
+    @run
+    async def test_closed_connections_leave_nothing_behind(self):
+        """Subscribed to every kind of channel, signed in, then gone (some
+        closing cleanly, some dropped): no session, group, member state or
+        app count is left."""
+        self.start()
+        app = APPS.by_id("1001")
+        for n in range(6):
+            client = await self.pusher_client()
+            socket_id = (await self.established(client))["socket_id"]
+            data = json.dumps({"user_id": f"u{n}"})
+            user_data = json.dumps({"id": f"u{n}"})
+            for frame_ in (
+                    {"event": "pusher:subscribe", "data": {"channel": "pub"}},
+                    {"event": "pusher:subscribe", "data": {
+                        "channel": "private-p", "auth": channel_auth(app, socket_id, "private-p")}},
+                    {"event": "pusher:subscribe", "data": {
+                        "channel": "presence-q", "channel_data": data,
+                        "auth": channel_auth(app, socket_id, "presence-q", data)}},
+                    {"event": "pusher:signin", "data": {
+                        "auth": user_auth(app, socket_id, user_data), "user_data": user_data}}):
+                client.transport.write(text(frame_))
+            await client.wait_for(lambda: self.events(client, "pusher:signin_success")
+                                  and len(self.events(
+                                      client, "pusher_internal:subscription_succeeded")) == 3)
+            edge = next(iter(self.server.ws_factory.connections)).edge
+            if n % 2:
+                client.transport.abortConnection()
+            else:
+                client.transport.write(frame(b"\x03\xe8", 8))
+        engine = self.engine
+        await eventually(lambda: engine.registry.is_empty(), what="every session gone")
+        self.assertTrue(engine.joins.is_empty())
+        self.assertEqual(dict(edge.open), {})
 
 
 class LivenessTests(ServerTestCase):
