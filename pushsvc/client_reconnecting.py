@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from .client_connection import ConnectionClosed, ServerError, tls_failure
 from .client_requests import _Requests
-from .client_restore import _Restoring
+from .client_restore import _Restoring, fresh
 
 _log = Logger(namespace="pushsvc.client")  # where these lines were always logged
 
@@ -86,10 +86,11 @@ class PushClient(_Requests, _Restoring):
       ``pos``, ``from`` when present);
     - ``gap``: ``{"channels": [...], "epoch_changed": bool, "since": pos}``
       after a resume that could not replay everything (``channels`` is
-      ``None`` when the history could not be read): reload those channels'
-      state from the application;
+      ``None`` when the history could not be read; with Redis shards,
+      ``unavailable`` lists those of them whose shard could not be read):
+      reload those channels' state from the application;
     - ``resumed``: ``{"since", "epoch", "replayed", "gaps", "epoch_changed"}``
-      after each resume;
+      (and ``unavailable`` when not empty) after each resume;
     - ``state``: ``{"state", "previous", ...}`` with ``code``, ``reason`` and
       ``delay`` (seconds) when the connection was lost; states are ``idle``,
       ``connecting``, ``open`` (welcomed), ``ready`` (authenticated, in its
@@ -135,8 +136,8 @@ class PushClient(_Requests, _Restoring):
         self.session: str | None = None   # this connection's session id
         self.user: str | None = None      # the user the session is bound to
         self.epoch: str | None = None     # the server's history epoch (welcome)
-        self.last_pos: int | None = None  # the pos of the last message received ...
-        self.pos_epoch: str | None = None  # ... and the epoch it belongs to
+        self.positions: list[int | None] = [None]  # the last pos received per shard ...
+        self.pos_epoch: str | None = None  # ... and the epoch they belong to
         self.groups: set[str] = set(groups)
         self._join_options: dict[str, dict[str, Any]] = {}  # group -> token, data
         self.attempt = 0                  # reconnect attempts since the last ready
@@ -156,6 +157,11 @@ class PushClient(_Requests, _Restoring):
         self._ever_ready = False
         self._resuming = False
         self._welcomed = False
+
+    @property
+    def last_pos(self) -> int | list[int | None] | None:
+        """The last ``pos`` received; with Redis shards, one per shard."""
+        return self.positions[0] if len(self.positions) == 1 else list(self.positions)
 
     # -- events ----------------------------------------------------------------
 
@@ -326,7 +332,7 @@ class PushClient(_Requests, _Restoring):
             # Until a kept message arrives, "where we stand" is the start of
             # the first history seen.
             if self.pos_epoch is None and self.epoch is not None:
-                self.pos_epoch = self.epoch
+                self.pos_epoch, self.positions = self.epoch, fresh(self.epoch)
             self._emit("welcome", frame)
             if not self._welcomed:
                 self._welcomed = True

@@ -1,7 +1,8 @@
 """How ``PushClient`` (pushsvc/client_reconnecting.py) restores a new
 connection: authenticates again, joins its groups again, resumes from the
-last ``pos``; and how it hands messages on: each once, the ones held while
-resuming sorted by ``pos``, the ones already had dropped.
+last ``pos`` (with Redis shards, the last of each shard: ``pushsvc.cursor``);
+and how it hands messages on: each once, the ones held while resuming sorted
+by ``pos`` (with shards, in the server's order), the ones already had dropped.
 """
 
 from __future__ import annotations
@@ -11,22 +12,32 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.defer import Deferred, DeferredList
 
 from .client_connection import ConnectionClosed, ServerError
+from .cursor import SEPARATOR
 
 if TYPE_CHECKING:
     from .client_reconnecting import _Connection
 
 
+def fresh(epoch: str | None) -> list[int | None]:
+    """No position yet on each shard of ``epoch``."""
+    return [None] * (epoch.count(SEPARATOR) + 1 if epoch else 1)
+
+
 class _Restoring:
     """PushClient's restoring of a connection and delivery of messages (a
-    mixin: the state is PushClient's)."""
+    mixin: the state is PushClient's).  ``positions``: the last ``pos`` had
+    on each shard (one with one Redis, or none), in ``pos_epoch``."""
 
     def _deliver(self, frame: dict[str, Any]) -> None:
-        pos = frame.get("pos")
-        if isinstance(pos, int):
-            if (self.pos_epoch == self.epoch and self.last_pos is not None
-                    and pos <= self.last_pos):
-                return  # had it already
-            self.last_pos, self.pos_epoch = pos, self.epoch
+        pos, shard = frame.get("pos"), frame.get("shard", 0)
+        if isinstance(pos, int) and isinstance(shard, int):
+            if self.pos_epoch != self.epoch:
+                self.pos_epoch, self.positions = self.epoch, fresh(self.epoch)
+            if 0 <= shard < len(self.positions):
+                had = self.positions[shard]
+                if had is not None and pos <= had:
+                    return  # had it already
+                self.positions[shard] = pos
         self._emit("message", frame)
 
     def _flush_buffer(self) -> None:
@@ -41,7 +52,8 @@ class _Restoring:
                 continue
             seen.add(frame.get("id"))
             (kept if isinstance(frame.get("pos"), int) else unkept).append(frame)
-        kept.sort(key=lambda f: f["pos"])
+        if not any("shard" in f for f in kept):  # with shards, the server's order
+            kept.sort(key=lambda f: f["pos"])
         for frame in kept + unkept:
             self._deliver(frame)
 
@@ -94,7 +106,8 @@ class _Restoring:
     async def _resume(self, conn: _Connection) -> None:
         # With no kept message yet: from the start of the first history seen
         # (a server without history, ttl = 0, answers with every channel a gap).
-        since = self.last_pos if self.last_pos is not None else 0
+        positions = [pos or 0 for pos in self.positions]
+        since = positions[0] if len(positions) == 1 else positions
         epoch = self.pos_epoch if self.pos_epoch is not None else (self.epoch or "")
         changed = epoch != self.epoch
         try:
@@ -105,12 +118,23 @@ class _Restoring:
             self._emit("gap", {"channels": None, "epoch_changed": changed, "since": since,
                                "error": e})
             return
-        if changed:  # positions in the old history mean nothing now
-            self.pos_epoch, self.last_pos = self.epoch, None
+        if changed:  # positions in a shard's old history mean nothing now
+            old, new = epoch.split(SEPARATOR), (self.epoch or "").split(SEPARATOR)
+            self.positions = ([pos if a == b else None
+                               for pos, a, b in zip(self.positions, old, new)]
+                              if len(old) == len(new) == len(self.positions)
+                              else fresh(self.epoch))
+            self.pos_epoch = self.epoch
         self._flush_buffer()
         info = {"since": since, "epoch": epoch, "replayed": ok.get("replayed", 0),
                 "gaps": ok.get("gaps", []), "epoch_changed": changed}
+        unavailable = ok.get("unavailable", [])
+        if unavailable:
+            info["unavailable"] = unavailable
         self._emit("resumed", info)
-        if info["gaps"]:
-            self._emit("gap", {"channels": info["gaps"], "epoch_changed": changed,
-                               "since": since})
+        if info["gaps"] or unavailable:
+            gap = {"channels": sorted(set(info["gaps"]) | set(unavailable)),
+                   "epoch_changed": changed, "since": since}
+            if unavailable:
+                gap["unavailable"] = unavailable
+            self._emit("gap", gap)

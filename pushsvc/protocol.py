@@ -39,6 +39,8 @@ from json.encoder import encode_basestring, encode_basestring_ascii
 from dataclasses import dataclass
 from typing import Any
 
+from .cursor import resume_problem
+
 # Error codes (the public ones are in DESIGN.md).
 BAD_REQUEST = "bad_request"
 UNKNOWN_OP = "unknown_op"
@@ -123,7 +125,7 @@ class Request:
     group: str | None = None
     to: Address | None = None
     data: Any = None
-    since: int | None = None
+    since: int | tuple[int, ...] | None = None  # one position per shard (cursor.py)
     epoch: str | None = None
 
 
@@ -280,12 +282,11 @@ def parse_request(text: str | bytes, max_targets: int = 100) -> Request:
             return Request(op, ref, to=to, data=data)
         if op == "resume":
             since, epoch = frame.get("since"), frame.get("epoch")
-            if isinstance(since, bool) or not isinstance(since, int) or since < 0:
-                raise ProtocolError(BAD_REQUEST, "'since' must be the last 'pos' received, "
-                                                 "a whole number >= 0")
-            if not isinstance(epoch, str) or len(epoch) > MAX_NAME:
-                raise ProtocolError(BAD_REQUEST, "'epoch' must be the epoch of the welcome")
-            return Request(op, ref, since=since, epoch=epoch)
+            problem = resume_problem(since, epoch, MAX_NAME)
+            if problem:
+                raise ProtocolError(BAD_REQUEST, problem)
+            return Request(op, ref, since=tuple(since) if isinstance(since, list) else since,
+                           epoch=epoch)
         raise ProtocolError(UNKNOWN_OP, f"unknown op '{op[:MAX_NAME]}'")
     except ProtocolError as e:
         e.ref = ref

@@ -7,6 +7,7 @@ two real nodes of two workers each on three redis-servers.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
 from twisted.internet import reactor
@@ -17,6 +18,7 @@ from pushsvc.broker import make_broker
 from pushsvc.broker.redis_shards import jump_hash, shard_of, split, urls_of
 from pushsvc.broker.redis_sharded import ShardedRedisBroker
 from pushsvc.config import ConfigError, build_settings
+from pushsvc.cursor import shard_tag
 from tests.helpers import eventually, run, settings
 from tests.redis_helpers import RedisServer
 from tests.test_redis_broker import FakeEngine, NodesTestCase, message
@@ -99,6 +101,23 @@ class PlacementTests(unittest.TestCase):
                          [(("127.0.0.1", 1),), (("127.0.0.1", 2),)])
 
 
+class ShardEngine(FakeEngine):
+    """A FakeEngine with one session per group: ``by_group`` holds what
+    each got (a copy reaches the groups of its address but ``exclude``'s)."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.by_group: dict[str, list[str]] = {}
+        self.frames: list[bytes] = []
+
+    def deliver(self, message, alone=False, exclude=None):
+        super().deliver(message, alone)
+        self.frames.append(message.frame)
+        for group in message.to.group:
+            if exclude is None or group not in exclude.group:
+                self.by_group.setdefault(group, []).append(message.id)
+
+
 class ShardedBrokerTests(unittest.TestCase):
     """ShardedRedisBrokers a and b in this process on three redis-servers."""
 
@@ -113,7 +132,7 @@ class ShardedBrokerTests(unittest.TestCase):
         for node in ("a", "b"):
             s = settings(redis=urls, node=node, redis_heartbeat=0.2, redis_timeout=1.0)
             broker = ShardedRedisBroker(s, f"{node}.0", reactor, token=f"host:{node}")
-            engines[node] = FakeEngine(broker.owner)
+            engines[node] = ShardEngine(broker.owner)
             broker.attach(engines[node])
             self.addCleanup(broker.close)
             engines[node].broker = broker
@@ -129,6 +148,8 @@ class ShardedBrokerTests(unittest.TestCase):
 
     @run
     async def test_each_channel_lives_on_its_shard_and_a_message_of_several_comes_once(self):
+        """Each copy of a message of three shards goes to its shard's groups:
+        each group's session gets it once, from its own shard."""
         a, b = await self.start()
         groups = on_each(3)
         await self.subscribe(b, *(f"group:{g}" for g in groups))
@@ -140,11 +161,19 @@ class ShardedBrokerTests(unittest.TestCase):
         await eventually(lambda: len(b.delivered) == 3, 5, "one message per shard")
         a.broker.publish(*message("a.0.x.ALL3", group=groups))  # on all three shards
         a.broker.publish(*message("a.0.x.LAST", group=[groups[0]]))
-        await eventually(lambda: b.delivered[-1:] == ["a.0.x.LAST"], 5, "the last")
-        await eventually(lambda: "a.0.x.ALL3" in b.delivered, 5, "the one of three shards")
-        self.assertEqual(b.delivered.count("a.0.x.ALL3"), 1)
+        await eventually(lambda: b.delivered.count("a.0.x.ALL3") == 3
+                         and "a.0.x.LAST" in b.delivered, 5, "three copies and the last")
+        for n, group in enumerate(groups):
+            self.assertEqual(b.by_group[group], [f"a.0.x.M{n}", "a.0.x.ALL3"] +
+                             (["a.0.x.LAST"] if n == 0 else []))
         self.assertEqual(sorted(b.delivered[:3]), ["a.0.x.M0", "a.0.x.M1", "a.0.x.M2"])
         self.assertEqual(b.broker.counters["duplicates"], 2)
+        for frame in b.frames:  # each position tagged with the shard of the copy
+            sent = json.loads(frame)
+            to = sent["to"]["group"]
+            self.assertIn(groups[sent["shard"]], to if isinstance(to, list) else [to])
+            self.assertEqual((shard_tag(frame), list(sent)[:4]),
+                             (sent["shard"], ["op", "pos", "shard", "id"]))
 
     @run
     async def test_a_users_mailbox_lives_on_the_shard_of_the_user(self):

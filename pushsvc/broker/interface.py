@@ -12,9 +12,10 @@ __all__ = ["Command", "IBroker", "IReceiver", "Message"]
 class IReceiver(Interface):
     """What a broker hands messages and commands to: a session engine."""
 
-    def deliver(message, alone=False):
-        """Write ``message`` to every local session its address selects;
-        ``alone`` when no other message is delivered in this reactor turn."""
+    def deliver(message, alone=False, exclude=None):
+        """Write ``message`` to every local session its address selects but
+        those ``exclude`` (an Address) selects (a sharded broker's second
+        copy); ``alone`` when no other message is delivered in this reactor turn."""
 
     def perform(command):
         """Run ``command`` on the local sessions; return a JSON-able dict."""

@@ -17,53 +17,109 @@ from functools import lru_cache
 from typing import Callable
 
 from twisted.internet.defer import DeferredList, succeed
+from twisted.logger import Logger
 from zope.interface import implementer
 
+from ..cursor import SEPARATOR, Replayed, cursor, join_epochs, with_shard
+from ..ids import owner
+from ..protocol import Address
 from ..reloadable import IReloadable
-from ..routing import channels as route
+from ..routing import channels as route, worker_channel
+from ..sessions import ALL
 from .interface import IBroker, IReceiver, Message
 from .redis import RedisBroker
 from .redis_context import QUEUE_MAX_AGE
-from .redis_shards import shard_of, split, urls_of
+from .redis_shards import merge, shard_of, split, urls_of
 
-__all__ = ["ShardedRedisBroker"]
+__all__ = ["ShardedRedisBroker", "UnreadableHistory"]
+
+_log = Logger()
 
 ONCE_SECONDS = 2 * QUEUE_MAX_AGE   # how long a message of several shards is remembered
 ONCE_MAX = 100_000                 # and how many at most (the oldest are forgotten)
 
 
+class UnreadableHistory(Exception):
+    """No shard's history could be read for a replay."""
+
+
 @implementer(IReceiver)
 class _Once:
-    """The engine, behind the shards: a message published on several shards
-    reaches it once (its id is remembered ``ONCE_SECONDS``, at most
-    ``ONCE_MAX`` of them)."""
+    """The engine, behind the shards.  A message of one shard goes on as it
+    comes (its ``pos`` tagged with the shard, with several); a message
+    published on several reaches each session once, from the first copy
+    that comes of those of its channels' shards (``redis_shards``): copy i
+    goes to the sessions its channels on shard i select, but those an
+    earlier copy reached.  Which copies came is remembered per id
+    ``ONCE_SECONDS``, for at most ``ONCE_MAX`` messages."""
 
     def __init__(self, shards: int, clock):
         self.receiver = None
         self.clock = clock
         self.duplicates = 0
+        self.tagged = shards > 1
         self._shard = lru_cache(maxsize=65536)(lambda channel: shard_of(channel, shards))
-        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._seen: OrderedDict[str, tuple[float, set[int]]] = OrderedDict()
 
     def several(self, message: Message) -> set[int]:
         """The shards ``message`` was published on."""
         return {self._shard(channel) for channel in route(message.to)}
 
-    def deliver(self, message: Message, alone: bool = False) -> None:
-        if len(self.several(message)) > 1:
-            now = self.clock.seconds()
-            seen = self._seen
-            while seen and (len(seen) >= ONCE_MAX
-                            or next(iter(seen.values())) < now - ONCE_SECONDS):
-                seen.popitem(last=False)
-            if message.id in seen:
-                self.duplicates += 1
-                return
-            seen[message.id] = now
-        self.receiver.deliver(message, alone)
+    def on(self, address: Address, shards: set[int]) -> Address:
+        """The part of ``address`` whose channels are on ``shards``."""
+        if address.all:
+            return address if self._shard(ALL) in shards else Address()
+        keep = self._shard
+        return Address(
+            session=tuple(s for s in address.session
+                          if owner(s) and keep(worker_channel(owner(s))) in shards),
+            user=tuple(u for u in address.user if keep(f"user:{u}") in shards),
+            group=tuple(g for g in address.group if keep(f"group:{g}") in shards),
+            tag=tuple(t for t in address.tag if keep(f"tag:{t}") in shards))
+
+    def deliver(self, shard: int, message: Message, alone: bool = False) -> None:
+        frame = with_shard(message.frame, shard) if self.tagged else message.frame
+        several = self.several(message)
+        if len(several) < 2:
+            if frame is not message.frame:
+                message = Message(message.id, message.to, frame, message.to_text)
+            self.receiver.deliver(message, alone)
+            return
+        now = self.clock.seconds()
+        seen = self._seen
+        while seen and (len(seen) >= ONCE_MAX or next(iter(seen.values()))[0] < now - ONCE_SECONDS):
+            seen.popitem(last=False)
+        _, came = seen.setdefault(message.id, (now, set()))
+        if shard in came:
+            return
+        if came:
+            self.duplicates += 1
+        to = Message(message.id, self.on(message.to, {shard}), frame)
+        if came:
+            self.receiver.deliver(to, alone, self.on(message.to, came))
+        else:
+            self.receiver.deliver(to, alone)
+        came.add(shard)
+        if came >= several:
+            del seen[message.id]
 
     def perform(self, command):
         return self.receiver.perform(command)
+
+
+@implementer(IReceiver)
+class _FromShard:
+    """What shard ``shard``'s broker hands on, to ``_Once``."""
+
+    def __init__(self, once: _Once, shard: int):
+        self.once = once
+        self.shard = shard
+
+    def deliver(self, message: Message, alone: bool = False) -> None:
+        self.once.deliver(self.shard, message, alone)
+
+    def perform(self, command):
+        return self.once.perform(command)
 
 
 @implementer(IBroker, IReloadable)
@@ -109,16 +165,15 @@ class ShardedRedisBroker:
 
     @property
     def epoch(self) -> str | None:
-        """None: positions are per shard, and a resume across shards is not
-        done yet (``redis_shards``)."""
-        return None
+        """The shards' epochs joined by ``~`` (``cursor``)."""
+        return join_epochs(shard.epoch for shard in self.shards)
 
     # -- life cycle -------------------------------------------------------
 
     def attach(self, receiver):
         self._once.receiver = receiver
-        for shard in self.shards:
-            shard.attach(self._once)
+        for n, shard in enumerate(self.shards):
+            shard.attach(_FromShard(self._once, n))
 
     def use_hub(self, hub) -> None:
         for shard in self.shards:
@@ -164,8 +219,32 @@ class ShardedRedisBroker:
         return self.shards[0].command(command)
 
     def replay(self, channels, since, epoch):
-        """Every channel a gap: not across shards yet (``redis_shards``)."""
-        return succeed(([], sorted(set(channels))))
+        """Each shard's replay of its channels from the client's position
+        there, merged (``redis_shards.merge``): a ``Replayed``.  Fails only
+        when no shard can be read."""
+        current = SEPARATOR.join(shard.epoch or "" for shard in self.shards)
+        positions = cursor(since, epoch or "", current)
+        theirs = (epoch or "").split(SEPARATOR)
+        asked = split(sorted(set(channels)), len(self.shards))
+        order = sorted(asked)
+        reads = []
+        for n in order:
+            if positions[n] is None:  # every kept message, every channel a gap
+                reads.append(self.shards[n].replay(asked[n], 0, SEPARATOR))
+            else:
+                reads.append(self.shards[n].replay(asked[n], positions[n], theirs[n]))
+
+        def read(results):
+            answers = {}
+            for n, (ok, result) in zip(order, results):
+                if not ok:
+                    _log.failure("reading the history of shard {shard} failed", result,
+                                 shard=n)
+                answers[n] = result if ok else None
+            if not any(answers.values()) and not all(ok for ok, _ in results):
+                raise UnreadableHistory("no shard's history can be read now")
+            return Replayed(*merge(answers, asked))
+        return DeferredList(reads, consumeErrors=True).addCallback(read)
 
     def mail(self, user):
         return self._of(f"user:{user}").mail(user)

@@ -344,13 +344,17 @@ class Engine:
         """Build and send a message; a Deferred firing with its id."""
         return self.send(self.message(to, data, sender, event), store)
 
-    def deliver(self, message: Message, alone: bool = False) -> None:
+    def deliver(self, message: Message, alone: bool = False,
+                exclude: Address | None = None) -> None:
         """Write ``message`` to each local session it is for, encoded once.
 
         ``alone``: no other message is delivered in this reactor turn, so each
         connection writes it at once instead of at the end of the turn.
+        ``exclude``: the sessions this address selects had it already.
         """
         targets = recipients(self.registry, message.to)
+        if exclude is not None and targets:
+            targets = set(targets).difference(recipients(self.registry, exclude))
         if not targets:
             return
         prepared = self.prepare(message.frame)

@@ -7,6 +7,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..cursor import Replayed, cursor, shard_tag
 from ..wire.values import Message
 from ..protocol import (BAD_REQUEST, CLOSE_TRY_AGAIN, UNAVAILABLE, ProtocolError, Request,
                         position_of)
@@ -22,7 +23,7 @@ MAX_HELD = 10_000
 
 class _Held(list):
     """The live messages held for a session until its replay is written:
-    (id, position, prepared frame) each, and their ``bytes``."""
+    (id, position, its shard, prepared frame) each, and their ``bytes``."""
 
     bytes = 0
 
@@ -52,7 +53,9 @@ class Replays:
 
     def resume(self, session: Session, request: Request) -> Deferred:
         """``resume``: the kept messages of the session's channels after
-        ``since``, then ``ok`` with their count and the channels with a gap.
+        ``since``, then ``ok`` with their count and the channels with a gap
+        (and, with Redis shards, those whose shard cannot be read now:
+        ``unavailable``).
 
         Live messages for the session wait until the replay is written; one
         that is also in the replay is written once, in its replay place.
@@ -75,27 +78,33 @@ class Replays:
             self._end(session, set(), self._since(request))
             self.resumed.discard(session)  # it may try again
             raise ProtocolError(UNAVAILABLE, "the history cannot be read now")
-        messages, gaps = result
+        replayed = Replayed(*result)
+        messages = replayed.messages
         mailed = self.mailed.get(session)
         if mailed:
             messages = [(i, frame) for i, frame in messages if i not in mailed]
         for _, frame in messages:
             engine.reply(session, frame)
         engine.after_replies(session, self._end, session,
-                             {msg_id for msg_id, _ in messages}, self._since(request))
-        engine.ok(session, request, replayed=len(messages), gaps=gaps)
+                             {msg_id for msg_id, _ in messages}.union(replayed.had),
+                             self._since(request))
+        more = {"unavailable": replayed.unavailable} if replayed.unavailable else {}
+        engine.ok(session, request, replayed=len(messages), gaps=replayed.gaps, **more)
 
-    def _since(self, request: Request) -> int | None:
-        """The position the client had, when it counts in this history's epoch."""
-        return request.since if request.epoch == self.engine.broker.epoch else None
+    def _since(self, request: Request) -> list[int | None]:
+        """Per shard, the position the client had, when it counts in that
+        shard's epoch (``cursor``)."""
+        return cursor(request.since, request.epoch, self.engine.broker.epoch)
 
-    def _end(self, session: Session, replayed: set[str], since: int | None) -> None:
-        """Write the live messages held for the session, but those the replay
-        had and those the client had before (at or below ``since``, when
-        ``since`` is of this epoch)."""
-        for msg_id, position, prepared in self.held.pop(session, ()):
-            if msg_id not in replayed and (since is None or position is None
-                                           or position > since):
+    def _end(self, session: Session, skip: set[str], since: list[int | None]) -> None:
+        """Write the live messages held for the session, but those of ``skip``
+        (replayed, or had) and those the client had before (at or below its
+        position on their shard, when that counts in the shard's epoch)."""
+        for msg_id, position, shard, prepared in self.held.pop(session, ()):
+            if msg_id in skip:
+                continue
+            had = since[shard] if shard < len(since) else None
+            if had is None or position is None or position > had:
                 session.conn.send_prepared(prepared)
 
     def live(self, targets, message: Message, prepared) -> list[Session]:
@@ -107,7 +116,8 @@ class Replays:
             if held is None:
                 live.append(session)
             elif len(held) < MAX_HELD and held.bytes + len(message.frame) <= limit:
-                held.append((message.id, position_of(message.frame), prepared))
+                held.append((message.id, position_of(message.frame),
+                             shard_tag(message.frame), prepared))
                 held.bytes += len(message.frame)
             else:  # it would rather reconnect than wait this long
                 del self.held[session]
