@@ -7,6 +7,7 @@ liveness).  pusher-js itself drives it in test_pusher_ws_js.py."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from twisted.internet import task
 from twisted.trial import unittest
@@ -288,6 +289,26 @@ class EdgeTests(ServerTestCase):
         self.assertEqual(result["sessions"], 1)
         self.assertEqual(await answer_close(client), 4009)
 
+
+    @run
+    async def test_a_reload_applies_to_open_connections(self):
+        """Open connections use their app as reloaded: a new secret signs
+        from then on, and a disabled app's connections are closed (4003) at
+        their next frame."""
+        server = self.start()
+        client = await self.pusher_client()
+        socket_id = (await self.established(client))["socket_id"]
+        renewed = dict(APP, secret="new-secret")
+        server.reload(replace(server.settings, **pusher_overrides([renewed, *TABLES[1:]])))
+        new_app = Apps(check_apps([renewed])).by_id("1001")
+        client.transport.write(text({"event": "pusher:subscribe", "data": {
+            "channel": "private-r", "auth": channel_auth(new_app, socket_id, "private-r")}}))
+        await client.wait_for(lambda: self.events(client, "pusher_internal:subscription_succeeded"))
+        server.reload(replace(server.settings, **pusher_overrides(
+            [dict(renewed, enabled=False), *TABLES[1:]])))
+        client.transport.write(text({"event": "pusher:ping", "data": {}}))
+        self.assertEqual(await answer_close(client), 4003)
+        self.assertEqual(self.events(client, "pusher:pong"), [])
 
     @run
     async def test_closed_connections_leave_nothing_behind(self):

@@ -79,12 +79,17 @@ class PusherProtocol:
         try:
             app = self.edge.admit(path, params)
         except PusherError as e:
-            self.sendMessage(error(e.message, e.code))
-            self.close(e.code, e.message)
+            self.refuse(e)
             return
         super().onOpen()
         if self.session is not None:
             self.edge.opened(self, app)
+
+    def refuse(self, e: PusherError) -> None:
+        """``pusher:error`` with the close code, then the close with it."""
+        self.sendMessage(error(e.message, e.code))
+        self.close(e.code, e.message)
+        self._leave_engine()
 
     def onMessage(self, payload, isBinary):
         if self.session is None or self.pusher is None or self.state != OPEN:
@@ -94,7 +99,11 @@ class PusherProtocol:
         if isBinary:
             self.send_frame(error("binary frames are not supported; send JSON text"))
             return
-        self.pusher.app = self.edge.apps().by_id(self.pusher.app.id) or self.pusher.app  # reloaded
+        try:
+            self.pusher.app = self.edge.current(self.pusher.app)
+        except PusherError as e:
+            self.refuse(e)
+            return
         try:
             self.edge.serving.handle(self, payload)
         except Exception:
@@ -210,6 +219,17 @@ class PusherEdge:
             raise PusherError(OVER_CAPACITY, f"app {app.id} has its {app.max_connections} "
                                              "connections; try again later")
         return app
+
+    def current(self, app: PusherApp) -> PusherApp:
+        """``app`` as the settings have it now (after a reload: its secret,
+        switches and limits); PusherError 4001 or 4003 when a reload removed
+        or disabled it."""
+        now = self.apps().by_id(app.id)
+        if now is None or now.key != app.key:
+            raise PusherError(APP_NOT_FOUND, f"app {app.id} is no longer configured")
+        if not now.enabled:
+            raise PusherError(APP_DISABLED, f"app {app.id} is disabled")
+        return now
 
     def opened(self, conn, app: PusherApp) -> None:
         """``conn`` has its engine session: its socket id, then the first frame."""
