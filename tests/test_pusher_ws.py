@@ -291,6 +291,19 @@ class EdgeTests(ServerTestCase):
 
 
     @run
+    async def test_a_flood_is_refused_then_closed(self):
+        """Frames over the message rate: the first refusal is a pusher:error,
+        a flood closes with 4009 (pusher-js does not come back unchanged)."""
+        self.start(messages_per_second=1.0, message_burst=3)
+        client = await self.pusher_client()
+        await self.established(client)
+        for _ in range(20):
+            client.transport.write(text({"event": "pusher:ping", "data": {}}))
+        self.assertEqual(await answer_close(client), 4009)
+        errors = self.events(client, "pusher:error")
+        self.assertIn("messages a second", errors[0]["data"]["message"])
+
+    @run
     async def test_a_reload_applies_to_open_connections(self):
         """Open connections use their app as reloaded: a new secret signs
         from then on, and a disabled app's connections are closed (4003) at
