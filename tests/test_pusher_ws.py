@@ -288,7 +288,42 @@ class EdgeTests(ServerTestCase):
         status, result = await self.http("POST", "/api/kick", {"user": "alice"})
         self.assertEqual(result["sessions"], 1)
         self.assertEqual(await answer_close(client), 4009)
+        # A server going away (shutdown, a rolling restart): reconnect at once.
+        other = await self.pusher_client()
+        await self.established(other)
+        self.server.ws_factory.close_all()
+        self.assertEqual(await answer_close(other), 4200)
 
+
+    async def presence_client(self, user: str, channel: str = "presence-p"):
+        client = await self.pusher_client()
+        socket_id = (await self.established(client))["socket_id"]
+        data = json.dumps({"user_id": user})
+        client.transport.write(text({"event": "pusher:subscribe", "data": {
+            "channel": channel, "channel_data": data,
+            "auth": channel_auth(APPS.by_id("1001"), socket_id, channel, data)}}))
+        await client.wait_for(lambda: self.events(client, "pusher_internal:subscription_succeeded"))
+        return client, socket_id, data
+
+    @run
+    async def test_a_second_subscribe_announces_nobody_again(self):
+        """A connection subscribing again to its presence channel gets the
+        member list again; the others are not told of it twice."""
+        self.start()
+        watcher, _, _ = await self.presence_client("w")
+        client, socket_id, data = await self.presence_client("again")
+        await watcher.wait_for(lambda: self.events(watcher, "pusher_internal:member_added"))
+        client.transport.write(text({"event": "pusher:subscribe", "data": {
+            "channel": "presence-p", "channel_data": data,
+            "auth": channel_auth(APPS.by_id("1001"), socket_id, "presence-p", data)}}))
+        await client.wait_for(lambda: len(self.events(
+            client, "pusher_internal:subscription_succeeded")) == 2)
+        listed = json.loads(self.events(client, "pusher_internal:subscription_succeeded")[1]["data"])
+        self.assertEqual(sorted(listed["presence"]["ids"]), ["again", "w"])
+        await self.http("POST", "/api/push", {"to": {"group": "pusher.1001:presence-p"},
+                                              "data": "last"})
+        await watcher.wait_for(lambda: self.events(watcher, "message"))
+        self.assertEqual(len(self.events(watcher, "pusher_internal:member_added")), 1)
 
     @run
     async def test_a_flood_is_refused_then_closed(self):

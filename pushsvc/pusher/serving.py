@@ -69,7 +69,8 @@ class PusherServing:
     def do_pusher_subscribe(self, conn, pusher: PusherSession, frame: ClientFrame) -> None:
         engine, session = self.engine, conn.session
         sub = pusher.subscribe(frame)
-        if sub.group not in session.groups:
+        new = sub.group not in session.groups
+        if new:
             if not engine.groups.may_join(session, sub.group):
                 raise PusherError(None, f"a connection may be subscribed to at most "
                                         f"{engine.settings.max_groups_per_session} channels")
@@ -83,7 +84,7 @@ class PusherServing:
             engine.reply(session, subscription_succeeded(sub.channel))
             return
         d = self._presence(sub.group)
-        d.addCallback(self._listed, session, pusher, sub)
+        d.addCallback(self._listed, session, pusher, sub, new)
         d.addErrback(self._failed, session, sub.channel)
 
     def _presence(self, group: str) -> Deferred:
@@ -91,14 +92,14 @@ class PusherServing:
         return self.engine.run(Command("presence", {"group": group}))
 
     def _listed(self, result: dict[str, Any], session, pusher: PusherSession,
-                sub: Subscription) -> None:
+                sub: Subscription, new: bool) -> None:
         engine = self.engine
         if engine.gone(session) or pusher.channels.get(sub.channel) != sub.group:
             return
         listed = members(result)
         listed.setdefault(sub.user_id, sub.user_info)
         engine.reply(session, subscription_succeeded(sub.channel, listed))
-        if sessions_of(result, sub.user_id) <= 1:  # the user's first connection here
+        if new and sessions_of(result, sub.user_id) <= 1:  # the user's first connection
             self._publish(sub.group, MEMBER_ADDED,
                           member_added_data(sub.user_id, sub.user_info), pusher.socket_id)
 
