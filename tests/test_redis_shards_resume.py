@@ -7,7 +7,11 @@ shard, one shard restarted empty (a new epoch), one shard down.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 
+from twisted.internet import reactor
 from twisted.trial import unittest
 
 from pushsvc.broker.redis_shards import interleave, merge, shard_of
@@ -17,7 +21,21 @@ from pushsvc.protocol import Address, message_frame, with_position
 from pushsvc.routing import channels as route
 from tests.helpers import eventually, run
 from tests.test_redis_broker import NodesTestCase
+from tests.test_pusher_ws_js import PusherJs as NodeChild
 from tests.test_redis_shards import on_each
+
+JS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "browser", "shards_resume.js")
+NODE = shutil.which("node")
+
+
+def node_websocket_missing() -> str | None:
+    """Why pushsvc.js cannot run in Node here (None: it can)."""
+    if NODE is None:
+        return "node is not on PATH"
+    ran = subprocess.run([NODE, "--experimental-websocket", "-e",
+                          "process.exit(typeof WebSocket === 'function' ? 0 : 1)"],
+                         capture_output=True)
+    return None if ran.returncode == 0 else "this node has no WebSocket (Node >= 20.10)"
 
 
 class CursorTests(unittest.TestCase):
@@ -312,3 +330,40 @@ class ShardedResumeTests(NodesTestCase):
         self.assertEqual((ok["gaps"], ok.get("unavailable")), (on_2, None))
         order_kept(self, last.messages, elsewhere)
 
+    @run
+    async def test_pushsvc_js_resumes_across_shards_by_itself(self):
+        """pushsvc.js (in Node) keeps a position per shard and resumes with
+        them after its socket drops: what it missed comes once, in each
+        channel's order; ``lastPos`` has one position per shard."""
+        missing = node_websocket_missing()
+        if missing:
+            if os.environ.get("CI") == "true":
+                self.fail(missing)
+            raise unittest.SkipTest(missing)
+        await self.start()
+        js = NodeChild()
+        reactor.spawnProcess(js, NODE, [NODE, "--experimental-websocket", JS,
+                                        f"ws://127.0.0.1:{self.nodes['a'].port}/ws", "ann",
+                                        *self.g], env=os.environ.copy())
+        self.addCleanup(js.kill)
+        ready = await js.wait("ready")
+        self.assertEqual(len(ready["epoch"].split("~")), 3)
+        had = await self.pushes("b", 8, "had")
+        await eventually(lambda: len(js.all("message")) == len(had), 10, "the first ones")
+        got = [e["value"] for e in js.all("message")]
+        self.assertEqual([m["id"] for m in got], had)
+        self.assertEqual(js.all("message")[-1]["lastPos"], self.cursor_of_got(got))
+        js.send(**{"do": "drop"})
+        await eventually(lambda: [e for e in js.all("state") if e["value"]["state"] == "waiting"],
+                         10, f"away (seen: {js.seen[-3:]})")
+        missed = await self.pushes("b", 16, "missed")
+        resumed = await js.wait("resumed")
+        self.assertEqual((resumed["value"]["replayed"], resumed["value"]["gaps"],
+                          resumed["value"]["epochChanged"]), (len(missed), [], False))
+        self.assertEqual(resumed["value"]["since"], self.cursor_of_got(got))
+        await eventually(lambda: len(js.all("message")) == len(had) + len(missed), 10,
+                         "the missed ones")
+        again = [e["value"] for e in js.all("message")][len(had):]
+        order_kept(self, again, missed)
+        self.assertEqual(js.all("message")[-1]["lastPos"], self.cursor_of_got(got + again))
+        self.assertEqual(js.all("gap"), [])

@@ -16,8 +16,9 @@
  * - a lost connection comes back by itself, after a jittered exponential
  *   backoff (0.5 s doubling to 30 s, ±50 %), authenticates again as before,
  *   joins its groups again, and sends `resume` with the last `pos` it got and
- *   the `epoch` of that `pos`: the messages missed meanwhile arrive in order,
- *   once; the channels the server could not fill in are told as a `gap`;
+ *   the `epoch` of that `pos` (with Redis shards, the last `pos` of each
+ *   shard): the messages missed meanwhile arrive in order, once; the
+ *   channels the server could not fill in are told as a `gap`;
  * - `join(group, {token, data})` remembers a subscription token (or a
  *   function giving a fresh one for each join) and data for the re-joins; a
  *   group the server takes the session out of (`left` without `session`:
@@ -79,6 +80,15 @@
     }
   }
 
+  // With Redis shards the welcome's epoch is the shards' epochs joined by
+  // "~", a msg frame's pos counts on its "shard", and resume's since is one
+  // position per shard (docs/protocol.md#resume-with-redis-shards).
+  const SEPARATOR = "~";
+
+  function fresh(epoch) {  // no position yet on each shard of `epoch`
+    return new Array(epoch ? epoch.split(SEPARATOR).length : 1).fill(null);
+  }
+
   function withResume(url) {
     const [base, hash] = url.split("#", 2);
     return base + (base.indexOf("?") >= 0 ? "&" : "?") + "resume=1" + (hash !== undefined ? "#" + hash : "");
@@ -104,8 +114,8 @@
       this.session = null;   // this connection's session id (from welcome)
       this.user = null;      // the user the session is bound to
       this.epoch = null;     // the server's history epoch (from welcome)
-      this.lastPos = null;   // the pos of the last message received ...
-      this.posEpoch = null;  // ... and the epoch it belongs to
+      this.positions = [null];  // the pos of the last message received per shard ...
+      this.posEpoch = null;  // ... and the epoch they belong to
       this.groups = new Set(this.options.groups || []);
       this._joinOptions = new Map();  // group -> {token?, data?}, for the re-joins
       this.attempt = 0;      // reconnect attempts since the last ready
@@ -304,7 +314,10 @@
           this.epoch = frame.epoch === undefined ? null : frame.epoch;
           // Until a kept message arrives, "where we stand" is the start of
           // the first history we saw.
-          if (this.posEpoch === null && this.epoch !== null) this.posEpoch = this.epoch;
+          if (this.posEpoch === null && this.epoch !== null) {
+            this.posEpoch = this.epoch;
+            this.positions = fresh(this.epoch);
+          }
           this._emit("welcome", frame);
           if (!this._welcomed) {
             this._welcomed = true;
@@ -348,13 +361,23 @@
       this._deliver(frame);
     }
 
+    /** The last pos received (with Redis shards: one per shard, null for none). */
+    get lastPos() {
+      return this.positions.length === 1 ? this.positions[0] : this.positions.slice();
+    }
+
     _deliver(frame) {
-      if (typeof frame.pos === "number") {
-        if (this.posEpoch === this.epoch && this.lastPos !== null && frame.pos <= this.lastPos) {
-          return;                  // had it already
+      const shard = frame.shard === undefined ? 0 : frame.shard;
+      if (typeof frame.pos === "number" && typeof shard === "number") {
+        if (this.posEpoch !== this.epoch) {
+          this.posEpoch = this.epoch;
+          this.positions = fresh(this.epoch);
         }
-        this.lastPos = frame.pos;
-        this.posEpoch = this.epoch;
+        if (shard >= 0 && shard < this.positions.length) {
+          const had = this.positions[shard];
+          if (had !== null && frame.pos <= had) return;  // had it already
+          this.positions[shard] = frame.pos;
+        }
       }
       this._emit("message", frame);
     }
@@ -536,20 +559,30 @@
     _resume() {
       // With no kept message yet: from the start of the first history seen
       // (a server without history, ttl = 0, answers with every channel a gap).
-      const since = this.lastPos !== null ? this.lastPos : 0;
+      const positions = this.positions.map((pos) => pos || 0);
+      const since = positions.length === 1 ? positions[0] : positions;
       const epoch = this.posEpoch !== null ? this.posEpoch : (this.epoch || "");
       const epochChanged = epoch !== this.epoch;
       return this._request("resume", {since: since, epoch: epoch}, true).then((ok) => {
-        if (epochChanged) {        // positions of the old history mean nothing now
+        if (epochChanged) {        // positions in a shard's old history mean nothing now
+          const old = epoch.split(SEPARATOR);
+          const now = (this.epoch || "").split(SEPARATOR);
+          this.positions = old.length === now.length && now.length === this.positions.length
+            ? this.positions.map((pos, i) => (old[i] === now[i] ? pos : null))
+            : fresh(this.epoch);
           this.posEpoch = this.epoch;
-          this.lastPos = null;
         }
         this._flushBuffer();
         const info = {since: since, epoch: epoch, replayed: ok.replayed, gaps: ok.gaps || [],
                       epochChanged: epochChanged};
+        const unavailable = ok.unavailable || [];
+        if (unavailable.length) info.unavailable = unavailable;
         this._emit("resumed", info);
-        if (info.gaps.length) {
-          this._emit("gap", {channels: info.gaps, epochChanged: epochChanged, since: since});
+        if (info.gaps.length || unavailable.length) {
+          const gap = {channels: Array.from(new Set(info.gaps.concat(unavailable))).sort(),
+                       epochChanged: epochChanged, since: since};
+          if (unavailable.length) gap.unavailable = unavailable;
+          this._emit("gap", gap);
         }
       }, (error) => {
         if (error.code === "disconnected") throw error;
@@ -574,7 +607,9 @@
         seen.add(frame.id);
         (typeof frame.pos === "number" ? kept : unkept).push(frame);
       }
-      kept.sort((a, b) => a.pos - b.pos);
+      // With Redis shards the server's order is kept: positions of two
+      // shards do not compare.
+      if (!kept.some((frame) => frame.shard !== undefined)) kept.sort((a, b) => a.pos - b.pos);
       for (const frame of kept.concat(unkept)) this._deliver(frame);
     }
   }
