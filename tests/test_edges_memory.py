@@ -197,3 +197,45 @@ class HandshakeMemoryTests(MemoryEdgeTestCase):
         api, pump = self.connect(http_request("GET", "/healthz"))
         ws = self.session()
         self.assertEqual((api.header("server"), ws.header("server")), ("pushsvc", "pushsvc"))
+
+
+class DirectUpgradeMemoryTests(MemoryEdgeTestCase):
+    """A plain handshake goes from its bytes to the WebSocket protocol
+    (http/upgrade.py DirectUpgrade), without a twisted.web Request; one to
+    refuse still gets twisted.web's answers."""
+
+    def no_render(self, path: bytes = b"ws"):
+        def render(request):
+            raise AssertionError("twisted.web rendered the upgrade")
+        self.server.site.resource.children[path].render = render
+
+    def test_a_handshake_and_a_frame_in_one_write(self):
+        self.start()
+        self.no_render()
+        c, pump = self.connect(handshake() + frame(b'{"op":"ping","ref":1}'))
+        self.assertTrue(c.welcomed(), c.data[:300])
+        self.assertEqual(c.json_frames()[-1], {"op": "pong", "ref": 1})
+        self.assertEqual(len(self.server.ws_factory.connections), 1)
+
+    def test_the_per_address_slot_goes_with_the_connection(self):
+        self.start(max_connections_per_ip=1)
+        self.no_render()
+        first = self.session()
+        second, pump = self.connect(handshake())
+        self.assertEqual(second.status, 429)  # refused by twisted.web, as before
+        first.transport.loseConnection()
+        self.turn(first.pump)
+        third = self.session()
+        self.assertTrue(third.welcomed())
+
+    def test_a_handshake_to_refuse_is_twisted_webs(self):
+        self.start(allowed_origins=["https://good.example"])
+        rendered = []
+        resource = self.server.site.resource.children[b"ws"]
+        render = resource.render
+        resource.render = lambda request: rendered.append(request) or render(request)
+        bad, pump = self.connect(handshake(headers={"Origin": "https://evil.example"}))
+        self.assertEqual((bad.status, bad.body["error"]["code"]), (403, "forbidden"))
+        good, pump = self.connect(handshake(headers={"Origin": "https://good.example"}))
+        self.assertTrue(good.welcomed())
+        self.assertEqual(len(rendered), 1)

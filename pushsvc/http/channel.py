@@ -107,6 +107,15 @@ class PushChannel(LeanChannel):
             self.ip_slot.release()
         super().connectionLost(reason)
 
+    def upgraded(self):
+        """The connection is a WebSocket's from now on (upgrade.py
+        ``DirectUpgrade``): no deadline of this channel applies to it any
+        more; its transport, which this channel lets go of."""
+        self._disarm()
+        self.setTimeout(None)
+        transport, self.transport = self.transport, None
+        return transport
+
     def _arm(self):
         timeout = self.site.api.settings.handshake_timeout
         deadline = self._deadline

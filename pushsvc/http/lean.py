@@ -2,9 +2,12 @@
 llhttp (lean_reader.py) and serves those of the routes rendered by
 ``JsonResource.render`` (``/api/...``, ``/healthz``) itself, with a
 ``LeanRequest`` (lean_request.py), without twisted.web's per-request
-machinery; every other request (``/ws`` and its upgrade, ``/metrics``, the
-static files, the Pusher routes, HEAD, HTTP/1.0, ``Expect``, anything llhttp
-finds malformed or over the header limits) is handed, from its first byte,
+machinery.  A plain WebSocket handshake (``/ws``, ``/app/KEY``: one that
+passes the edge's checks) goes from its bytes to the WebSocket protocol,
+which does the handshake (upgrade.py ``DirectUpgrade``).  Every other
+request (a handshake to refuse, ``/metrics``, the static files, the Pusher
+routes, HEAD, HTTP/1.0, ``Expect``, anything llhttp finds malformed or over
+the header limits) is handed, from its first byte,
 to the twisted.web ``HTTPChannel`` this class is, which serves it as it
 always has; the connection comes back to the lean path once twisted.web has
 answered and holds nothing more.
@@ -76,6 +79,11 @@ class LeanChannel(HTTPChannel):
                     LineReceiver.dataReceived(self, b"")  # twisted.web reads _buffer
                     self._back_to_lean()
                     return
+                if outcome is not NEED_MORE and outcome is not INVALID and outcome.target.upgrade:
+                    # A plain WebSocket handshake: the connection is the WebSocket's.
+                    data, self._buffer, self._reader = self._buffer, b"", None
+                    outcome.target.take_over(data)
+                    return
                 self._buffer = self._buffer[used:]
                 if outcome is NEED_MORE:
                     return
@@ -91,9 +99,13 @@ class LeanChannel(HTTPChannel):
             self._serving = False
 
     def _accept(self, method: bytes, url: bytes, headers: list) -> LeanRequest | None:
-        """A LeanRequest for a request the lean path serves, else None."""
+        """A LeanRequest for a request the lean path serves, a DirectUpgrade
+        (upgrade.py) for a plain WebSocket handshake, else None."""
         request = LeanRequest(self, method, url, headers)
         resource = getChildForRequest(self.site.resource, request)
+        direct = getattr(resource, "direct", None)
+        if direct is not None:
+            return direct(self, headers) if method == b"GET" else None
         if getattr(type(resource), "render", None) is not JsonResource.render:
             return None
         request.resource = resource

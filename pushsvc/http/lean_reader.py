@@ -51,7 +51,9 @@ class RequestReader:
 
     ``accept(method, url, headers)`` gets each head that is plain HTTP/1.1
     GET or POST (``headers`` a list of (name, value) as sent) and returns
-    what to serve it with, or None to leave it to twisted.web.  A head over
+    what to serve it with, or None to leave it to twisted.web; what it
+    returns says by its ``upgrade`` whether it is for an Upgrade request
+    (a WebSocket handshake), which ends at its head.  A head over
     ``max_head`` bytes (request line and headers with their line ends) or
     ``max_headers`` headers is left to twisted.web, which applies its own
     count of the same limits; a body over ``max_body`` bytes is read and
@@ -145,15 +147,20 @@ class RequestReader:
         end += len(END_OF_HEAD)
         if end > self.max_head:
             return -1
+        upgrade = False
         try:
             self._parser.feed_data(data[:end])
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+        except httptools.HttpParserUpgrade:  # llhttp stops after an Upgrade request's head
+            upgrade = True
+        except httptools.HttpParserError:
             self._reset()
             return -1
         target = self._accept() if self._head_done else None
-        if target is None:
+        if target is None or upgrade is not target.upgrade:
             self._reset()
             return -1
+        if upgrade:  # no body: the connection is the WebSocket's next
+            self._complete = True
         self._target = target
         self._head_done = False
         return end

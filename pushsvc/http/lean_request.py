@@ -52,6 +52,7 @@ class LeanRequest:
     """
 
     clientproto = b"HTTP/1.1"
+    upgrade = False       # not a WebSocket handshake (those are upgrade.DirectUpgrade's)
     code = 200
     finished = False
     gone = False          # set by JsonResource.render when the client is gone

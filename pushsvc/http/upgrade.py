@@ -1,8 +1,17 @@
-"""``/ws``: the WebSocket upgrade, behind the edge's checks."""
+"""``/ws`` (and ``/app/KEY``): the WebSocket upgrade, behind the edge's checks.
+
+Two ways in: twisted.web renders ``PushWebSocketResource`` (every check and
+refusal, and Autobahn's ``WebSocketResource`` replaying the request to the
+WebSocket protocol); or the lean path (lean.py) hands over a plain
+handshake, one that passes every check, from its bytes as sent
+(``PushWebSocketResource.direct``), so that a connect storm does not build a
+twisted.web Request per connection only to take it apart again.
+"""
 
 from __future__ import annotations
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.protocols.policies import ProtocolWrapper
 from twisted.web.server import NOT_DONE_YET
 
 from ..limits import address_key
@@ -19,7 +28,28 @@ class PushWebSocketResource(WebSocketResource):
 
     def __init__(self, factory, api: HttpApi):
         super().__init__(factory)
+        self.factory = factory
         self.api = api
+
+    def direct(self, channel, headers: list[tuple[bytes, bytes]]) -> "DirectUpgrade | None":
+        """The upgrade of a plain handshake on ``channel`` (HTTP/1.1, asking
+        for a WebSocket, with an allowed Origin or none, not through a
+        trusted proxy), done without twisted.web; None: twisted.web serves
+        the request as always, refusals included."""
+        if channel.proxied:
+            return None
+        upgrade = origin = None
+        for name, value in headers:
+            lower = name.lower()
+            if lower == b"upgrade":
+                upgrade = value
+            elif lower == b"origin":
+                origin = value
+        if upgrade is None or upgrade.strip().lower() != b"websocket":
+            return None
+        if origin is not None and not self.api.origins.allows(origin.decode("latin-1")):
+            return None
+        return DirectUpgrade(self.factory, channel)
 
     def render(self, request):
         api = self.api
@@ -54,6 +84,34 @@ class PushWebSocketResource(WebSocketResource):
                     slot.release()
                 else:
                     channel.ip_slot = slot
+
+
+class DirectUpgrade:
+    """A handshake the lean path hands over: the connection becomes the
+    WebSocket protocol's, which reads the request as the client sent it
+    (Autobahn does the handshake and its checks: key, version, ...)."""
+
+    upgrade = True  # the request ends at its head (lean_reader.py)
+
+    def __init__(self, factory, channel):
+        self.factory = factory
+        self.channel = channel
+
+    def take_over(self, data: bytes) -> None:
+        """Give the connection to a new WebSocket protocol, which reads
+        ``data``: the request, and whatever the client sent after it."""
+        channel, factory = self.channel, self.factory
+        transport = channel.upgraded()
+        factory.next_slot, channel.ip_slot = channel.ip_slot, None
+        protocol = factory.buildProtocol(transport.getPeer())
+        if isinstance(transport, ProtocolWrapper):  # TLS
+            transport.wrappedProtocol = protocol
+        elif isinstance(transport.protocol, ProtocolWrapper):
+            transport.protocol.wrappedProtocol = protocol
+        else:
+            transport.protocol = protocol
+        protocol.makeConnection(transport)
+        protocol.dataReceived(data)
 
 
 def refuse_upgrade(api: HttpApi, http11: bool,
