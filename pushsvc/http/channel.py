@@ -96,7 +96,7 @@ class PushChannel(LeanChannel):
     def timeoutConnection(self):
         self._disarm()
         if self._partial or not self._served:
-            self.site.api.engine.counters["slow_handshakes"] += 1
+            self.site.api.counters["slow_handshakes"] += 1
         super().timeoutConnection()
 
     def connectionLost(self, reason):
@@ -161,7 +161,7 @@ class PushChannel(LeanChannel):
         self._closing = True
         self._disarm()
         self.setTimeout(None)
-        self.site.api.engine.counters[COUNTED.get(status, "http_invalid")] += 1
+        self.site.api.counters[COUNTED.get(status, "http_invalid")] += 1
         body = json.dumps(error_body(code, message), separators=(",", ":")).encode() + b"\n"
         phrase = {400: b"Bad Request", 431: b"Request Header Fields Too Large"}[status]
         self.transport.write(b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\n"
@@ -207,7 +207,7 @@ class PushSite(Site):
         key = address_key(host)
         channel.ip_slot = api.per_ip.acquire(key)
         if channel.ip_slot is None:
-            api.engine.counters["refused_ip"] += 1
+            api.counters["refused_ip"] += 1
             channel.ip_slot = api.refusing.acquire(key)
             if channel.ip_slot is None:
                 channel.abort_now = True

@@ -125,7 +125,7 @@ class PusherApi(Resource):
                          method=request.method, path=request.path)
             status, message = 500, "internal error"
         if status in COUNTED:
-            self.api.engine.counters[COUNTED[status]] += 1
+            self.api.counters[COUNTED[status]] += 1
         if status == 405:
             request.setHeader(b"allow", self._allowed(request))
         _text_error(request, status, message)
