@@ -126,11 +126,12 @@ def jwt_algorithms(value: Any) -> list[str]:
 
 def redis_url(value: Any) -> str:
     """'' (no Redis) or redis:// or redis+sentinel:// URLs (``broker.redis_url``),
-    several separated by spaces: one per shard (``broker.redis_shards``)."""
+    several separated by spaces: one per shard (``broker.redis_shards``); or
+    one redis+cluster:// URL (``broker.redis_cluster``)."""
     from .broker.redis_url import parse_redis_url
     urls = text(value).split()
-    for url in urls:
-        parse_redis_url(url)
+    if any(parse_redis_url(url).cluster for url in urls) and len(urls) > 1:
+        raise ValueError("a redis+cluster:// URL names a whole cluster: give it alone")
     if len(set(urls)) != len(urls):
         raise ValueError("names a Redis twice")
     return " ".join(urls)

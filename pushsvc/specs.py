@@ -106,13 +106,17 @@ SPECS: tuple[Spec, ...] = (
     Spec("history", "max_memory", 64 * 1024 * 1024, integer(64 * 1024),
          "bytes of kept messages in all; past it the oldest go first"),
     Spec("redis", "url", "", redis_url,
-         "Redis for many nodes: redis://HOST:PORT/DB or "
-         "redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE/DB; several, separated "
-         "by spaces, are shards; '' = none",
+         "Redis for many nodes: redis://HOST:PORT/DB, "
+         "redis+sentinel://HOST:PORT[,HOST:PORT]/SERVICE/DB or "
+         "redis+cluster://HOST:PORT[,HOST:PORT]; several redis:// or "
+         "redis+sentinel://, separated by spaces, are shards; '' = none",
          flag="redis", attr="redis"),
     Spec("redis", "urls", [], redis_urls,
          "Redis shards: a list of URLs, each channel on one (instead of url)",
          attr="redis_urls"),
+    Spec("redis", "cluster_shards", 16, integer(1, 256),
+         "logical shards of a Redis Cluster (redis+cluster://), each in one slot "
+         "with its own history; the same on every node", attr="redis_cluster_shards"),
     Spec("redis", "prefix", "pushsvc:", redis_prefix,
          "start of every Redis channel and key this cluster uses",
          attr="redis_prefix"),
@@ -191,5 +195,6 @@ SPECS: tuple[Spec, ...] = (
 
 # Settings a reload leaves as they are: only a restart of the server applies them.
 RESTART_ONLY = ("port", "listen", "workers", "node", "admin", "admin_secret", "log_format",
-                "redis", "redis_urls", "redis_prefix", "redis_timeout", "redis_heartbeat",
+                "redis", "redis_urls", "redis_cluster_shards", "redis_prefix", "redis_timeout",
+                "redis_heartbeat",
                 "redis_max_queued", "redis_max_queued_bytes")

@@ -10,6 +10,7 @@ with ``CI=true`` they fail: CI must never pass by skipping them.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 
@@ -40,14 +41,16 @@ class RedisServer:
     fault a node must survive) and ``start`` again on the same port.
 
     ``monitor``: the port of a Redis to watch as the master ``mymaster``:
-    this one is then a Sentinel.
+    this one is then a Sentinel.  ``args``: more of redis-server's options.
     """
 
-    def __init__(self, testcase, port: int | None = None, monitor: int | None = None):
+    def __init__(self, testcase, port: int | None = None, monitor: int | None = None,
+                 args: tuple = ()):
         self.testcase = testcase
         self.path = require_redis(testcase)
         self.port = port or free_port()
         self.monitor = monitor
+        self.args = list(args)
         self.dir = os.path.abspath(testcase.mktemp())
         os.makedirs(self.dir)
         self.child: Child | None = None
@@ -61,7 +64,7 @@ class RedisServer:
         child = self.child = Child()
         args = [self.path, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", self.dir,
-                "--logfile", "", "--loglevel", "warning"]
+                "--logfile", "", "--loglevel", "warning", *self.args]
         if self.monitor is not None:  # a Sentinel rewrites its config file: give one
             config = os.path.join(self.dir, "sentinel.conf")
             with open(config, "w") as f:
@@ -102,6 +105,83 @@ class RedisServer:
     def numsub(self, channel: str) -> int:
         """How many connections subscribe to ``channel`` (with the prefix)."""
         return self.call("PUBSUB", "NUMSUB", channel)[1]
+
+
+class RedisCluster:
+    """A real Redis Cluster: ``masters`` redis-servers in cluster mode, each
+    with ``replicas`` replicas, joined by ``redis-cli --cluster create``
+    (even slot ranges); a failed master is noticed after ``node_timeout_ms``."""
+
+    def __init__(self, testcase, masters: int = 3, replicas: int = 1,
+                 node_timeout_ms: int = 1000):
+        self.testcase = testcase
+        self.masters, self.replicas = masters, replicas
+        args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(node_timeout_ms),
+                "--cluster-require-full-coverage", "no")
+        self.servers = [RedisServer(testcase, port=_cluster_port(), args=args)
+                        for _ in range(masters * (1 + replicas))]
+
+    @property
+    def url(self) -> str:
+        return f"redis+cluster://127.0.0.1:{self.servers[0].port},127.0.0.1:{self.servers[1].port}"
+
+    async def start(self) -> None:
+        for server in self.servers:
+            await server.start()
+        cli = shutil.which("redis-cli") or self.testcase.fail("redis-cli is not installed")
+        child = Child()
+        nodes = [f"127.0.0.1:{server.port}" for server in self.servers]
+        reactor.spawnProcess(child, cli, [cli, "--cluster", "create", *nodes,
+                                          "--cluster-replicas", str(self.replicas),
+                                          "--cluster-yes"], env=os.environ.copy())
+        if await child.exited() != 0:
+            self.testcase.fail(f"redis-cli --cluster create failed:\n{child.output()}")
+        await self.settled()
+
+    async def settled(self, timeout: float = 20.0) -> None:
+        """Until every running node says the cluster is ok and each master
+        has its replicas in sync."""
+        deadline = reactor.seconds() + timeout
+        while not self._ok():
+            if reactor.seconds() > deadline:
+                self.testcase.fail(f"the redis cluster did not settle within {timeout} s")
+            await deferLater(reactor, 0.1, lambda: None)
+
+    def _ok(self) -> bool:
+        running = [s for s in self.servers if s.child is not None]
+        try:
+            if not all(b"cluster_state:ok" in s.call("CLUSTER", "INFO") for s in running):
+                return False
+            masters = [s for s in running if s.call("ROLE")[0] == b"master"]
+            return len(masters) == self.masters and all(
+                len(s.call("ROLE")[2]) == self.replicas for s in masters)
+        except (OSError, RuntimeError):
+            return False
+
+    def master_of(self, key: str) -> RedisServer:
+        """The master holding ``key``'s slot, as a running node sees it."""
+        node = next(s for s in self.servers if s.child is not None)
+        slot = node.call("CLUSTER", "KEYSLOT", key)
+        port = next(int(r[2][1]) for r in node.call("CLUSTER", "SLOTS") if r[0] <= slot <= r[1])
+        return next(s for s in self.servers if s.port == port)
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        ports = [int(r[1]) for r in master.call("ROLE")[2]]
+        return next(s for s in self.servers if s.port in ports)
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (10000 higher) is free too."""
+    while True:
+        port = random.randrange(20000, 55535)
+        try:
+            for p in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", p))
+            return port
+        except OSError:
+            continue
 
 
 def _read(f):

@@ -227,6 +227,14 @@ local since = tonumber(ARGV[1])
 return {since, redis.call('ZRANGEBYSCORE', KEYS[1], since + tonumber(ARGV[2]), '+inf')}
 """
 
+# In a Redis Cluster (``redis_cluster``) a logical shard's channels are shard
+# channels (SSUBSCRIBE): the publish script publishes with SPUBLISH and asks
+# whether a user is online with PUBSUB SHARDNUMSUB, in the slot of its keys.
+SHARDED = {PUBLISH_SCRIPT: PUBLISH_SCRIPT.replace("'PUBLISH'", "'SPUBLISH'").replace(
+    "'PUBSUB', 'NUMSUB'", "'PUBSUB', 'SHARDNUMSUB'")}
+assert all(s.count("'SPUBLISH'") == 1 and s.count("'SHARDNUMSUB'") == 1
+           for s in SHARDED.values())
+
 
 # -- the bytes ------------------------------------------------------------------
 
