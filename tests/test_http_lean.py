@@ -204,6 +204,12 @@ class KeepAliveTests(LeanTestCase):
         self.assertEqual([s for s, _, _ in got], [202] * 6)
         self.assertIn(b"\r\nConnection: close\r\n", got[-1][1])
         self.assertNotIn(b"Connection", got[0][1])
+        # What follows a request with Connection: close is not read.
+        got, client = await self.exchange(push(6, close=True) + push(7) + push(8), 1)
+        await client.wait_lost()
+        self.assertEqual(len(answers(client.data)), 1)
+        await self.watcher.barrier()
+        self.assertEqual([m["data"] for m in self.watcher.messages], list(range(7)))
 
     @run
     async def test_chunked_bodies_pipelined(self):

@@ -74,6 +74,7 @@ class RequestReader:
 
     def _next_message(self) -> None:
         self._target = None           # what accept returned; None between heads
+        self._scanned = 0             # bytes of a partial head with no CRLF CRLF
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_done = self._complete = False
@@ -114,7 +115,8 @@ class RequestReader:
     # -- reading ------------------------------------------------------------
 
     def read(self, data: bytes) -> tuple[Any, int]:
-        """What the bytes from the start of ``data`` hold (module docstring)."""
+        """What the bytes from the start of ``data`` hold (module docstring).
+        After NEED_MORE, ``data`` is the same bytes, less the ``used`` ones, and more."""
         pos = 0
         if self._target is None:
             pos = self._read_head(data)
@@ -141,8 +143,10 @@ class RequestReader:
     def _read_head(self, data: bytes) -> int:
         """The head's length once it is whole and accepted; 0 while it is
         not whole; -1 for twisted.web."""
-        end = data.find(END_OF_HEAD)
+        end = data.find(END_OF_HEAD, self._scanned)
         if end < 0:
+            # A head trickling in is not searched again from its start.
+            self._scanned = max(0, len(data) - len(END_OF_HEAD) + 1)
             return -1 if len(data) > self.max_head else 0
         end += len(END_OF_HEAD)
         if end > self.max_head:
