@@ -19,6 +19,8 @@ from pushsvc.broker.redis_shards import jump_hash, shard_of, split, urls_of
 from pushsvc.broker.redis_sharded import ShardedRedisBroker
 from pushsvc.config import ConfigError, build_settings
 from pushsvc.cursor import shard_tag
+from pushsvc.protocol import Address
+from pushsvc.routing import channels as route
 from tests.helpers import eventually, run, settings
 from tests.redis_helpers import RedisServer
 from tests.test_redis_broker import FakeEngine, NodesTestCase, message
@@ -34,6 +36,21 @@ def on_each(shards: int, kind: str = "group") -> list[str]:
         found.setdefault(shard_of(f"{kind}:{kind[0]}{n}", shards), f"{kind[0]}{n}")
         n += 1
     return [found[i] for i in range(shards)]
+
+
+def order_kept(testcase, messages, wanted):
+    """``messages`` are the ``wanted`` ids, each once, each channel's in the
+    order of ``wanted``, and each shard's positions rising."""
+    ids = [m["id"] for m in messages]
+    testcase.assertEqual(sorted(ids), sorted(wanted))
+    testcase.assertEqual(len(set(ids)), len(ids))
+    by_id = {m["id"]: m for m in messages}
+    for channel in {c for m in messages for c in route(Address.from_json(m["to"]))}:
+        on = [i for i in wanted if channel in route(Address.from_json(by_id[i]["to"]))]
+        testcase.assertEqual([i for i in ids if i in on], on, channel)
+    for shard in {m["shard"] for m in messages if "shard" in m}:
+        positions = [m["pos"] for m in messages if m.get("shard") == shard]
+        testcase.assertEqual(positions, sorted(set(positions)))
 
 
 class PlacementTests(unittest.TestCase):
@@ -138,6 +155,10 @@ class ShardedBrokerTests(unittest.TestCase):
             engines[node].broker = broker
         for engine in engines.values():
             await eventually(lambda: engine.broker.health() is None, 10, "healthy")
+            # each shard knows both members: a queue kept through an outage
+            # waits for them to be back before it is sent
+            await eventually(lambda: all(len(shard._members.live) == 2
+                                         for shard in engine.broker.shards), 10, "both seen")
         return engines["a"], engines["b"]
 
     async def subscribe(self, engine, *channels):
@@ -250,6 +271,18 @@ class ShardedNodesTests(NodesTestCase):
                 await c.wait_for_messages(1)
                 self.assertEqual(c.messages[-1]["id"], msg)
                 del c.messages[:]
+
+    async def settle(self, clients, expected: dict) -> None:
+        """Every client has exactly its ``expected`` message ids, each
+        channel's in order (across shards order is not total): once a last
+        push to each shard's group reached them all."""
+        last = [await self.push_on("a", {"group": group}, "sentinel") for group in on_each(3)]
+        await eventually(lambda: all(set(last) <= {m["id"] for m in c.messages}
+                                     for c in clients), 10, "the sentinels everywhere")
+        for c in clients:
+            order_kept(self, [m for m in c.messages if m["id"] not in last],
+                       expected.get(c, []))
+            del c.messages[:]
 
     async def degraded(self, node: str, timeout: float = 10.0):
         """Poll /healthz until it answers 503: (status, body)."""

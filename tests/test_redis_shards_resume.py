@@ -22,7 +22,7 @@ from pushsvc.routing import channels as route
 from tests.helpers import eventually, run
 from tests.test_redis_broker import NodesTestCase
 from tests.test_pusher_ws_js import PusherJs as NodeChild
-from tests.test_redis_shards import on_each
+from tests.test_redis_shards import on_each, order_kept
 
 JS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "browser", "shards_resume.js")
 NODE = shutil.which("node")
@@ -129,21 +129,6 @@ class MergeTests(unittest.TestCase):
                                                        1: [("b", 1), ("a", 1)]})], ["a", "b"])
 
 
-def order_kept(testcase, messages, wanted):
-    """``messages`` are the ``wanted`` ids, each once, each channel's in the
-    order of ``wanted``, and each shard's positions rising."""
-    ids = [m["id"] for m in messages]
-    testcase.assertEqual(sorted(ids), sorted(wanted))
-    testcase.assertEqual(len(set(ids)), len(ids))
-    by_id = {m["id"]: m for m in messages}
-    for channel in {c for m in messages for c in route(Address.from_json(m["to"]))}:
-        on = [i for i in wanted if channel in route(Address.from_json(by_id[i]["to"]))]
-        testcase.assertEqual([i for i in ids if i in on], on, channel)
-    for shard in {m["shard"] for m in messages}:
-        positions = [m["pos"] for m in messages if m["shard"] == shard]
-        testcase.assertEqual(positions, sorted(set(positions)))
-
-
 class ShardedResumeTests(NodesTestCase):
     """Two nodes of two workers on three redis-servers; ann is in a group on
     each shard (``g``), and her user and ``all`` channels live on some."""
@@ -198,7 +183,7 @@ class ShardedResumeTests(NodesTestCase):
         first = await self.ann_on("a")
         had = await self.pushes("a", 8, "had")
         await first.wait_for_messages(len(had))
-        self.assertEqual([m["id"] for m in first.messages], had)
+        order_kept(self, first.messages, had)
         self.assertEqual({m["shard"] for m in first.messages}, {0, 1, 2})
         for m in first.messages:  # each tagged with a shard of one of ann's channels
             shards = {shard_of(c, 3) for c in route(Address.from_json(m["to"]))
@@ -217,7 +202,7 @@ class ShardedResumeTests(NodesTestCase):
         live = await self.pushes("b", 3, "live")
         await again.wait_for_messages(3)
         await again.barrier()
-        self.assertEqual([m["id"] for m in again.messages], live)
+        order_kept(self, again.messages, live)
         self.assertIn(bob.messages[0]["id"], had)
 
     @run
@@ -243,7 +228,7 @@ class ShardedResumeTests(NodesTestCase):
         await client.when_ready()
         await eventually(lambda: len(got) == len(had) + len(missed), 10, "the missed ones")
         await client.ping()
-        self.assertEqual([m["id"] for m in got[:len(had)]], had)
+        order_kept(self, got[:len(had)], had)
         order_kept(self, got[len(had):], missed)
         [info] = resumed
         self.assertEqual((info["replayed"], info["gaps"], info["epoch_changed"]),
@@ -351,7 +336,7 @@ class ShardedResumeTests(NodesTestCase):
         had = await self.pushes("b", 8, "had")
         await eventually(lambda: len(js.all("message")) == len(had), 10, "the first ones")
         got = [e["value"] for e in js.all("message")]
-        self.assertEqual([m["id"] for m in got], had)
+        order_kept(self, got, had)
         self.assertEqual(js.all("message")[-1]["lastPos"], self.cursor_of_got(got))
         js.send(**{"do": "drop"})
         await eventually(lambda: [e for e in js.all("state") if e["value"]["state"] == "waiting"],
