@@ -82,6 +82,9 @@ class PushServerProtocol(WebSocketServerProtocol):
 
     def connectionMade(self):
         super().connectionMade()
+        transport = self.transport
+        if isinstance(transport, tcp.Connection) and not transport.TLS:
+            self._socket = transport.socket
         self.factory.connections.add(self)
         self.factory.meter.connections_opened += 1
         self.ip_slot, self.factory.next_slot = self.factory.next_slot, None
@@ -128,8 +131,6 @@ class PushServerProtocol(WebSocketServerProtocol):
         # never uses; an empty tuple answers len() like the deque it replaces.
         self.send_queue = ()
         transport = self.transport
-        if isinstance(transport, tcp.Connection) and not transport.TLS:
-            self._socket = transport.socket
         # twisted.web's HTTPChannel is the transport's producer until now.
         transport.unregisterProducer()
         self.transport.registerProducer(_FlowWatch(self), True)
@@ -341,10 +342,15 @@ class PushServerProtocol(WebSocketServerProtocol):
         transport.write(data)
 
     def sendData(self, data, sync=False, chopsize=None):
-        # Autobahn's own frames (pong, ping, close) go after the queued ones.
+        # Autobahn's own writes (the handshake's answer, pong, ping, close) go
+        # after the frames queued in this turn, and as they do: straight to
+        # the socket when Twisted holds nothing for it.
         self.flush()
-        self.factory.meter.bytes_out += len(data)
-        super().sendData(data, sync, chopsize)
+        if sync or chopsize or self.send_queue:  # not pushsvc's: Autobahn's queue
+            self.factory.meter.bytes_out += len(data)
+            super().sendData(data, sync, chopsize)
+        else:
+            self._write(data)
 
     def close(self, code: int, reason: str) -> None:
         """Start the close handshake with any code a server may send.
