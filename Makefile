@@ -1,7 +1,8 @@
 # make run   - create .venv, install pushsvc, run it on port 8080: a master and
 #              a pool of workers, one per CPU (ARGS="--workers 0" for one process)
 # make test  - create .venv, install with test extras, run the trial suite
-# make bench - create .venv, run pushsvc-bench (a few minutes; BENCH_ARGS= for options)
+# make bench - create .venv, run pushsvc-bench (a few minutes; BENCH_ARGS= for options),
+#              then across two nodes on 1 and 3 Redis shards (CROSS_NODE_ARGS=)
 SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
@@ -9,6 +10,7 @@ PY     := $(VENV)/bin/python
 PORT   ?= 8080
 ARGS   ?=
 BENCH_ARGS ?=
+CROSS_NODE_ARGS ?= --workers 1 --clients 2000
 
 .PHONY: run test bench clean redis-server browser pusherjs
 
@@ -86,8 +88,9 @@ test: $(VENV)/.installed redis-server browser pusherjs
 	  [ $$lint = 0 ] || status=1; \
 	  $(PY) tools/trial_summary.py $(VENV)/trial.log $$status
 
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed redis-server
 	$(VENV)/bin/pushsvc-bench $(BENCH_ARGS)
+	$(VENV)/bin/pushsvc-bench --cross-node 1,3 $(CROSS_NODE_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info twisted/plugins/dropin.cache

@@ -8,6 +8,7 @@ import json
 from twisted.trial import unittest
 
 from pushsvc.bench.cli import loopback
+from pushsvc.bench.crossnode import parse_counts, ratios
 from pushsvc.bench.profile import summarize
 from pushsvc.bench.report import (BROADCAST, MEMORY, NONE, P99, Figure, Result,
                                   bottleneck, format_table)
@@ -268,3 +269,18 @@ class CliTests(unittest.TestCase):
         self.assertEqual(loopback("http://127.0.0.2:81"), ("127.0.0.2", 81))
         for url in ("ws://10.0.0.1:8080/ws", "ws://example.com/ws", "ws://[::1]:80/ws"):
             self.assertRaises(SystemExit, loopback, url)
+
+
+class CrossNodeTests(unittest.TestCase):
+    """``--cross-node``: its shard counts and the ratios it prints (the runs
+    start Redis and two nodes: ``make bench`` runs them)."""
+
+    def test_counts_and_ratios(self):
+        self.assertEqual(parse_counts("1,3"), [1, 3])
+        for bad in ("", "0,3", "a", "1,17"):
+            with self.assertRaises(ValueError):
+                parse_counts(bad)
+        self.assertEqual(ratios({1: [100.0, 10.0], 3: [150.0, None]}, [1, 3]),
+                         ["cross-node deliveries/s, 3 shards over 1: broadcast 1.50, "
+                          "unicast -"])
+        self.assertEqual(ratios({1: [100.0, 10.0]}, [1, 3]), [])

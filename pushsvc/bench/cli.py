@@ -13,6 +13,7 @@ import tempfile
 import time
 from urllib.parse import urlsplit
 
+from .crossnode import parse_counts, run_counts
 from .profile import Profiler
 from .report import format_table
 from .server import ChildServer, Server, http_status
@@ -45,6 +46,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "and memory")
     server.add_argument("--api-key", help="bearer key for POST /api/push, if the server "
                                           "needs one")
+    server.add_argument("--cross-node", metavar="COUNTS",
+                        help="instead: for each number of Redis shards in COUNTS (such "
+                             "as 1,3), start that many redis-servers and two nodes on "
+                             "them, clients on one, pushes through the other; broadcast "
+                             "and unicast across nodes, and each run's ratio to the "
+                             "first's")
     load = p.add_argument_group("the load")
     load.add_argument("--workloads", default=",".join(WORKLOADS),
                       help="which to run, comma-separated, of "
@@ -99,6 +106,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.profile and args.url and not args.server_pid:
         p.error("--profile with --url needs --server-pid")
+    if args.cross_node:
+        if args.url or args.profile:
+            p.error("--cross-node starts its own servers: no --url or --profile")
+        try:
+            args.cross_node = parse_counts(args.cross_node)
+        except ValueError as e:
+            p.error(str(e))
     unknown = set(filter(None, args.workloads.split(","))) - set(WORKLOADS)
     if unknown:
         p.error(f"unknown workload(s): {', '.join(sorted(unknown))}")
@@ -145,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             remarks.append(f"{', '.join(skipped)}: skipped, Pusher clients have no users")
     check_fd_limit(options.clients, options.generators)
     progress = Progress()
+    if args.cross_node:
+        return cross_node(args, options, progress)
     if args.url:
         server = Server(*loopback(args.url), pid=args.server_pid)
         described = f"the server at {args.url}"
@@ -207,6 +223,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{profile.format()}\n(collapsed stacks: {args.profile})")
     if status not in (None, 0):
         print(f"pushsvc-bench: the server exited with status {status}", file=sys.stderr)
+    if error is not None:
+        print(f"pushsvc-bench: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cross_node(args: argparse.Namespace, options: Options, progress: Progress) -> int:
+    """``--cross-node``: a run per shard count, one table, the ratios."""
+    started = time.monotonic()
+    results, ratios, error = run_counts(args.cross_node, args.workers,
+                                        shlex.split(args.server_args), args.server_log,
+                                        options, progress)
+    header = (f"pushsvc-bench --cross-node: nodes a and b (twistd pushsvc --workers "
+              f"{args.workers} each) on {' then '.join(map(str, args.cross_node))} Redis "
+              f"shard(s); {options.clients:,} clients on b over {options.generators} "
+              f"generator processes, pushes through a; {time.monotonic() - started:.0f} s")
+    if results:
+        print(format_table(results, header, os.cpu_count() or 1))
+    for line in ratios:
+        print(line)
     if error is not None:
         print(f"pushsvc-bench: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

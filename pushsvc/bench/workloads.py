@@ -75,8 +75,13 @@ class Progress:
 
 
 class Bench:
-    def __init__(self, server: Server, options: Options, progress: Progress):
+    """The workloads against ``server``; pushes go to ``push_to`` (default
+    the same server: another node, for a run across nodes)."""
+
+    def __init__(self, server: Server, options: Options, progress: Progress,
+                 push_to: Server | None = None):
         self.server = server
+        self.push_to = push_to or server
         self.o = options
         self.progress = progress
         self.next_seq = 1
@@ -250,7 +255,7 @@ class Bench:
         cpu_before = self.cpu()
         started = time.monotonic()
         # The window counts messages; a batch request counts as all of its own.
-        publisher = Publisher(self.server.host, self.server.port, o.push_connections,
+        publisher = Publisher(self.push_to.host, self.push_to.port, o.push_connections,
                               max(1, o.window // per_request), o.api_key,
                               "/api/batch" if batch else "/api/push")
         pushed = publisher.run(count // per_request, body,
