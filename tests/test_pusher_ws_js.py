@@ -264,8 +264,9 @@ class EchoTests(PusherJsMixin, ServerTestCase):
 
 class BrowserTests(PusherJsMixin, ServerTestCase):
     """pusher-js's browser build in a real headless Chromium (the browser's
-    own WebSocket), with a Node client beside it (tests/pusherjs/browser.js;
-    chromium and playwright-core as for test_browser.py: ``make browser``)."""
+    own WebSocket, from a page with an origin), with a Node client beside it
+    (tests/pusherjs/browser.js; chromium and playwright-core as for
+    test_browser.py: ``make browser``)."""
 
     timeout = 90
 

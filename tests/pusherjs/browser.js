@@ -17,7 +17,8 @@ const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 (async () => {
   const browser = await chromium.launch({
     executablePath: process.env.PUSHSVC_CHROMIUM, headless: true,
-    args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"],
+    args: ["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+           "--disable-features=LocalNetworkAccessChecks"],
   });
   const page = await browser.newPage();
   page.on("pageerror", (e) => process.stderr.write(`page error: ${e}\n`));
@@ -25,8 +26,14 @@ const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
   await page.exposeFunction("sign", (text) =>
     crypto.createHmac("sha256", secret).update(text).digest("hex"));
   await page.exposeFunction("report", out);
-  // A page of the server itself: an origin the handshake accepts (about:blank's is "null").
-  await page.goto(`http://127.0.0.1:${port}/healthz`);
+  // A page with an origin the handshake accepts (about:blank's is "null"),
+  // made up here, so that no HTTP connection to the server is left open by
+  // it; being made up, it is no address Chromium knows to be local, hence
+  // LocalNetworkAccessChecks off above (a real page would come from a host
+  // of the same network as pushsvc, or have the user's permission).
+  await page.route("http://127.0.0.1/pusher-test", (route) =>
+    route.fulfill({ contentType: "text/html", body: "<!doctype html><title>pusher</title>" }));
+  await page.goto("http://127.0.0.1/pusher-test");
   await page.addScriptTag({ path: require.resolve("pusher-js/dist/web/pusher.js") });
   await page.addScriptTag({ path: path.join(__dirname, "drive.js") });
   await page.evaluate(([p, k]) => {
