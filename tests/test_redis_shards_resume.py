@@ -170,6 +170,16 @@ class ShardedResumeTests(NodesTestCase):
     async def ann_on(self, node: str):
         return await self.client_on(node, "ann", self.g)
 
+    async def ann_leaves(self):
+        """ann gets 8 messages on node a and leaves: (her client, their
+        ids, since, epoch)."""
+        first = await self.ann_on("a")
+        had = await self.pushes("a", 8, "had")
+        await first.wait_for_messages(len(had))
+        since, epoch = self.cursor_of(first)
+        await first.disconnect()
+        return first, had, since, epoch
+
     @run
     async def test_a_client_back_gets_each_missed_message_of_every_shard_once_in_order(self):
         """ann gets messages of every shard (one of three shards among them),
@@ -180,18 +190,14 @@ class ShardedResumeTests(NodesTestCase):
         still gets it from her own channel's shard."""
         await self.start()
         bob = await self.client_on("a", "bob", [self.g[0]])
-        first = await self.ann_on("a")
-        had = await self.pushes("a", 8, "had")
-        await first.wait_for_messages(len(had))
+        first, had, since, epoch = await self.ann_leaves()
         order_kept(self, first.messages, had)
         self.assertEqual({m["shard"] for m in first.messages}, {0, 1, 2})
         for m in first.messages:  # each tagged with a shard of one of ann's channels
             shards = {shard_of(c, 3) for c in route(Address.from_json(m["to"]))
                       if c in self.channels}
             self.assertIn(m["shard"], shards)
-        since, epoch = self.cursor_of(first)
         self.assertEqual(len(epoch.split("~")), 3)
-        await first.disconnect()
 
         missed = await self.pushes("a", 16, "missed")
         again = await self.ann_on("b")
@@ -254,11 +260,7 @@ class ShardedResumeTests(NodesTestCase):
         1 kept since its restart, and reports a gap for shard 1's channels
         only.  What she had from shard 1 may come again from another shard."""
         await self.start()
-        first = await self.ann_on("a")
-        had = await self.pushes("a", 8, "had")
-        await first.wait_for_messages(len(had))
-        since, epoch = self.cursor_of(first)
-        await first.disconnect()
+        first, had, since, epoch = await self.ann_leaves()
         before = await self.pushes("a", 8, "before")
         await self.shards[1].stop()
         await self.shards[1].start()
@@ -290,11 +292,7 @@ class ShardedResumeTests(NodesTestCase):
         the other shards replay what ann missed on theirs, once; once it is
         back, a new resume replays shard 2's."""
         await self.start()
-        first = await self.ann_on("a")
-        had = await self.pushes("a", 8, "had")
-        await first.wait_for_messages(len(had))
-        since, epoch = self.cursor_of(first)
-        await first.disconnect()
+        first, had, since, epoch = await self.ann_leaves()
         missed = await self.pushes("a", 16, "missed")
         await self.shards[2].stop()
         again = await self.ann_on("b")

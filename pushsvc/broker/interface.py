@@ -61,7 +61,9 @@ class IBroker(Interface):
     def replay(channels, since, epoch):
         """The kept messages of ``channels`` after position ``since``: a
         Deferred firing with ``(messages, gaps)``, messages as ``(id, frame)``
-        oldest first, gaps the channels that lost one (``history.History.replay``)."""
+        oldest first, gaps the channels that lost one (``history.History.replay``);
+        or a ``cursor.Replayed`` (Redis shards: ``since`` is then one position
+        per part of ``epoch``, and some channels may be unavailable)."""
 
     def health():
         """None while messages reach every engine, else why not (the Redis

@@ -6,8 +6,10 @@ channel on the shard ``redis_shards.shard_of`` names (the design is in
 shard of its channel (``subscribe``, ``unsubscribe``, ``mail`` of
 ``user:U``), splitting a publish by shard, and sending commands through
 shard 0.  Each shard's broker has its own connections, backoff, health,
-queue and history; it hands what it receives to ``_Once``, which drops the
-second copy of a message that went to several shards.
+queue and history; it hands what it receives to ``_Once`` (through its
+``_FromShard``), which tags positions with the shard and gives each session
+one copy of a message that went to several shards.  ``replay`` reads every
+shard and merges (``redis_shards.merge``).
 """
 
 from __future__ import annotations
