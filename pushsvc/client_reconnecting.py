@@ -19,7 +19,7 @@ from twisted.logger import Logger
 
 from .client_connection import ConnectionClosed, ServerError, tls_failure
 from .client_requests import _Requests
-from .client_restore import _Restoring, fresh
+from .client_restore import Recent, _Restoring, fresh
 
 _log = Logger(namespace="pushsvc.client")  # where these lines were always logged
 
@@ -138,6 +138,7 @@ class PushClient(_Requests, _Restoring):
         self.epoch: str | None = None     # the server's history epoch (welcome)
         self.positions: list[int | None] = [None]  # the last pos received per shard ...
         self.pos_epoch: str | None = None  # ... and the epoch they belong to
+        self._recent = Recent()           # ids of the last messages from shards
         self.groups: set[str] = set(groups)
         self._join_options: dict[str, dict[str, Any]] = {}  # group -> token, data
         self.attempt = 0                  # reconnect attempts since the last ready

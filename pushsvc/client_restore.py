@@ -7,6 +7,7 @@ by ``pos`` (with shards, in the server's order), the ones already had dropped.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, DeferredList
@@ -16,6 +17,28 @@ from .cursor import SEPARATOR
 
 if TYPE_CHECKING:
     from .client_reconnecting import _Connection
+
+
+RECENT_IDS = 1024  # ids of messages from Redis shards remembered (``Recent``)
+
+
+class Recent:
+    """The last ``size`` message ids seen: with Redis shards a message had
+    through a shard that lost its history may be replayed from another one
+    (docs/protocol.md, "Resume with Redis shards")."""
+
+    def __init__(self, size: int = RECENT_IDS):
+        self.size = size
+        self._ids: OrderedDict[Any, None] = OrderedDict()
+
+    def seen(self, msg_id: Any) -> bool:
+        """Whether ``msg_id`` was seen already; it is remembered."""
+        if msg_id in self._ids:
+            return True
+        self._ids[msg_id] = None
+        if len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+        return False
 
 
 def fresh(epoch: str | None) -> list[int | None]:
@@ -38,6 +61,8 @@ class _Restoring:
                 if had is not None and pos <= had:
                     return  # had it already
                 self.positions[shard] = pos
+            if "shard" in frame and self._recent.seen(frame.get("id")):
+                return  # had it through another shard
         self._emit("message", frame)
 
     def _flush_buffer(self) -> None:

@@ -25,6 +25,7 @@ from tests.test_pusher_ws_js import PusherJs as NodeChild
 from tests.test_redis_shards import on_each, order_kept
 
 JS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "browser", "shards_resume.js")
+JS_CLIENT = os.path.join(os.path.dirname(JS), "..", "..", "pushsvc", "static", "pushsvc.js")
 NODE = shutil.which("node")
 
 
@@ -70,6 +71,62 @@ class CursorTests(unittest.TestCase):
                 ([1, True], "a~b", "one per shard"), ([1, 2], "a", "2 parts"),
                 (1, "a~b", "epoch of the welcome"), ([1, 2], "x" * 401 + "~", "2 parts")):
             self.assertIn(problem, resume_problem(since, epoch, 200), (since, epoch))
+
+
+# What a client is handed, in turn: (the welcome's epoch, a msg frame, or a
+# list of them held while resuming); and what it must make of it: the ids it
+# hands on, and its last positions after each step.
+SCENARIO = [
+    ("a~b~c", {"pos": 3, "shard": 1, "id": "m1"}),
+    ("a~b~c", {"pos": 2, "shard": 1, "id": "m0"}),   # at or below shard 1's position
+    ("a~b~c", {"pos": 7, "shard": 0, "id": "m1"}),   # had through shard 1
+    ("a~b~c", [{"pos": 9, "shard": 0, "id": "m4"}, {"pos": 4, "shard": 2, "id": "m2"},
+               {"pos": 9, "shard": 0, "id": "m4"}]),  # the server's order, once each
+    ("e", {"pos": 5, "id": "m3"}),                   # one shard now: positions anew
+    ("e", {"pos": 5, "id": "m3"}),
+    ("e", [{"pos": 8, "id": "m5"}, {"pos": 6, "id": "m1"}]),  # by pos; no id memory
+]
+EXPECTED = (["m1", "m4", "m2", "m3", "m1", "m5"],
+            [[None, 3, None], [None, 3, None], [7, 3, None], [9, 3, 4], 5, 5, 8])
+
+JS_SCENARIO = """
+const {PushClient} = require(process.argv[1]);
+const c = new PushClient("ws://127.0.0.1:1/ws", {});
+const got = [], positions = [];
+c.on("message", (m) => got.push(m.id));
+for (const [epoch, step] of JSON.parse(process.argv[2])) {
+  c.epoch = epoch;
+  if (Array.isArray(step)) { c._buffer = step; c._flushBuffer(); } else c._deliver(step);
+  positions.push(c.lastPos);
+}
+console.log(JSON.stringify([got, positions]));
+"""
+
+
+class ClientStateTests(unittest.TestCase):
+    """What PushClient and pushsvc.js keep of the positions per shard, on
+    the same frames (``SCENARIO``)."""
+
+    def test_the_python_client(self):
+        client = PushClient("ws://127.0.0.1:1/ws")
+        got, positions = [], []
+        client.on("message", lambda m: got.append(m["id"]))
+        for epoch, step in SCENARIO:
+            client.epoch = epoch
+            if isinstance(step, list):
+                client._buffer = list(step)
+                client._flush_buffer()
+            else:
+                client._deliver(step)
+            positions.append(client.last_pos)
+        self.assertEqual((got, positions), EXPECTED)
+
+    def test_pushsvc_js(self):
+        if NODE is None:
+            raise unittest.SkipTest("node is not on PATH")
+        ran = subprocess.run([NODE, "-e", JS_SCENARIO, JS_CLIENT, json.dumps(SCENARIO)],
+                             capture_output=True, text=True, check=True)
+        self.assertEqual(tuple(json.loads(ran.stdout)), EXPECTED)
 
 
 def kept(msg_id: str, position: int, **to) -> tuple[str, bytes]:

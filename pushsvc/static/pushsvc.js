@@ -84,6 +84,7 @@
   // "~", a msg frame's pos counts on its "shard", and resume's since is one
   // position per shard (docs/protocol.md#resume-with-redis-shards).
   const SEPARATOR = "~";
+  const RECENT_IDS = 1024;
 
   function fresh(epoch) {  // no position yet on each shard of `epoch`
     return new Array(epoch ? epoch.split(SEPARATOR).length : 1).fill(null);
@@ -116,6 +117,7 @@
       this.epoch = null;     // the server's history epoch (from welcome)
       this.positions = [null];  // the pos of the last message received per shard ...
       this.posEpoch = null;  // ... and the epoch they belong to
+      this._recent = new Set();  // ids of the last RECENT_IDS messages from shards
       this.groups = new Set(this.options.groups || []);
       this._joinOptions = new Map();  // group -> {token?, data?}, for the re-joins
       this.attempt = 0;      // reconnect attempts since the last ready
@@ -377,6 +379,13 @@
           const had = this.positions[shard];
           if (had !== null && frame.pos <= had) return;  // had it already
           this.positions[shard] = frame.pos;
+        }
+        // With shards, a message had through a shard that lost its history
+        // may be replayed from another one: drop an id seen lately.
+        if (frame.shard !== undefined) {
+          if (this._recent.has(frame.id)) return;
+          this._recent.add(frame.id);
+          if (this._recent.size > RECENT_IDS) this._recent.delete(this._recent.values().next().value);
         }
       }
       this._emit("message", frame);
