@@ -46,9 +46,7 @@ class PusherServing:
                                 pusher.app.max_channel_name)
             getattr(self, "do_" + frame.event.partition("-")[0].replace(":", "_"))(
                 conn, pusher, frame)
-        except PusherError as e:
-            self.refuse(conn.session, frame, e.message)
-        except ProtocolError as e:  # a message over the server's limit
+        except (PusherError, ProtocolError) as e:  # ProtocolError: over a server limit
             self.refuse(conn.session, frame, e.message)
 
     def refuse(self, session, frame: ClientFrame | None, message: str) -> None:
