@@ -16,7 +16,7 @@ from twisted.trial import unittest
 
 from pushsvc.broker import make_broker
 from pushsvc.broker.redis_shards import jump_hash, shard_of, split, urls_of
-from pushsvc.broker.redis_sharded import ShardedRedisBroker
+from pushsvc.broker.redis_sharded import ShardedRedisBroker, UnreadableHistory
 from pushsvc.config import ConfigError, build_settings
 from pushsvc.cursor import shard_tag
 from pushsvc.protocol import Address
@@ -235,6 +235,22 @@ class ShardedBrokerTests(unittest.TestCase):
         self.assertEqual(Counter(b.delivered), Counter(
             ["a.0.x.D0", "a.0.x.D1", "a.0.x.D2", "a.0.x.AFTER"]))
         self.assertEqual(a.delivered.count("a.0.x.D1"), 1)
+
+
+    @run
+    async def test_a_replay_fails_only_when_no_shard_can_be_read(self):
+        a, _ = await self.start()
+        channels = [f"group:{g}" for g in on_each(3)]
+        epoch = a.broker.epoch
+        self.assertEqual(len(epoch.split("~")), 3)
+        await self.servers[0].stop()
+        replayed = await a.broker.replay(channels, [0, 0, 0], epoch)
+        self.assertEqual((replayed.unavailable, replayed.gaps, replayed.messages),
+                         ([channels[0]], [], []))
+        for server in self.servers[1:]:
+            await server.stop()
+        with self.assertRaises(UnreadableHistory):
+            await a.broker.replay(channels, [0, 0, 0], epoch)
 
 
 class ShardedNodesTests(NodesTestCase):

@@ -239,11 +239,11 @@ class ShardedRedisBroker:
         def read(results):
             answers = {}
             for n, (ok, result) in zip(order, results):
-                if not ok:
-                    _log.failure("reading the history of shard {shard} failed", result,
-                                 shard=n)
+                if not ok:  # (one line per resume while a shard is away)
+                    _log.warn("the history of shard {shard} cannot be read: {why}",
+                              shard=n, why=result.getErrorMessage())
                 answers[n] = result if ok else None
-            if not any(answers.values()) and not all(ok for ok, _ in results):
+            if all(answer is None for answer in answers.values()):
                 raise UnreadableHistory("no shard's history can be read now")
             return Replayed(*merge(answers, asked))
         return DeferredList(reads, consumeErrors=True).addCallback(read)

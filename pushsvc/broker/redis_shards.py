@@ -13,8 +13,8 @@ reconnect and resubscribe, history, members and queue), composed by
 ``redis_sharded.ShardedRedisBroker``:
 
 - a message on channels of several shards is published on each with those
-  channels; an engine subscribed on several of them gets it once (the
-  facade drops the later copies by id);
+  channels; each session gets it once, from the first copy of its own
+  channels' shards (below);
 - one shard away degrades its channels only: the others' messages, replays
   and mailboxes go on; ``/healthz`` names the shard;
 - commands and the member registry go through shard 0 (every engine is a
