@@ -166,6 +166,21 @@ class RedisCluster:
         port = next(int(r[2][1]) for r in node.call("CLUSTER", "SLOTS") if r[0] <= slot <= r[1])
         return next(s for s in self.servers if s.port == port)
 
+    def migrate(self, slot: int, source: RedisServer, target: RedisServer) -> int:
+        """Move ``slot`` and its keys from master ``source`` to master
+        ``target`` as ``redis-cli --cluster reshard`` does; the keys moved."""
+        ids = {s.port: s.call("CLUSTER", "MYID") for s in (source, target)}
+        target.call("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source.port])
+        source.call("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target.port])
+        moved = 0
+        while keys := source.call("CLUSTER", "GETKEYSINSLOT", slot, 100):
+            source.call("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+        for server in self.servers:
+            if server.child is not None and server.call("ROLE")[0] == b"master":
+                server.call("CLUSTER", "SETSLOT", slot, "NODE", ids[target.port])
+        return moved
+
     def replica_of(self, master: RedisServer) -> RedisServer:
         ports = [int(r[1]) for r in master.call("ROLE")[2]]
         return next(s for s in self.servers if s.port in ports)

@@ -276,3 +276,30 @@ class ClusterBrokerTests(unittest.TestCase):
                 self.assertEqual(counts[msg_id], 1, (engine.name, msg_id))
         channel = self.prefix(f"group:{victim}") + f"group:{victim}"
         self.assertEqual(replica.call("PUBSUB", "SHARDNUMSUB", channel)[1], 2)
+
+    @run
+    async def test_a_shards_slot_migrated_to_another_master(self):
+        """One shard's slot and keys move to another master (as ``redis-cli
+        --cluster reshard`` moves them): the shard follows, subscribes
+        there, its history still replays, and messages flow on."""
+        a, b = await self.start()
+        group = on_each(SHARDS)[0]
+        await self.subscribe(b, f"group:{group}")
+        a.broker.publish(*message("a.0.x.BEFORE", group=[group]))
+        await eventually(lambda: "a.0.x.BEFORE" in b.delivered, 5, "before")
+        prefix = self.prefix(f"group:{group}")
+        source = self.cluster.master_of(prefix)
+        target = next(s for s in self.cluster.servers[:3] if s.port != source.port)
+        self.assertGreater(self.cluster.migrate(key_slot(prefix.encode()), source, target), 3)
+        channel = prefix + f"group:{group}"
+        await eventually(lambda: target.call("PUBSUB", "SHARDNUMSUB", channel)[1] == 1, 10,
+                         "subscribed on the new master")
+        await eventually(lambda: a.broker.health() is None and b.broker.health() is None,
+                         10, "healthy")
+        a.broker.publish(*message("a.0.x.AFTER", group=[group]))
+        await eventually(lambda: "a.0.x.AFTER" in b.delivered, 10, "after")
+        self.assertEqual(Counter(b.delivered), Counter(["a.0.x.BEFORE", "a.0.x.AFTER"]))
+        shard = b.broker.shards[shard_of(f"group:{group}", SHARDS)]
+        found, gaps = (await shard.replay([f"group:{group}"], 0, shard.epoch))[:2]
+        self.assertEqual(([msg_id for msg_id, _ in found], gaps),
+                         (["a.0.x.BEFORE", "a.0.x.AFTER"], []))
