@@ -67,7 +67,7 @@ def shard_tag(frame: bytes) -> int:
     return int(frame[start:frame.index(b",", start)])
 
 
-MAX_SHARDS = 64  # positions a resume may name
+MAX_SHARDS = 256  # positions a resume may name (as [redis] cluster_shards at most)
 
 
 def _whole(value) -> bool:

@@ -67,7 +67,7 @@ class CursorTests(unittest.TestCase):
             self.assertIsNone(resume_problem(since, epoch, 200), (since, epoch))
         for since, epoch, problem in (
                 (-1, "e", "whole number"), ([1, -2], "a~b", "one per shard"),
-                ([], "", "one per shard"), ([1] * 65, "~" * 64, "at most 64"),
+                ([], "", "one per shard"), ([1] * 257, "~" * 256, "at most 256"),
                 ([1, True], "a~b", "one per shard"), ([1, 2], "a", "2 parts"),
                 (1, "a~b", "epoch of the welcome"), ([1, 2], "x" * 401 + "~", "2 parts")):
             self.assertIn(problem, resume_problem(since, epoch, 200), (since, epoch))
