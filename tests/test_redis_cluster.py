@@ -14,10 +14,13 @@ import json
 from collections import Counter
 
 from twisted.internet import reactor
+from twisted.internet.defer import fail, succeed
+from twisted.internet.task import Clock
 from twisted.trial import unittest
+from txredisapi import ResponseError
 
 from pushsvc.broker import make_broker
-from pushsvc.broker.redis_cluster import ClusterRedisBroker
+from pushsvc.broker.redis_cluster import Cluster, ClusterRedisBroker
 from pushsvc.broker.redis_cluster_slots import (SLOTS, key_slot, owners, shard_prefixes,
                                                 slot_map)
 from pushsvc.broker.redis_shards import shard_of
@@ -78,6 +81,27 @@ class SlotTests(unittest.TestCase):
         for bad in ([b"x"], [[b"slots"]], 5):
             with self.assertRaises(ValueError):
                 slot_map(bad)
+
+    def test_a_server_without_cluster_shards_is_read_with_cluster_slots(self):
+        """Before Redis 7, CLUSTER SHARDS is unknown: the map is read with
+        CLUSTER SLOTS from then on."""
+        s = settings(redis="redis+cluster://127.0.0.1:1", redis_cluster_shards=2)
+        cluster = Cluster(s, reactor, Clock(), parse_redis_url(s.redis))
+        asked, placed = [], []
+
+        class Control:
+            def execute_command(self, *args):
+                asked.append(args)
+                if args[1] == "SHARDS":
+                    return fail(ResponseError("ERR unknown subcommand 'SHARDS'."))
+                return succeed([[0, 16383, [b"10.0.0.9", 7000, b"id"]]])
+        cluster._control.protocol = Control()
+        cluster._place = lambda place, address: placed.append((place.index, address))
+        cluster._read()
+        self.assertEqual(placed, [])
+        cluster._read()
+        self.assertEqual(asked, [("CLUSTER", "SHARDS"), ("CLUSTER", "SLOTS")])
+        self.assertEqual(placed, [(0, ("10.0.0.9", 7000)), (1, ("10.0.0.9", 7000))])
 
     def test_urls_and_settings(self):
         url = parse_redis_url("redis+cluster://u:p%40@10.0.0.1,10.0.0.2:7000")
@@ -234,8 +258,10 @@ class ClusterBrokerTests(unittest.TestCase):
         self.addCleanup(broker.close)
         await eventually(lambda: "not a Redis Cluster" in (broker.health() or ""), 5,
                          "named")
-        self.assertIn(f"127.0.0.1:{redis.port}", broker.health())
-        self.assertIn("cluster support disabled", broker.health())
+        self.assertEqual(broker.health(), (
+            f"redis unavailable: the Redis at 127.0.0.1:{redis.port} is not a Redis Cluster "
+            "(ERR This instance has cluster support disabled): use a redis:// URL for it, "
+            "or enable cluster mode"))
 
     @run
     async def test_a_master_killed_its_replica_promoted(self):

@@ -213,8 +213,14 @@ class ClusterRedisBroker(ShardedRedisBroker):
     """IBroker through a Redis Cluster (``settings.redis``: one
     ``redis+cluster://`` URL): its logical shards, one ``RedisBroker`` each."""
 
-    @staticmethod
-    def _brokers(settings, owner, reactor, clock, token, on_fatal) -> list[RedisBroker]:
-        cluster = Cluster(settings, reactor, clock or reactor, parse_redis_url(settings.redis))
+    def _brokers(self, settings, owner, reactor, clock, token, on_fatal) -> list[RedisBroker]:
+        self.cluster = Cluster(settings, reactor, clock or reactor,
+                               parse_redis_url(settings.redis))
         return [RedisBroker(settings, owner, reactor, clock, token, on_fatal, place=place)
-                for place in cluster.places]
+                for place in self.cluster.places]
+
+    def health(self) -> str | None:
+        """Why the slot map cannot be read, once; else which shards are down."""
+        if self.cluster.error is not None:
+            return f"redis unavailable: {self.cluster.error}"
+        return super().health()
