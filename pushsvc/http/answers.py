@@ -9,7 +9,8 @@ import io
 import json
 from typing import TYPE_CHECKING, Any, Callable
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
@@ -134,9 +135,16 @@ class JsonResource(Resource):
         request.notifyFinish().addErrback(lambda _: setattr(request, "gone", True))
         method = request.method.decode("ascii", "replace")
         handler = getattr(self, method, None) if method in ("GET", "POST") else None
-        d = maybeDeferred(self._call, handler, method, request)
-        d.addCallback(lambda result: respond(request, *result))
-        d.addErrback(self._failed, request)
+        try:
+            result = self._call(handler, method, request)
+            if not isinstance(result, Deferred):  # answered now: no Deferred to build
+                respond(request, *result)
+                return NOT_DONE_YET
+        except Exception:
+            self._failed(Failure(), request)
+            return NOT_DONE_YET
+        result.addCallback(lambda answer: respond(request, *answer))
+        result.addErrback(self._failed, request)
         return NOT_DONE_YET
 
     def _call(self, handler: Callable | None, method: str, request) -> Any:
