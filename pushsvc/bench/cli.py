@@ -87,6 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     load.add_argument("--window", type=int, default=o.window,
                       help="messages in flight per push connection (a batch request: "
                            "at least one) (default %(default)s)")
+    load.add_argument("--unicast-window", type=int, default=o.unicast_window,
+                      help="requests in flight per push connection in the unicast workload, "
+                           "one POST /api/push per message (default %(default)s: most HTTP "
+                           "clients do not pipeline)")
     load.add_argument("--batch", type=int, default=o.batch,
                       help="messages per POST /api/batch in the batch workload (unicast "
                            "through the batch route, skipped if the server has none; "
@@ -148,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = Options(**{name: getattr(args, name) for name in (
         "clients", "generators", "small_group", "messages", "rate", "rate_seconds",
-        "unicast", "timeout", "concurrency", "push_connections", "window", "batch",
+        "unicast", "timeout", "concurrency", "push_connections", "window", "unicast_window", "batch",
         "sample_every", "api_key", "protocol")})
     workloads = [w for w in WORKLOADS if w in args.workloads.split(",")]
     remarks = []

@@ -36,7 +36,10 @@ class Options:
     concurrency: int = 200            # handshakes in flight per generator
     sample_every: int = 16            # one client in N decodes its frames (latency)
     push_connections: int = 4
-    window: int = 16                  # pipelined messages per connection
+    window: int = 16                  # pipelined messages per connection (broadcast, latency)
+    # requests in flight per connection pushing one message each (unicast):
+    # one, as most HTTP clients push (they do not pipeline)
+    unicast_window: int = 1
     batch: int = 100                  # messages per POST /api/batch (unicast batch)
     api_key: str | None = None
     protocol: str = "pushsvc"         # the clients' protocol: pushsvc (/ws) or pusher
@@ -255,8 +258,9 @@ class Bench:
         cpu_before = self.cpu()
         started = time.monotonic()
         # The window counts messages; a batch request counts as all of its own.
+        window = o.unicast_window if unicast and not batch else o.window
         publisher = Publisher(self.push_to.host, self.push_to.port, o.push_connections,
-                              max(1, o.window // per_request), o.api_key,
+                              max(1, window // per_request), o.api_key,
                               "/api/batch" if batch else "/api/push")
         pushed = publisher.run(count // per_request, body,
                                rate=rate and rate / per_request, timeout=o.timeout,
@@ -323,7 +327,8 @@ class Bench:
         """Pushes to random users, one client each; ``batch`` per request, if given."""
         o = self.o
         choose = random.Random(3).randrange
-        how = f" (/api/batch of {batch})" if batch else ""
+        how = (f" (/api/batch of {batch})" if batch else
+               f" ({o.push_connections} connections x {o.unicast_window} in flight)")
         result, latencies = self.push(
             f"unicast {o.clients:,} users x {o.unicast:,}{how}", o.clients, o.unicast,
             lambda n: f'{{"user":"u{choose(o.clients)}"}}', report.UNICAST,
