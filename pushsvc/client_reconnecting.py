@@ -138,7 +138,7 @@ class PushClient(_Requests, _Restoring):
         self.epoch: str | None = None     # the server's history epoch (welcome)
         self.positions: list[int | None] = [None]  # the last pos received per shard ...
         self.pos_epoch: str | None = None  # ... and the epoch they belong to
-        self._recent = Recent()           # ids of the last messages from shards
+        self._recent = Recent()           # ids of the last kept messages
         self.groups: set[str] = set(groups)
         self._join_options: dict[str, dict[str, Any]] = {}  # group -> token, data
         self.attempt = 0                  # reconnect attempts since the last ready

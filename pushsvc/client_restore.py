@@ -19,11 +19,12 @@ if TYPE_CHECKING:
     from .client_reconnecting import _Connection
 
 
-RECENT_IDS = 1024  # ids of messages from Redis shards remembered (``Recent``)
+RECENT_IDS = 1024  # ids of kept messages remembered (``Recent``)
 
 
 class Recent:
-    """The last ``size`` message ids seen: with Redis shards a message had
+    """The last ``size`` message ids seen: a message comes once, though a
+    replay may hold one that came live, and with Redis shards a message had
     through a shard that lost its history may be replayed from another one
     (docs/protocol.md, "Resume with Redis shards")."""
 
@@ -52,17 +53,19 @@ class _Restoring:
     on each shard (one with one Redis, or none), in ``pos_epoch``."""
 
     def _deliver(self, frame: dict[str, Any]) -> None:
+        """Hand on ``frame`` unless it was had: a kept message (with ``pos``)
+        whose id came lately.  A ``pos`` at or below the last of its shard
+        with a new id is that shard's history numbering again (its Redis lost
+        its data): the message is handed on, and the next resume, with the
+        old epoch, hears of the gap."""
         pos, shard = frame.get("pos"), frame.get("shard", 0)
         if isinstance(pos, int) and isinstance(shard, int):
             if self.pos_epoch != self.epoch:
                 self.pos_epoch, self.positions = self.epoch, fresh(self.epoch)
             if 0 <= shard < len(self.positions):
-                had = self.positions[shard]
-                if had is not None and pos <= had:
-                    return  # had it already
                 self.positions[shard] = pos
-            if "shard" in frame and self._recent.seen(frame.get("id")):
-                return  # had it through another shard
+            if self._recent.seen(frame.get("id")):
+                return  # had it already (replayed, or through another shard)
         self._emit("message", frame)
 
     def _flush_buffer(self) -> None:

@@ -117,7 +117,7 @@
       this.epoch = null;     // the server's history epoch (from welcome)
       this.positions = [null];  // the pos of the last message received per shard ...
       this.posEpoch = null;  // ... and the epoch they belong to
-      this._recent = new Set();  // ids of the last RECENT_IDS messages from shards
+      this._recent = new Set();  // ids of the last RECENT_IDS kept messages
       this.groups = new Set(this.options.groups || []);
       this._joinOptions = new Map();  // group -> {token?, data?}, for the re-joins
       this.attempt = 0;      // reconnect attempts since the last ready
@@ -369,24 +369,20 @@
     }
 
     _deliver(frame) {
+      // A kept message (with a pos) whose id came lately was had (replayed,
+      // or through another shard).  A pos at or below the last of its shard
+      // with a new id is that shard's history numbering again (its Redis lost
+      // its data): handed on, and the next resume hears of the gap.
       const shard = frame.shard === undefined ? 0 : frame.shard;
       if (typeof frame.pos === "number" && typeof shard === "number") {
         if (this.posEpoch !== this.epoch) {
           this.posEpoch = this.epoch;
           this.positions = fresh(this.epoch);
         }
-        if (shard >= 0 && shard < this.positions.length) {
-          const had = this.positions[shard];
-          if (had !== null && frame.pos <= had) return;  // had it already
-          this.positions[shard] = frame.pos;
-        }
-        // With shards, a message had through a shard that lost its history
-        // may be replayed from another one: drop an id seen lately.
-        if (frame.shard !== undefined) {
-          if (this._recent.has(frame.id)) return;
-          this._recent.add(frame.id);
-          if (this._recent.size > RECENT_IDS) this._recent.delete(this._recent.values().next().value);
-        }
+        if (shard >= 0 && shard < this.positions.length) this.positions[shard] = frame.pos;
+        if (this._recent.has(frame.id)) return;
+        this._recent.add(frame.id);
+        if (this._recent.size > RECENT_IDS) this._recent.delete(this._recent.values().next().value);
       }
       this._emit("message", frame);
     }
