@@ -70,7 +70,9 @@ setup(
         # lives in the wheel package; pyflakes for the lint run.
         # pusher: the official Pusher server SDK, whose signatures the Pusher
         # protocol layer is checked against (tests/test_pusher_*.py).
-        "test": ["wheel", "pyflakes", "pusher"],
+        # kosoku: runs the Autobahn|Testsuite cases against the WebSocket
+        # edge (tests/test_conformance.py).
+        "test": ["wheel", "pyflakes", "pusher", "kosoku>=0.1"],
         "bench": ["py-spy>=0.3"],  # pushsvc-bench --profile
     },
     entry_points={
