@@ -13,8 +13,13 @@ ENGINE = ("published", "delivered", "sent_by_clients", "dropped_slow", "refused_
 # The backend's answers (pushsvc/proxy.py, ``Verdict.result``).
 PROXY_RESULTS = ("allow", "deny", "error")
 
-# Every counter: the engine's, the edges' refusals (limits.py), the backend's.
-COUNTERS = ENGINE + REFUSALS + tuple(f"proxy_{result}" for result in PROXY_RESULTS)
+# Pusher webhook events, by what became of them (pusher/webhook_sender.py).
+WEBHOOK_RESULTS = ("sent", "retried", "dropped", "given_up")
+
+# Every counter: the engine's, the edges' refusals (limits.py), the backend's,
+# the webhooks'.
+COUNTERS = (ENGINE + REFUSALS + tuple(f"proxy_{result}" for result in PROXY_RESULTS)
+            + tuple(f"webhook_{result}" for result in WEBHOOK_RESULTS))
 
 
 def new_counters() -> Counter[str]:

@@ -14,7 +14,7 @@ mailbox, never neither.  Across machines Redis is the keeper
 
 from __future__ import annotations
 
-from typing import Hashable, Iterable
+from typing import Callable, Hashable, Iterable
 
 from zope.interface import implementer
 
@@ -23,17 +23,28 @@ from .reloadable import IReloadable
 
 
 class SubscriptionTable:
-    """``channel -> subscribers`` and ``subscriber -> channels``, kept in step."""
+    """``channel -> subscribers`` and ``subscriber -> channels``, kept in step.
+
+    ``watcher(channel, True)`` is called when a channel gets its first
+    subscriber, ``watcher(channel, False)`` when it loses its last (Pusher's
+    channel_occupied and channel_vacated: pusher/webhook_sender.py).
+    """
 
     def __init__(self):
         self.channels: dict[str, set[Hashable]] = {}
         self.workers: dict[Hashable, set[str]] = {}
+        self.watcher: Callable[[str, bool], None] | None = None
 
     def subscribe(self, worker: Hashable, channels: Iterable[str]) -> None:
         mine = self.workers.setdefault(worker, set())
         for channel in channels:
             mine.add(channel)
-            self.channels.setdefault(channel, set()).add(worker)
+            subscribers = self.channels.get(channel)
+            if subscribers is None:
+                subscribers = self.channels[channel] = set()
+                if self.watcher is not None:
+                    self.watcher(channel, True)
+            subscribers.add(worker)
 
     def unsubscribe(self, worker: Hashable, channels: Iterable[str]) -> None:
         mine = self.workers.get(worker, set())
@@ -44,6 +55,8 @@ class SubscriptionTable:
                 subscribers.discard(worker)
                 if not subscribers:
                     del self.channels[channel]
+                    if self.watcher is not None:
+                        self.watcher(channel, False)
 
     def remove_worker(self, worker: Hashable) -> None:
         """Forget every subscription of a subscriber that is gone."""

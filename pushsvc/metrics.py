@@ -28,6 +28,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from .commands import merge
+from .counters import WEBHOOK_RESULTS
 from .protocol import ADDRESS_KINDS, Address
 
 # Upper bounds of the round-trip histograms, in seconds (+Inf is implied).
@@ -153,9 +154,15 @@ def engine_values(engine) -> dict[str, Any]:
                          "too_large": counters["http_too_large"]},
         "proxy": {"allow": counters["proxy_allow"], "deny": counters["proxy_deny"],
                   "error": counters["proxy_error"]},
+        "webhooks": webhook_values(counters),
         "round_trips": {name: h.to_json() for name, h in meter.round_trips.items()},
         "reloads": dict(meter.reloads),
     }
+
+
+def webhook_values(counters) -> dict[str, int]:
+    """The Pusher webhook events of a process's ``counters``, by result."""
+    return {result: counters[f"webhook_{result}"] for result in WEBHOOK_RESULTS}
 
 
 def machine_values(parts: list[dict[str, Any]], **own: Any) -> dict[str, Any]:
@@ -246,6 +253,10 @@ class MachineCollector:
         yield by(CounterMetricFamily, "pushsvc_proxy_requests", "Joins and sends the "
                  "backend proxy decided, by result (error: no usable answer).", "proxy",
                  "result", ("allow", "deny", "error"))
+        yield by(CounterMetricFamily, "pushsvc_pusher_webhook_events", "Pusher webhook "
+                 "events, by what became of them (retried: requests sent again; dropped: "
+                 "over a full queue or at the stop; given_up: after the retries).",
+                 "webhooks", "result", WEBHOOK_RESULTS)
         yield counter("pushsvc_worker_restarts", "Workers restarted after they ended "
                       "(crashed, killed).", "restarts")
         yield by(CounterMetricFamily, "pushsvc_reloads", "Reloads (pushsvc-admin reload, "

@@ -18,6 +18,7 @@ from .http import build_site
 from .ids import IdMaker
 from .listening import ListenerService
 from .logtext import plural
+from .pusher.webhook_sender import SenderService, watch_occupancy
 from .tls import TLSContext, TLSError, describe_certificate, is_tls
 from .twisted_private import tcp_binding
 from .websocket import prepare_frame
@@ -87,6 +88,10 @@ class PushServer(MultiService):
         self.ws_factory = PushServerFactory(self.engine, settings, reactor)
         self.site = build_site(self.engine, self.ws_factory, settings, reactor=clock,
                                gather_metrics=gather_metrics)
+        webhooks = self.site.pusher.webhooks
+        SenderService(webhooks).setServiceParent(self)  # stops after the engine's service
+        if self.keeper is not None:  # one process: its keeper sees every subscription
+            watch_occupancy(self.keeper.table, webhooks)
         EngineService(self.engine, self.ws_factory).setServiceParent(self)
 
     def reload(self, settings) -> str | None:

@@ -179,6 +179,7 @@ def build_site(engine, ws_factory, settings, reactor=None, gather_metrics=None) 
     # Bodies are JSON whatever their Content-Type: never parse them as a form.
     site = PushSite(root, reactor=reactor, parsePOSTFormSubmission=False)
     site.api = api
+    site.pusher = pusher_edge  # its webhooks: the one process's occupancy (server.py)
     site.requestFactory = type("Request", (LimitedRequest,), {})  # its own max_body
     site.displayTracebacks = False
     site.noisy = False

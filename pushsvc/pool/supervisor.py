@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 
 from .. import loglevel, metrics
 from ..keeper import Keeper
+from ..pusher.webhook_sender import WebhookSender, current_apps, watch_occupancy
 from ..wire.worker_commands import Perform, Reload, SetLogLevel
 from . import AMP_IN, AMP_OUT, COMMAND_TIMEOUT, ENV, FIRST_SOCKET, STOP_GRACE, describe
 from .hub import Hub
@@ -57,6 +58,13 @@ class Pool(Service):
         self.stopping = False
         self.keeper = Keeper.from_settings(settings)
         self.hub = Hub(self.keeper, self.clock, self)
+        # Pusher webhooks: the hub sees every worker's subscriptions, one at a
+        # time, so it says when a channel is occupied and vacated (not with
+        # Redis: another node's members are not in this table).
+        self.webhooks = WebhookSender(reactor, current_apps(lambda: self.settings),
+                                      clock=self.clock)
+        if not settings.redis:
+            watch_occupancy(self.keeper.table, self.webhooks)
         self.restarter = RollingRestart(self)
 
     @property
@@ -140,7 +148,7 @@ class Pool(Service):
                                     lambda: [signal_worker(w, "KILL") for w in workers])
         done = DeferredList([w.ended for w in workers])
         done.addBoth(lambda _: kill.active() and kill.cancel())
-        return done
+        return done.addBoth(lambda _: self.webhooks.close())
 
     # -- fan-out ----------------------------------------------------------
 
@@ -179,6 +187,7 @@ class Pool(Service):
             return metrics.machine_values(
                 parts, workers=len(self.ready), restarts=self.restarts,
                 reloads=dict(self.reloads),
+                webhooks=metrics.webhook_values(self.webhooks.counters),
                 round_trips={"hub": self.hub_round_trip.to_json()})
         return self.ask_all(Perform, name="metrics", args={}).addCallback(summed)
 

@@ -20,6 +20,7 @@ from ..joins import Grant
 from ..protocol import ProtocolError
 from ..wire.values import Command
 from .dialect import event_message
+from .events import webhook_event
 from .names import PRESENCE, PusherError
 from .presence import MEMBER_ADDED, MEMBER_REMOVED, members, sessions_of
 from .protocol import (ClientFrame, error, member_added_data, member_removed_data,
@@ -33,8 +34,9 @@ _log = Logger()
 class PusherServing:
     """The Pusher frames of every Pusher connection of one engine."""
 
-    def __init__(self, engine):
+    def __init__(self, engine, webhooks=None):
         self.engine = engine
+        self.webhooks = webhooks  # a WebhookSender: member and client events
 
     def handle(self, conn, payload: bytes) -> None:
         """Serve one text frame of ``conn`` (a Pusher connection with its
@@ -100,6 +102,7 @@ class PusherServing:
         if new and sessions_of(result, sub.user_id) <= 1:  # the user's first connection
             self._publish(sub.group, MEMBER_ADDED,
                           member_added_data(sub.user_id, sub.user_info), pusher.socket_id)
+            self._webhook(pusher.app, "member_added", sub.channel, user_id=sub.user_id)
 
     def _failed(self, failure, session, channel: str) -> None:
         _log.failure("listing the members of {channel} failed (session {session})",
@@ -123,6 +126,9 @@ class PusherServing:
         def counted(result: dict[str, Any]) -> None:
             if sessions_of(result, user) == 0:
                 self._publish(group, MEMBER_REMOVED, member_removed_data(user))
+                found = self.webhooks and self.webhooks.apps().locate(group)
+                if found:
+                    self._webhook(found[0], "member_removed", found[1], user_id=user)
         self._presence(group).addCallback(counted).addErrback(
             lambda f: _log.failure("presence of {group} after a leave failed", f,
                                    group=group))
@@ -140,6 +146,9 @@ class PusherServing:
             raise PusherError(None, f"not subscribed to {frame.channel}")
         self._publish(group, frame.event, frame.data, pusher.socket_id,
                       {"session": session.id, "user": session.user})
+        self._webhook(pusher.app, "client_event", frame.channel, event=frame.event,
+                      data=frame.data, socket_id=pusher.socket_id,
+                      user_id=pusher.user if frame.kind == PRESENCE else None)
 
     def do_pusher_signin(self, conn, pusher: PusherSession, frame: ClientFrame) -> None:
         engine, session = self.engine, conn.session
@@ -149,6 +158,11 @@ class PusherServing:
         engine.reply(session, signin_success(frame.user_data))
 
     # -- out -----------------------------------------------------------------
+
+    def _webhook(self, app, name: str, channel: str, **fields) -> None:
+        """Queue the webhook event ``name`` for the app's URLs that want it."""
+        if self.webhooks is not None and app.webhooks:
+            self.webhooks.emit(app, webhook_event(name, channel, **fields))
 
     def _publish(self, group: str, event: str, data: str, socket_id: str | None = None,
                  sender: dict[str, Any] | None = None) -> None:

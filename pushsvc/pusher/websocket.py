@@ -45,6 +45,7 @@ from .names import (ACTIVITY_TIMEOUT, APP_DISABLED, APP_NOT_FOUND, OVER_CAPACITY
 from .protocol import connection_established, error, ping
 from .serving import PusherServing
 from .session import PusherSession
+from .webhook_sender import WebhookSender
 
 _log = Logger()
 
@@ -178,7 +179,8 @@ class PusherEdge:
     """The Pusher endpoint of one process, for ``factory`` (the WebSocket
     factory of pushsvc's own connections): what ``/app`` upgrades with.
 
-    ``apps()`` gives the configured apps (re-read after a reload).  Socket
+    ``apps()`` gives the configured apps (re-read after a reload);
+    ``webhooks`` sends the process's Pusher webhooks.  Socket
     ids are ``"<worker>.<counter>"`` with 30 random bits drawn at start for
     ``worker`` (``names.new_socket_id``).
     """
@@ -187,7 +189,8 @@ class PusherEdge:
         self.engine = engine
         self.factory = factory
         self.apps = apps
-        self.serving = PusherServing(engine)
+        self.webhooks = WebhookSender(factory.reactor, apps, engine.counters, engine.clock)
+        self.serving = PusherServing(engine, self.webhooks)
         self.worker = int.from_bytes(os.urandom(4), "big") & 0x3FFFFFFF
         self.count = 0
         self.open: Counter[str] = Counter()  # this process's connections, by app id
