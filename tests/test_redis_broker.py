@@ -409,22 +409,8 @@ class NodesTestCase(ChildTestCase):
         for server in self.shards:
             await server.start()
         self.redis = self.shards[0]
-        config = os.path.join(self.cwd, "pushsvc.toml")
-        with open(config, "w") as f:  # quick heartbeats: quick to see who is back
-            f.write("[redis]\nheartbeat = 0.5\ntimeout = 2.0\n" + config_text)
-        self.nodes = {}
-        for name in names:
-            port = free_port()
-            urls = " ".join(server.url for server in self.shards)
-            child = self.spawn("twistd", "--workers", str(workers), "--redis", urls,
-                               "--node", name, "--port", str(port), "--admin", "",
-                               "--config", config)
-            pool = HTTPConnectionPool(reactor, persistent=True)
-            pool.maxPersistentPerHost = 1  # one worker per node takes every push
-            self.addCleanup(pool.closeCachedConnections)
-            self.nodes[name] = Node(name, port, child, Agent(reactor, pool=pool))
-        for node in self.nodes.values():
-            await self.wait_healthy(node)
+        await self.spawn_nodes(" ".join(server.url for server in self.shards), workers, names,
+                               config_text)
         # every engine of every node registered: commands wait for them all
         engines = len(names) * max(workers, 1)
         await eventually(lambda: self.redis.call("ZCARD", "pushsvc:_members") == engines,
@@ -432,6 +418,26 @@ class NodesTestCase(ChildTestCase):
         for name in names:  # each answers for all (and knows them all from now on)
             status, body = await self.on(name, "GET", "/api/stats")
             self.assertEqual(len(body["workers"]), engines, body)
+
+    async def spawn_nodes(self, url: str, workers: int, names, config_text: str,
+                          healthy_within: float = 20.0) -> None:
+        """Nodes ``names`` of ``workers`` workers on Redis ``url``, once
+        healthy; ``config_text`` ends their config file's [redis] table."""
+        config = os.path.join(self.cwd, "pushsvc.toml")
+        with open(config, "w") as f:  # quick heartbeats: quick to see who is back
+            f.write("[redis]\nheartbeat = 0.5\ntimeout = 2.0\n" + config_text)
+        self.nodes = {}
+        for name in names:
+            port = free_port()
+            child = self.spawn("twistd", "--workers", str(workers), "--redis", url,
+                               "--node", name, "--port", str(port), "--admin", "",
+                               "--config", config)
+            pool = HTTPConnectionPool(reactor, persistent=True)
+            pool.maxPersistentPerHost = 1  # one worker per node takes every push
+            self.addCleanup(pool.closeCachedConnections)
+            self.nodes[name] = Node(name, port, child, Agent(reactor, pool=pool))
+        for node in self.nodes.values():
+            await self.wait_healthy(node, healthy_within)
 
     async def wait_healthy(self, node: "Node", timeout: float = 20.0) -> dict:
         """Poll /healthz until it answers 200 (503 while Redis is not there)."""

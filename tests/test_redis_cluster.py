@@ -29,19 +29,9 @@ from pushsvc.config import ConfigError, build_settings
 from tests.helpers import eventually, run, settings
 from tests.redis_helpers import RedisCluster, RedisServer
 from tests.test_redis_broker import FakeEngine, message
-from tests.test_redis_shards import ShardEngine
+from tests.test_redis_shards import ShardEngine, on_each
 
 SHARDS = 6   # logical shards in these tests: two per master
-
-
-def on_each(shards: int, kind: str = "group") -> list[str]:
-    """One name of ``kind`` per logical shard, the first found, by shard."""
-    found: dict[int, str] = {}
-    n = 0
-    while len(found) < shards:
-        found.setdefault(shard_of(f"{kind}:{kind[0]}{n}", shards), f"{kind[0]}{n}")
-        n += 1
-    return [found[i] for i in range(shards)]
 
 
 class SlotTests(unittest.TestCase):

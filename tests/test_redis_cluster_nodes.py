@@ -2,26 +2,48 @@
 three masters with a replica each, ``redis+cluster://``, three logical
 shards (one per master).  Every address kind once across nodes; the resume
 tests of independent shards run here again unchanged (by hand and by the
-Python client); a master killed and its replica promoted.
+Python client, a shard down or restarted empty: its master and replica); a
+master killed and its replica promoted.
 """
 
 from __future__ import annotations
 
-import os
-
-from twisted.internet import reactor
-from twisted.internet.task import deferLater
-from twisted.web.client import Agent, HTTPConnectionPool
-
 from pushsvc.broker.redis_cluster_slots import shard_prefixes
 from pushsvc.broker.redis_shards import shard_of
-from tests.helpers import eventually, free_port, run
-from tests.redis_helpers import RedisCluster
 from tests import test_redis_shards as shards, test_redis_shards_resume as resume
-from tests.test_redis_broker import Node, NodesTestCase
+from tests.helpers import eventually, run
+from tests.redis_helpers import RedisCluster
+from tests.test_redis_broker import NodesTestCase
 from tests.test_redis_shards import on_each, order_kept
 
 SHARDS = 3  # logical shards: one per master, as the resume tests count them
+
+
+class ShardServers:
+    """A logical shard's master and its replica, handled as the tests of
+    independent shards handle one redis-server (``self.shards[i]``): stopped
+    together (no replica to promote: the shard is down), started again
+    empty; ``call`` names its keys as ``pushsvc:...``."""
+
+    def __init__(self, cluster: RedisCluster, prefix: str):
+        self.cluster, self.prefix = cluster, prefix
+        self.servers = []
+
+    async def stop(self) -> None:
+        master = self.cluster.master_of(self.prefix)
+        self.servers = [master, self.cluster.replica_of(master)]
+        for server in self.servers:
+            await server.stop()
+
+    async def start(self) -> None:
+        for server in self.servers:
+            await server.start()
+        await self.cluster.settled()
+
+    def call(self, *args):
+        args = [a.replace("pushsvc:", self.prefix, 1) if isinstance(a, str) else a
+                for a in args]
+        return self.cluster.master_of(self.prefix).call(*args)
 
 
 class ClusterNodesTestCase(NodesTestCase):
@@ -29,28 +51,18 @@ class ClusterNodesTestCase(NodesTestCase):
 
     timeout = 240
     settle = shards.ShardedNodesTests.settle  # each channel's order, a sentinel per shard
+    degraded = shards.ShardedNodesTests.degraded
 
     async def start_nodes(self, workers: int, names=("a", "b"), config_text: str = "",
                           shards: int = SHARDS) -> None:
+        """A cluster of three masters with a replica each, and nodes
+        ``names`` on it with ``SHARDS`` logical shards."""
         self.cluster = RedisCluster(self)
         await self.cluster.start()
         self.prefixes = shard_prefixes("pushsvc:", SHARDS)
-        config = os.path.join(self.cwd, "pushsvc.toml")
-        with open(config, "w") as f:
-            f.write(f"[redis]\nheartbeat = 0.5\ntimeout = 2.0\ncluster_shards = {SHARDS}\n"
-                    + config_text)
-        self.nodes = {}
-        for name in names:
-            port = free_port()
-            child = self.spawn("twistd", "--workers", str(workers), "--redis",
-                               self.cluster.url, "--node", name, "--port", str(port),
-                               "--admin", "", "--config", config)
-            pool = HTTPConnectionPool(reactor, persistent=True)
-            pool.maxPersistentPerHost = 1  # one worker per node takes every push
-            self.addCleanup(pool.closeCachedConnections)
-            self.nodes[name] = Node(name, port, child, Agent(reactor, pool=pool))
-        for node in self.nodes.values():
-            await self.wait_healthy(node)
+        self.shards = [ShardServers(self.cluster, prefix) for prefix in self.prefixes]
+        await self.spawn_nodes(self.cluster.url, workers, names,
+                               f"cluster_shards = {SHARDS}\n" + config_text, 60.0)
         engines = len(names) * max(workers, 1)
         for prefix in self.prefixes:  # every engine registered on every shard
             key = prefix + "_members"
@@ -127,7 +139,7 @@ class ClusterTwoNodeTests(ClusterNodesTestCase):
         replica = self.cluster.replica_of(master)
         await master.stop()
         for node in ("a", "b"):
-            body = await self.healthz_until(node, 503)
+            status, body = await self.degraded(node)
             self.assertIn(f"shard {index} of {SHARDS}", body["reason"])
         for group in groups[1:]:  # the other masters' shards go on
             msg = await self.push_on("b", {"group": group})
@@ -137,8 +149,8 @@ class ClusterTwoNodeTests(ClusterNodesTestCase):
                 expected[c].append(msg)
         during = await self.push_on("a", {"group": victim}, "during")
         await eventually(lambda: replica.call("ROLE")[0] == b"master", 30, "promoted")
-        for node in ("a", "b"):
-            await self.healthz_until(node, 200, 30)
+        for node in self.nodes.values():
+            await self.wait_healthy(node, 30)
         # through the same worker as the kept one: it comes after it (what
         # other publishers send meanwhile may come before what was kept)
         after = await self.push_on("a", {"group": victim}, "after")
@@ -146,25 +158,8 @@ class ClusterTwoNodeTests(ClusterNodesTestCase):
             expected[c] += [during, after]
         await self.settle(clients, expected)  # each once, each channel's in order
 
-    async def healthz_until(self, node: str, status: int, timeout: float = 10.0) -> dict:
-        """Poll /healthz until it answers ``status``: its body."""
-        deadline = reactor.seconds() + timeout
-        while True:
-            got, body = await self.on(node, "GET", "/healthz")
-            if got == status or reactor.seconds() > deadline:
-                self.assertEqual(got, status, body)
-                return body
-            await deferLater(reactor, 0.05, lambda: None)
 
-
-class ClusterResumeTests(ClusterNodesTestCase):
-    """Resume across the cluster's logical shards, as across independent
-    shards (``test_redis_shards_resume``)."""
-
-    _of = resume.ShardedResumeTests
-    start, cursor_of, pushes, ann_on = _of.start, _of.cursor_of, _of.pushes, _of.ann_on
-    cursor_of_got = staticmethod(_of.cursor_of_got)
-    test_a_client_back_gets_each_missed_message_of_every_shard_once_in_order = (
-        _of.test_a_client_back_gets_each_missed_message_of_every_shard_once_in_order)
-    test_the_python_client_resumes_across_shards_by_itself = (
-        _of.test_the_python_client_resumes_across_shards_by_itself)
+class ClusterResumeTests(ClusterNodesTestCase, resume.ShardedResumeTests):
+    """Every test of resume across independent shards, through the
+    cluster's logical shards; a shard stopped or restarted empty is its
+    master and replica (``ShardServers``)."""
