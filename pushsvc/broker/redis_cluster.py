@@ -176,6 +176,8 @@ class Cluster:
             place.sub.down(error)
 
     def _mapped(self, ranges) -> None:
+        if not self._open:  # closed meanwhile
+            return
         self._last = self.clock.seconds()
         if self.error is not None:
             self.error = None
