@@ -26,7 +26,7 @@ from pushsvc.pusher.events import webhook_event
 from pushsvc.pusher.signatures import channel_auth
 from pushsvc.pusher.webhook_sender import WebhookSender, watch_occupancy
 from pushsvc.pusher.webhooks import RETRY_DELAYS, WINDOW, Destination, occupancy
-from tests.helpers import ServerTestCase, eventually, run
+from tests.helpers import ServerTestCase, eventually, free_port, run
 from tests.raw import connect_raw, handshake, text
 from tests.redis_helpers import RedisServer
 from tests.test_pool import PoolTestCase
@@ -179,6 +179,7 @@ class SenderTests(unittest.TestCase):
         await self.requests(2)
         self.assertEqual([e["channel"] for e in self.receiver.events()],
                          [f"c{i}" for i in range(150)])
+        await eventually(lambda: sender.counters["webhook_sent"] == 150)
 
     @run
     async def test_each_url_gets_the_events_it_lists(self):
@@ -194,6 +195,7 @@ class SenderTests(unittest.TestCase):
                          ["channel_occupied"])
         self.assertEqual([e["name"] for e in self.receiver.events(b"/chat")],
                          ["client_event"])
+        await eventually(lambda: sender.counters["webhook_sent"] == 2)  # answers in
 
     @run
     async def test_a_failing_receiver_is_retried_with_backoff_then_succeeds(self):
@@ -266,6 +268,37 @@ class SenderTests(unittest.TestCase):
         await eventually(lambda: sender.counters["webhook_sent"] == 2)
 
 
+class EdgeCaseTests(unittest.TestCase):
+    """A URL nobody listens on, and a stop with events queued."""
+
+    def sender(self, url):
+        self.clock = task.Clock()
+        apps = Apps(check_apps([{"id": "1001", "key": "k", "secret": "s",
+                                 "webhooks": [{"url": url, "events": ALL}]}]))
+        sender = WebhookSender(reactor, lambda: apps, clock=self.clock)
+        self.addCleanup(sender.close)
+        return sender, apps.by_id("1001")
+
+    @run
+    async def test_a_refused_connection_is_retried(self):
+        sender, app = self.sender(f"http://127.0.0.1:{free_port()}/hook")
+        sender.emit(app, webhook_event("channel_occupied", "c"))
+        self.clock.advance(WINDOW)
+        await eventually(lambda: sender.counters["webhook_retried"] == 1)
+        self.assertEqual(sender.in_flight, 0)
+
+    @run
+    async def test_what_waits_at_the_stop_is_dropped_and_counted(self):
+        sender, app = self.sender("http://127.0.0.1:9/hook")
+        for name in ("channel_occupied", "channel_vacated"):
+            sender.emit(app, webhook_event(name, "c"))
+        await sender.close()
+        self.assertEqual(sender.counters["webhook_dropped"], 2)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        sender.emit(app, webhook_event("channel_occupied", "c"))  # ignored
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
 class ReloadTests(unittest.TestCase):
     """The sender reads the apps at each request, as a reload leaves them."""
 
@@ -330,6 +363,8 @@ class OneProcessTests(ServerTestCase):
         await deferLater(reactor, 2 * WINDOW)  # nothing more comes
         for _, headers, body in receiver.requests:
             self.assertIsNotNone(validated(app, headers, body))
+        await eventually(lambda: self.engine.counters["webhook_sent"] == len(
+            receiver.events()), what="every answer in")
         return receiver, app, socket_id
 
     @run
@@ -344,7 +379,6 @@ class OneProcessTests(ServerTestCase):
             # counted gone once the presence command has answered.
             {"name": "channel_vacated", "channel": "presence-p"},
             {"name": "member_removed", "channel": "presence-p", "user_id": "ann"}])
-        await eventually(lambda: self.engine.counters["webhook_sent"] == 5)
         exposition, _ = render(local_values(self.engine))
         self.assertIn(b'pushsvc_pusher_webhook_events_total{result="sent"} 5.0', exposition)
 

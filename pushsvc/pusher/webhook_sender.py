@@ -138,6 +138,8 @@ class WebhookSender:
 
     def _answered(self, result: int | Failure, dest: Destination) -> None:
         self.in_flight -= 1
+        if self.closed:  # its events were counted at the close
+            return
         if isinstance(result, Failure) or not 200 <= result < 300:
             self._failed(result, dest)
         else:
@@ -173,8 +175,7 @@ class WebhookSender:
             _log.warn("webhooks of app {app} to {url}: {error}; retrying", app=dest.app_id,
                       url=dest.url, error=why)
         self.counters["webhook_retried"] += 1
-        if not self.closed:
-            dest.timer = self._clock.callLater(delay, self._send, dest)
+        dest.timer = self._clock.callLater(delay, self._send, dest)
 
     def close(self) -> Deferred:
         """Send nothing more: what waits is dropped (counted, one log line),
@@ -185,7 +186,9 @@ class WebhookSender:
             if dest.timer is not None and dest.timer.active():
                 dest.timer.cancel()
             dest.timer = None
-            left += len(dest.pending) + (dest.events if dest.body is not None else 0)
+            left += len(dest.pending) + dest.events
+            dest.pending.clear()
+            dest.done()  # a request under way counts nothing more when answered
         if left:
             self.counters["webhook_dropped"] += left
             _log.info("webhooks: {left} events not sent at the stop", left=left)
