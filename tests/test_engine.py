@@ -416,7 +416,9 @@ class CommandTests(EngineTestCase):
                           "published": 1,
                           "delivered": 1, "sent_by_clients": 0, "dropped_slow": 0,
                           "refused_full": 0, **dict.fromkeys(LIMIT_COUNTERS, 0),
-                          "proxy_allow": 0, "proxy_deny": 0, "proxy_error": 0})
+                          "proxy_allow": 0, "proxy_deny": 0, "proxy_error": 0,
+                          "webhook_sent": 0, "webhook_retried": 0, "webhook_dropped": 0,
+                          "webhook_given_up": 0})
 
 
 class KeepaliveTests(EngineTestCase):
