@@ -17,10 +17,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import fail, succeed
 from twisted.internet.task import Clock
 from twisted.trial import unittest
-from txredisapi import ResponseError
+from txredisapi import ConnectionError, ResponseError
 
 from pushsvc.broker import make_broker
 from pushsvc.broker.redis_cluster import Cluster, ClusterRedisBroker
+from pushsvc.broker.redis_cluster_links import Place, _Commands
 from pushsvc.broker.redis_cluster_slots import (SLOTS, key_slot, owners, shard_prefixes,
                                                 slot_map)
 from pushsvc.broker.redis_shards import shard_of
@@ -92,6 +93,56 @@ class SlotTests(unittest.TestCase):
         cluster._read()
         self.assertEqual(asked, [("CLUSTER", "SHARDS"), ("CLUSTER", "SLOTS")])
         self.assertEqual(placed, [(0, ("10.0.0.9", 7000)), (1, ("10.0.0.9", 7000))])
+
+    def test_moved_and_ask_are_followed_to_a_connected_master(self):
+        """A call answered MOVED goes again to the master it names (the map
+        is read again soon); ASK goes there after ASKING; to a master this
+        process holds no connection to, the call fails as a lost connection."""
+        sent = []
+
+        class Proto:
+            def __init__(self, name, answers):
+                self.name, self.answers = name, answers
+
+            def execute_command(self, *args):
+                sent.append((self.name, args))
+                answer = self.answers.pop(0) if self.answers else b"OK"
+                return fail(ResponseError(answer)) if isinstance(answer, str) else succeed(answer)
+
+            def eval(self, script, keys, args):
+                return self.execute_command("EVAL", keys, args)
+
+        class Link:
+            def __init__(self, proto):
+                self.protocol = proto
+
+        class Node:
+            def __init__(self, proto):
+                self.cmd = Link(proto)
+
+        class FakeCluster:
+            url = parse_redis_url("redis+cluster://h")
+            looked = 0
+
+            def refresh_soon(self):
+                FakeCluster.looked += 1
+        cluster = FakeCluster()
+        b = Proto("b", [])
+        cluster.nodes = {("10.0.0.2", 7001): Node(b)}
+        place = Place(cluster, 0, "{p0.0}", 5)
+        a = Proto("a", ["MOVED 5 10.0.0.2:7001", "ASK 5 10.0.0.2:7001",
+                        "MOVED 5 10.0.0.3:7002"])
+        commands = _Commands(place, a)
+        self.assertEqual(self.successResultOf(commands.execute_command("GET", "k")), b"OK")
+        self.assertEqual(sent, [("a", ("GET", "k")), ("b", ("GET", "k"))])
+        del sent[:]
+        self.assertEqual(self.successResultOf(commands.eval("script", ["k"], [1])), b"OK")
+        self.assertEqual(sent, [("a", ("EVAL", ["k"], [1])), ("b", ("ASKING",)),
+                                ("b", ("EVAL", ["k"], [1]))])
+        failure = self.failureResultOf(commands.publish(b"c", b"m"), ConnectionError)
+        self.assertEqual(str(failure.value), "MOVED to 10.0.0.3:7002 (slot 5): not connected "
+                                             "there yet")
+        self.assertEqual(FakeCluster.looked, 3)
 
     def test_urls_and_settings(self):
         url = parse_redis_url("redis+cluster://u:p%40@10.0.0.1,10.0.0.2:7000")

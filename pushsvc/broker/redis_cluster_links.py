@@ -152,10 +152,12 @@ class _Commands:
                 return failure
             cluster = self.place.cluster
             cluster.refresh_soon()
-            host, _, port = where.partition(" ")[2].rpartition(":")
+            slot, _, address = where.partition(" ")
+            host, _, port = address.rpartition(":")
             node = cluster.nodes.get((host.strip("[]"), int(port or 0)))
             if node is None or node.cmd.protocol is None:
-                raise txredisapi.ConnectionError(f"{kind} to {where}: not connected there yet")
+                raise txredisapi.ConnectionError(
+                    f"{kind} to {address} (slot {slot}): not connected there yet")
             if kind == "ASK":
                 node.cmd.protocol.execute_command("ASKING").addErrback(lambda _: None)
             return self._call(send, node.cmd.protocol, left - 1)
