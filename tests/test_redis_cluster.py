@@ -35,6 +35,20 @@ from tests.test_redis_shards import ShardEngine, on_each
 SHARDS = 6   # logical shards in these tests: two per master
 
 
+class FakeBroker:
+    """What a place's links tell their broker."""
+
+    def __init__(self):
+        self.events = []
+        self.subscriptions = set()
+
+    def _link_up(self, link):
+        self.events.append(("up", link.name))
+
+    def _link_down(self, link, reason):
+        self.events.append(("down", link.name, reason))
+
+
 class SlotTests(unittest.TestCase):
 
     def test_key_slots_are_redis_clusters(self):
@@ -87,17 +101,17 @@ class SlotTests(unittest.TestCase):
                     return fail(ResponseError("ERR unknown subcommand 'SHARDS'."))
                 return succeed([[0, 16383, [b"10.0.0.9", 7000, b"id"]]])
         cluster._control.protocol = Control()
-        cluster._place = lambda place, address: placed.append((place.index, address))
+        cluster._place = lambda place, address, _: placed.append((place.index, address))
         cluster._read()
         self.assertEqual(placed, [])
         cluster._read()
         self.assertEqual(asked, [("CLUSTER", "SHARDS"), ("CLUSTER", "SLOTS")])
         self.assertEqual(placed, [(0, ("10.0.0.9", 7000)), (1, ("10.0.0.9", 7000))])
 
-    def test_moved_and_ask_are_followed_to_a_connected_master(self):
-        """A call answered MOVED goes again to the master it names (the map
-        is read again soon); ASK goes there after ASKING; to a master this
-        process holds no connection to, the call fails as a lost connection."""
+    def commands(self, answers):
+        """A place's commands on a fake master answering ``answers`` in turn
+        (a str: an error), another (10.0.0.2:7001) answering OK; what each
+        was sent."""
         sent = []
 
         class Proto:
@@ -116,23 +130,28 @@ class SlotTests(unittest.TestCase):
             def __init__(self, proto):
                 self.protocol = proto
 
-        class Node:
-            def __init__(self, proto):
-                self.cmd = Link(proto)
-
         class FakeCluster:
             url = parse_redis_url("redis+cluster://h")
             looked = 0
 
             def refresh_soon(self):
-                FakeCluster.looked += 1
+                self.looked += 1
         cluster = FakeCluster()
-        b = Proto("b", [])
-        cluster.nodes = {("10.0.0.2", 7001): Node(b)}
+        node = type("Node", (), {})()
+        node.cmd = Link(Proto("b", []))
+        cluster.nodes = {("10.0.0.2", 7001): node}
         place = Place(cluster, 0, "{p0.0}", 5)
-        a = Proto("a", ["MOVED 5 10.0.0.2:7001", "ASK 5 10.0.0.2:7001",
-                        "MOVED 5 10.0.0.3:7002"])
-        commands = _Commands(place, a)
+        place.broker = FakeBroker()
+        commands = _Commands(place, Proto("a", answers))
+        place.cmd.up(commands)
+        return commands, sent, place
+
+    def test_moved_and_ask_are_followed_to_a_connected_master(self):
+        """A call answered MOVED goes again to the master it names (the map
+        is read again soon); ASK goes there after ASKING; to a master this
+        process holds no connection to, the call fails as a lost connection."""
+        commands, sent, place = self.commands(["MOVED 5 10.0.0.2:7001", "ASK 5 10.0.0.2:7001",
+                                               "MOVED 5 10.0.0.3:7002"])
         self.assertEqual(self.successResultOf(commands.execute_command("GET", "k")), b"OK")
         self.assertEqual(sent, [("a", ("GET", "k")), ("b", ("GET", "k"))])
         del sent[:]
@@ -142,7 +161,34 @@ class SlotTests(unittest.TestCase):
         failure = self.failureResultOf(commands.publish(b"c", b"m"), ConnectionError)
         self.assertEqual(str(failure.value), "MOVED to 10.0.0.3:7002 (slot 5): not connected "
                                              "there yet")
-        self.assertEqual(FakeCluster.looked, 3)
+        self.assertEqual(place.cluster.looked, 3)
+        self.assertIs(place.cmd.protocol, commands)
+
+    def test_a_master_that_refuses_for_now_takes_the_shard_down(self):
+        """CLUSTERDOWN (a cluster that needs every slot held, while a failed
+        master waits for its replica) fails the call as a lost connection
+        and takes the shard's command link down: what follows is queued."""
+        commands, sent, place = self.commands(["CLUSTERDOWN The cluster is down"])
+        failure = self.failureResultOf(commands.eval("script", ["k"], []), ConnectionError)
+        self.assertEqual(str(failure.value), "CLUSTERDOWN The cluster is down")
+        self.assertIsNone(place.cmd.protocol)
+        self.assertTrue(place.refused)
+        self.assertEqual(place.broker.events, [("up", "commands"), (
+            "down", "commands", "CLUSTERDOWN The cluster is down")])
+        self.assertEqual(place.cluster.looked, 1)
+
+    def test_a_refused_shard_is_up_again_once_every_slot_is_held(self):
+        s = settings(redis="redis+cluster://127.0.0.1:1", redis_cluster_shards=2)
+        cluster = Cluster(s, reactor, Clock(), parse_redis_url(s.redis))
+        offered = []
+        address = ("10.0.0.9", 7000)
+        cluster.nodes[address] = type("Node", (), {"offer": offered.append})()
+        place = cluster.places[0]
+        place.node, place.refused = address, True
+        cluster._place(place, address, complete=False)  # a master still fails
+        self.assertEqual((offered, place.refused), ([], True))
+        cluster._place(place, address, complete=True)
+        self.assertEqual((offered, place.refused), ([place], False))
 
     def test_urls_and_settings(self):
         url = parse_redis_url("redis+cluster://u:p%40@10.0.0.1,10.0.0.2:7000")

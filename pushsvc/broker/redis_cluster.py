@@ -24,8 +24,11 @@ change (a master's connection lost, a MOVED, a subscription the server
 dropped).  A shard whose slot changed master goes down and comes up on the
 new one, where it subscribes everything again: a failover (a replica
 promoted) or a migration is an outage of the shards concerned, survived as
-one (their queue kept, then sent once the peers are back).  A URL pointing
-at a Redis without cluster mode is logged as such and named by ``/healthz``.
+one (their queue kept, then sent once the peers are back).  A master that
+refuses for now (``CLUSTERDOWN``: a cluster that needs every slot held, while
+a failed master's slots wait for a replica; ``TRYAGAIN``) takes the shard
+down the same way, until a slot map with every slot held.  A URL pointing at
+a Redis without cluster mode is logged as such and named by ``/healthz``.
 
 Limits.  Replication is asynchronous: what a master acknowledged just
 before it failed may be missing on the promoted replica (history and
@@ -45,7 +48,7 @@ from twisted.logger import Logger
 
 from .redis import RedisBroker
 from .redis_cluster_links import Place, _Node
-from .redis_cluster_slots import key_slot, owners, shard_prefixes, slot_map
+from .redis_cluster_slots import SLOTS, key_slot, owners, shard_prefixes, slot_map
 from .redis_link import _Link, _reason
 from .redis_sharded import ShardedRedisBroker
 from .redis_url import RedisURL, parse_redis_url
@@ -183,19 +186,25 @@ class Cluster:
             self.error = None
             _log.info("read the slot map of the redis cluster at {url}",
                       url=self.url.describe())
+        complete = sum(last - first + 1 for first, last, _ in ranges) == SLOTS
         for place, address in zip(self.places, owners(ranges, [p.slot for p in self.places])):
-            self._place(place, address)
+            self._place(place, address, complete)
         held = {place.node for place in self.places}
         for address in [a for a in self.nodes if a not in held]:
             self.nodes.pop(address).stop()
 
-    def _place(self, place: Place, address) -> None:
-        """``place``'s slot is held by ``address`` (None: by no live master)."""
+    def _place(self, place: Place, address, complete: bool) -> None:
+        """``place``'s slot is held by ``address`` (None: by no live master);
+        ``complete``: every slot is held (a place its master refused is up
+        again then)."""
         if address == place.node and not place.dirty:
             if address is None:
                 place.connect(None, f"no live master holds slot {place.slot}")
+            elif place.refused and complete:
+                place.refused = False
+                self.nodes[address].offer(place)
             return
-        old, place.node, place.dirty = place.node, address, False
+        old, place.node, place.dirty, place.refused = place.node, address, False, False
         if address is None:
             place.connect(None, f"no live master holds slot {place.slot}")
             return

@@ -32,6 +32,7 @@ __all__ = ["Place"]
 _log = Logger()
 
 REDIRECTS = 2          # MOVED or ASK followed for one call, at most
+REFUSALS = ("CLUSTERDOWN", "TRYAGAIN")   # a master that cannot serve the slot now
 
 
 class Place:
@@ -46,6 +47,7 @@ class Place:
         self.broker = None
         self.node: tuple[str, int] | None = None
         self.dirty = False        # the server dropped a subscription: subscribe again
+        self.refused = False      # its master refused a command for now (REFUSALS)
         self.cmd = _ShardLink(self, "commands")
         self.sub = _ShardLink(self, "subscriber")
         self.sub.SUBSCRIBE, self.sub.UNSUBSCRIBE = b"SSUBSCRIBE", b"SUNSUBSCRIBE"
@@ -65,6 +67,14 @@ class Place:
         if rest == b"_cmd" or rest.startswith(b"_reply:"):
             return True
         return rest.decode("utf-8", "surrogatepass") in self.broker.subscriptions
+
+    def unavailable(self, error: str) -> None:
+        """Its master cannot serve it now (the cluster is down, a slot is
+        half migrated): its command link is down (what is published waits in
+        the queue) until a slot map with every slot held (``redis_cluster``)."""
+        self.refused = True
+        self.cmd.down(error)
+        self.cluster.refresh_soon()
 
     def connect(self, node: "_Node | None", reason: str | None) -> None:
         """Down where it was (for ``reason``; None: it was nowhere); up on
@@ -127,7 +137,9 @@ class _Commands:
     """A place's command connection: ``eval``, ``publish`` and
     ``execute_command`` as txredisapi's, on the master holding its slot,
     scripts in their sharded form, a MOVED or ASK followed to a master this
-    process is connected to (else the call fails as a lost connection)."""
+    process is connected to (else the call fails as a lost connection); a
+    master that refuses for now (CLUSTERDOWN, TRYAGAIN) takes the place's
+    command link down (``Place.unavailable``)."""
 
     def __init__(self, place: Place, proto):
         self.place, self.proto = place, proto
@@ -148,6 +160,9 @@ class _Commands:
         def redirected(failure):
             failure.trap(txredisapi.ResponseError)
             kind, _, where = str(failure.value).partition(" ")
+            if kind in REFUSALS:
+                self.place.unavailable(str(failure.value))
+                raise txredisapi.ConnectionError(str(failure.value))
             if kind not in ("MOVED", "ASK") or not left:
                 return failure
             cluster = self.place.cluster
