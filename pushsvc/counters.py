@@ -14,7 +14,7 @@ ENGINE = ("published", "delivered", "sent_by_clients", "dropped_slow", "refused_
 PROXY_RESULTS = ("allow", "deny", "error")
 
 # Pusher webhook events, by what became of them (pusher/webhook_sender.py).
-WEBHOOK_RESULTS = ("sent", "retried", "dropped", "given_up")
+WEBHOOK_RESULTS = ("sent", "retried", "dropped", "failed")
 
 # Every counter: the engine's, the edges' refusals (limits.py), the backend's,
 # the webhooks'.

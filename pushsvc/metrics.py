@@ -255,7 +255,7 @@ class MachineCollector:
                  "result", ("allow", "deny", "error"))
         yield by(CounterMetricFamily, "pushsvc_pusher_webhook_events", "Pusher webhook "
                  "events, by what became of them (retried: requests sent again; dropped: "
-                 "over a full queue or at the stop; given_up: after the retries).",
+                 "over a full queue or at the stop; failed: given up after the retries).",
                  "webhooks", "result", WEBHOOK_RESULTS)
         yield counter("pushsvc_worker_restarts", "Workers restarted after they ended "
                       "(crashed, killed).", "restarts")

@@ -418,7 +418,7 @@ class CommandTests(EngineTestCase):
                           "refused_full": 0, **dict.fromkeys(LIMIT_COUNTERS, 0),
                           "proxy_allow": 0, "proxy_deny": 0, "proxy_error": 0,
                           "webhook_sent": 0, "webhook_retried": 0, "webhook_dropped": 0,
-                          "webhook_given_up": 0})
+                          "webhook_failed": 0})
 
 
 class KeepaliveTests(EngineTestCase):

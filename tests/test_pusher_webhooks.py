@@ -226,7 +226,7 @@ class SenderTests(unittest.TestCase):
         for attempt, delay in enumerate(RETRY_DELAYS, 1):
             await eventually(lambda: sender.counters["webhook_retried"] == attempt)
             self.clock.advance(delay)
-        await eventually(lambda: sender.counters["webhook_given_up"] == 1)
+        await eventually(lambda: sender.counters["webhook_failed"] == 1)
         self.assertEqual(len(self.receiver.requests), len(RETRY_DELAYS) + 1)
 
     @run
@@ -324,7 +324,7 @@ class ReloadTests(unittest.TestCase):
         sender.emit(current[0].by_id("1001"), webhook_event("channel_vacated", "c"))
         current[0] = Apps(check_apps([{**new, "webhooks": []}]))
         clock.advance(WINDOW)
-        self.assertEqual(sender.counters["webhook_given_up"], 1)
+        self.assertEqual(sender.counters["webhook_failed"], 1)
         self.assertEqual(len(receiver.requests), 2)
 
 

@@ -14,7 +14,7 @@ every worker's subscriptions one at a time.
 Counted (``counters``: the engine's, or the master's own): ``webhook_sent``
 (events answered 2xx), ``webhook_retried`` (requests sent again),
 ``webhook_dropped`` (events over a full queue, or still queued at the stop)
-and ``webhook_given_up`` (events of a batch given up after its retries, or of
+and ``webhook_failed`` (events of a batch given up after its retries, or of
 an app or URL a reload removed).  A full queue is logged once, when it starts
 dropping, and once more when it has room again (how many it dropped); a
 failing URL once when it starts failing and once when it answers again.
@@ -42,7 +42,6 @@ from .webhooks import (MAX_IN_FLIGHT, MAX_QUEUED, TIMEOUT, WINDOW, Destination,
 _log = Logger()
 
 MAX_ANSWER_BYTES = 4096         # of an answer's body, read and forgotten
-RESULTS = ("sent", "retried", "dropped", "given_up")
 
 
 def current_apps(settings: Callable[[], Any]) -> Callable[[], Apps]:
@@ -113,7 +112,7 @@ class WebhookSender:
             return
         app = self.apps().by_id(dest.app_id)
         if app is None or dest.url not in (hook.url for hook in app.webhooks):
-            self.counters["webhook_given_up"] += dest.events + len(dest.pending)
+            self.counters["webhook_failed"] += dest.events + len(dest.pending)
             del self._destinations[dest.app_id, dest.url]
             return
         self.in_flight += 1
@@ -165,7 +164,7 @@ class WebhookSender:
         events, first = dest.events, dest.attempt == 0
         delay = dest.failed()
         if delay is None:
-            self.counters["webhook_given_up"] += events
+            self.counters["webhook_failed"] += events
             _log.warn("webhooks of app {app} to {url}: {events} events given up after "
                       "their retries ({error})", app=dest.app_id, url=dest.url,
                       events=events, error=why)
