@@ -112,15 +112,16 @@ class RedisCluster:
     with ``replicas`` replicas, joined by ``redis-cli --cluster create``
     (even slot ranges); a failed master is noticed after ``node_timeout_ms``,
     and the other masters serve on meanwhile (``cluster-require-full-coverage
-    no``, as docs/operations.md advises)."""
+    no``, as docs/operations.md advises; ``full_coverage``: Redis's default,
+    every master refuses while a slot is not held)."""
 
     def __init__(self, testcase, masters: int = 3, replicas: int = 1,
-                 node_timeout_ms: int = 1000):
+                 node_timeout_ms: int = 1000, full_coverage: bool = False):
         self.testcase = testcase
         self.masters, self.replicas = masters, replicas
         args = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", str(node_timeout_ms),
-                "--cluster-require-full-coverage", "no")
+                "--cluster-require-full-coverage", "yes" if full_coverage else "no")
         self.servers = [RedisServer(testcase, port=_cluster_port(), args=args)
                         for _ in range(masters * (1 + replicas))]
 

@@ -228,8 +228,8 @@ class ClusterBrokerTests(unittest.TestCase):
 
     timeout = 90
 
-    async def start(self, **overrides):
-        self.cluster = RedisCluster(self)
+    async def start(self, full_coverage: bool = False, **overrides):
+        self.cluster = RedisCluster(self, full_coverage=full_coverage)
         await self.cluster.start()
         engines = []
         for node in ("a", "b"):
@@ -416,3 +416,34 @@ class ClusterBrokerTests(unittest.TestCase):
         found, gaps = (await shard.replay([f"group:{group}"], 0, shard.epoch))[:2]
         self.assertEqual(([msg_id for msg_id, _ in found], gaps),
                          (["a.0.x.BEFORE", "a.0.x.AFTER"], []))
+
+    @run
+    async def test_a_cluster_down_keeps_what_follows_the_refused_call(self):
+        """With Redis's default ``cluster-require-full-coverage yes``, a slot
+        no master holds makes every master refuse (CLUSTERDOWN): the shard
+        goes down at the first refused call (lost, and counted), what is
+        published after it waits, and arrives once when every slot is held
+        again."""
+        a, b = await self.start(full_coverage=True)
+        group = on_each(SHARDS)[0]
+        await self.subscribe(b, f"group:{group}")
+        master = self.cluster.master_of(self.prefix(f"group:{group}"))
+        mine = {key_slot(p.encode()) for p in shard_prefixes("pushsvc:", SHARDS)}
+        [first, last] = next(r[:2] for r in master.call("CLUSTER", "SLOTS")
+                             if r[2][1] == master.port)
+        free = next(slot for slot in range(last, first, -1) if slot not in mine)
+        master.call("CLUSTER", "DELSLOTS", free)
+        await eventually(lambda: b"cluster_state:fail" in master.call("CLUSTER", "INFO"), 10,
+                         "the cluster down")
+        a.broker.publish(*message("a.0.x.REFUSED", group=[group]))
+        await eventually(lambda: a.broker.health() is not None, 5, "the shard down")
+        self.assertIn("CLUSTERDOWN", a.broker.health())
+        self.assertEqual(a.broker.counters["lost"], 1)
+        a.broker.publish(*message("a.0.x.KEPT", group=[group]))
+        master.call("CLUSTER", "ADDSLOTS", free)
+        await eventually(lambda: a.broker.health() is None and b.broker.health() is None,
+                         20, "back")
+        await eventually(lambda: "a.0.x.KEPT" in b.delivered, 10, "the kept message")
+        a.broker.publish(*message("a.0.x.AFTER", group=[group]))
+        await eventually(lambda: "a.0.x.AFTER" in b.delivered, 10, "after")
+        self.assertEqual(b.delivered, ["a.0.x.KEPT", "a.0.x.AFTER"])
