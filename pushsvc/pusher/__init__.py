@@ -9,9 +9,11 @@ The I/O-free layer:
 - ``events``: the HTTP API's routes, bodies and answers, and webhook bodies;
 - ``session``: one Pusher connection's state and the rules of its frames;
 - ``dialect``: a pushsvc message as a Pusher frame, made once per channel;
-- ``presence``: presence members from pushsvc's own presence.
+- ``presence``: presence members from pushsvc's own presence;
+- ``webhooks``: which webhook event goes where, batches, bounds, retry delays.
 
 The WebSocket edge ``/app/{key}`` on top of it, with the engine:
-``websocket`` (the connections) and ``serving`` (their frames).  The HTTP
-API's edge is ``pushsvc/http/pusher_routes.py``.
+``websocket`` (the connections) and ``serving`` (their frames); the webhooks'
+HTTP edge is ``webhook_sender``.  The HTTP API's edge is
+``pushsvc/http/pusher_routes.py``.
 """
