@@ -22,6 +22,8 @@ from txredisapi import ConnectionError, ResponseError
 from pushsvc.broker import make_broker
 from pushsvc.broker.redis_cluster import Cluster, ClusterRedisBroker
 from pushsvc.broker.redis_cluster_links import Place, _Commands
+from pushsvc.broker.redis_context import QUEUE_MAX_AGE
+from pushsvc.broker.redis_scripts import PUBLISH_SCRIPT
 from pushsvc.broker.redis_cluster_slots import (SLOTS, key_slot, owners, shard_prefixes,
                                                 slot_map)
 from pushsvc.broker.redis_shards import shard_of
@@ -132,6 +134,7 @@ class SlotTests(unittest.TestCase):
 
         class FakeCluster:
             url = parse_redis_url("redis+cluster://h")
+            clock = Clock()
             looked = 0
 
             def refresh_soon(self):
@@ -176,6 +179,24 @@ class SlotTests(unittest.TestCase):
         self.assertEqual(place.broker.events, [("up", "commands"), (
             "down", "commands", "CLUSTERDOWN The cluster is down")])
         self.assertEqual(place.cluster.looked, 1)
+
+    def test_a_refused_publish_is_sent_again_first_once_the_shard_is_up(self):
+        """The publish script's call refused (not run) waits, and goes first
+        once the shard is up again; one refused too long ago fails."""
+        commands, sent, place = self.commands(["CLUSTERDOWN The cluster is down"] * 3)
+        first = commands.eval(PUBLISH_SCRIPT, ["k"], [1])
+        second = commands.eval(PUBLISH_SCRIPT, ["k"], [2])
+        self.assertNoResult(first)
+        self.assertEqual((len(place.held), place.cmd.protocol), (2, None))
+        place.cluster.clock.advance(QUEUE_MAX_AGE + 1)
+        third = commands.eval(PUBLISH_SCRIPT, ["k"], [3])  # was in flight: refused later
+        del sent[:]
+        place.cmd.up(_Commands(place, place.cluster.nodes[("10.0.0.2", 7001)].cmd.protocol))
+        self.failureResultOf(first, ConnectionError)
+        self.failureResultOf(second, ConnectionError)
+        self.assertEqual(self.successResultOf(third), b"OK")
+        self.assertEqual(sent, [("b", ("EVAL", ["k"], [3]))])
+        self.assertEqual(place.broker.events[-1], ("up", "commands"))
 
     def test_a_refused_shard_is_up_again_once_every_slot_is_held(self):
         s = settings(redis="redis+cluster://127.0.0.1:1", redis_cluster_shards=2)
@@ -418,12 +439,12 @@ class ClusterBrokerTests(unittest.TestCase):
                          (["a.0.x.BEFORE", "a.0.x.AFTER"], []))
 
     @run
-    async def test_a_cluster_down_keeps_what_follows_the_refused_call(self):
+    async def test_a_cluster_down_keeps_the_refused_call_and_what_follows(self):
         """With Redis's default ``cluster-require-full-coverage yes``, a slot
         no master holds makes every master refuse (CLUSTERDOWN): the shard
-        goes down at the first refused call (lost, and counted), what is
-        published after it waits, and arrives once when every slot is held
-        again."""
+        goes down at the first refused call, which waits, as what is
+        published after it does; both arrive once, in order, when every
+        slot is held again."""
         a, b = await self.start(full_coverage=True)
         group = on_each(SHARDS)[0]
         await self.subscribe(b, f"group:{group}")
@@ -438,7 +459,6 @@ class ClusterBrokerTests(unittest.TestCase):
         a.broker.publish(*message("a.0.x.REFUSED", group=[group]))
         await eventually(lambda: a.broker.health() is not None, 5, "the shard down")
         self.assertIn("CLUSTERDOWN", a.broker.health())
-        self.assertEqual(a.broker.counters["lost"], 1)
         a.broker.publish(*message("a.0.x.KEPT", group=[group]))
         master.call("CLUSTER", "ADDSLOTS", free)
         await eventually(lambda: a.broker.health() is None and b.broker.health() is None,
@@ -446,4 +466,5 @@ class ClusterBrokerTests(unittest.TestCase):
         await eventually(lambda: "a.0.x.KEPT" in b.delivered, 10, "the kept message")
         a.broker.publish(*message("a.0.x.AFTER", group=[group]))
         await eventually(lambda: "a.0.x.AFTER" in b.delivered, 10, "after")
-        self.assertEqual(b.delivered, ["a.0.x.KEPT", "a.0.x.AFTER"])
+        self.assertEqual(b.delivered, ["a.0.x.REFUSED", "a.0.x.KEPT", "a.0.x.AFTER"])
+        self.assertEqual(a.broker.counters["lost"], 0)

@@ -27,7 +27,8 @@ promoted) or a migration is an outage of the shards concerned, survived as
 one (their queue kept, then sent once the peers are back).  A master that
 refuses for now (``CLUSTERDOWN``: a cluster that needs every slot held, while
 a failed master's slots wait for a replica; ``TRYAGAIN``) takes the shard
-down the same way, until a slot map with every slot held.  A URL pointing at
+down the same way, until a slot map with every slot held; the publish calls
+it refused are sent again first (``Place.hold``).  A URL pointing at
 a Redis without cluster mode is logged as such and named by ``/healthz``.
 
 Limits.  Replication is asynchronous: what a master acknowledged just

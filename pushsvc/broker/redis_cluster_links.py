@@ -20,9 +20,10 @@ hash tag names.
 from __future__ import annotations
 
 import txredisapi
-from twisted.internet.defer import DeferredList, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
 from twisted.logger import Logger
 
+from .redis_context import QUEUE_MAX_AGE
 from .redis_link import _Link, _Server, _Subscriber
 from .redis_scripts import SHARDED
 from .redis_url import RedisURL
@@ -33,6 +34,7 @@ _log = Logger()
 
 REDIRECTS = 2          # MOVED or ASK followed for one call, at most
 REFUSALS = ("CLUSTERDOWN", "TRYAGAIN")   # a master that cannot serve the slot now
+MAX_HELD = 1000        # refused publish calls a place keeps to send again, at most
 
 
 class Place:
@@ -48,6 +50,7 @@ class Place:
         self.node: tuple[str, int] | None = None
         self.dirty = False        # the server dropped a subscription: subscribe again
         self.refused = False      # its master refused a command for now (REFUSALS)
+        self.held: list = []      # (when, send, Deferred) of the publish calls refused
         self.cmd = _ShardLink(self, "commands")
         self.sub = _ShardLink(self, "subscriber")
         self.sub.SUBSCRIBE, self.sub.UNSUBSCRIBE = b"SSUBSCRIBE", b"SUNSUBSCRIBE"
@@ -75,6 +78,27 @@ class Place:
         self.refused = True
         self.cmd.down(error)
         self.cluster.refresh_soon()
+
+    def hold(self, send) -> Deferred:
+        """A publish call its master refused (not run): sent again, before
+        anything else, once the place is up (``resend``); at most
+        ``MAX_HELD`` of them, for ``QUEUE_MAX_AGE`` seconds."""
+        if len(self.held) >= MAX_HELD:
+            return fail(txredisapi.ConnectionError("refused, and too many held already"))
+        entry = [self.cluster.clock.seconds(), send]
+        d = Deferred(lambda _: self.held.remove(entry))
+        entry.append(d)
+        self.held.append(entry)
+        return d
+
+    def resend(self, commands: "_Commands") -> None:
+        held, self.held = self.held, []
+        now = self.cluster.clock.seconds()
+        for when, send, d in held:
+            if now - when > QUEUE_MAX_AGE:
+                d.errback(txredisapi.ConnectionError("refused too long ago"))
+            else:
+                commands._call(send, hold=True).chainDeferred(d)
 
     def connect(self, node: "_Node | None", reason: str | None) -> None:
         """Down where it was (for ``reason``; None: it was nowhere); up on
@@ -119,6 +143,8 @@ class _ShardLink:
         if self.protocol is not None:
             self.down("a new connection")
         self.protocol, self.error = protocol, None
+        if self is self.place.cmd and self.place.held:
+            self.place.resend(protocol)  # before what the broker sends now
         self.place.broker._link_up(self)
 
     @staticmethod
@@ -139,14 +165,15 @@ class _Commands:
     scripts in their sharded form, a MOVED or ASK followed to a master this
     process is connected to (else the call fails as a lost connection); a
     master that refuses for now (CLUSTERDOWN, TRYAGAIN) takes the place's
-    command link down (``Place.unavailable``)."""
+    command link down (``Place.unavailable``), and a publish script's call
+    it refused waits to be sent again (``Place.hold``)."""
 
     def __init__(self, place: Place, proto):
         self.place, self.proto = place, proto
 
     def eval(self, script, keys, args):
-        script = SHARDED.get(script, script)
-        return self._call(lambda p: p.eval(script, keys, args))
+        sharded = SHARDED.get(script, script)
+        return self._call(lambda p: p.eval(sharded, keys, args), hold=script in SHARDED)
 
     def publish(self, channel, message):
         return self._call(lambda p: p.execute_command("SPUBLISH", channel, message))
@@ -154,7 +181,7 @@ class _Commands:
     def execute_command(self, *args):
         return self._call(lambda p: p.execute_command(*args))
 
-    def _call(self, send, proto=None, left: int = REDIRECTS):
+    def _call(self, send, proto=None, left: int = REDIRECTS, hold: bool = False):
         d = maybeDeferred(send, proto or self.proto)
 
         def redirected(failure):
@@ -162,6 +189,8 @@ class _Commands:
             kind, _, where = str(failure.value).partition(" ")
             if kind in REFUSALS:
                 self.place.unavailable(str(failure.value))
+                if hold:
+                    return self.place.hold(send)
                 raise txredisapi.ConnectionError(str(failure.value))
             if kind not in ("MOVED", "ASK") or not left:
                 return failure
@@ -175,7 +204,7 @@ class _Commands:
                     f"{kind} to {address} (slot {slot}): not connected there yet")
             if kind == "ASK":
                 node.cmd.protocol.execute_command("ASKING").addErrback(lambda _: None)
-            return self._call(send, node.cmd.protocol, left - 1)
+            return self._call(send, node.cmd.protocol, left - 1, hold)
         return d.addErrback(redirected)
 
 
