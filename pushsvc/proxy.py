@@ -157,7 +157,7 @@ class BackendProxy:
             if any(f.check(CancelledError) for f in getattr(e, "reasons", ())):
                 raise
             response = await self._post(body)  # see the module docstring
-        reader = _CappedBody(MAX_ANSWER_BYTES, response.length)
+        reader = CappedBody(MAX_ANSWER_BYTES, response.length)
         response.deliverBody(reader)
         try:
             answer = await reader.done
@@ -173,7 +173,7 @@ class BackendProxy:
         headers = Headers({b"Content-Type": [b"application/json"], b"User-Agent": [b"pushsvc"]})
         if self._secret:
             headers.addRawHeader(b"Authorization", b"Bearer " + self._secret.encode("utf-8"))
-        return self._agent.request(b"POST", self._url, headers, _BytesProducer(body))
+        return self._agent.request(b"POST", self._url, headers, BytesProducer(body))
 
     def _timed_out(self, result, timeout: float) -> Failure:
         return Failure(BackendError(f"the backend did not answer within {timeout:g} seconds"))
@@ -186,7 +186,7 @@ class BackendProxy:
 
     def _settle(self, result: Verdict | Failure) -> Verdict:
         if isinstance(result, Failure):
-            why = _describe(result.value)
+            why = describe_failure(result.value)
             if why is None:  # a bug: log its traceback
                 why = f"unexpected error ({result.type.__name__})"
                 self._warn(why, result)
@@ -224,7 +224,7 @@ _FAILURES = (  # the first that matches says why
 )
 
 
-def _describe(exc: BaseException) -> str | None:
+def describe_failure(exc: BaseException) -> str | None:
     """Say in a few words why an exchange failed; None for an unexpected error."""
     if isinstance(exc, BackendError):
         return str(exc)
@@ -234,8 +234,9 @@ def _describe(exc: BaseException) -> str | None:
 
 
 @implementer(IBodyProducer)
-class _BytesProducer:
-    """A request body already in memory, written in one go."""
+class BytesProducer:
+    """A request body already in memory, written in one go (the webhook
+    sender, pusher/webhook_sender.py, posts with it too)."""
 
     def __init__(self, body: bytes):
         self._body = body
@@ -250,7 +251,7 @@ class _BytesProducer:
     def stopProducing(self) -> None: ...
 
 
-class _CappedBody(Protocol):
+class CappedBody(Protocol):
     """Collects a response body into ``done``; past ``limit`` bytes it fails
     with BackendError and closes the connection instead of reading on."""
 

@@ -468,8 +468,10 @@ class RequestDeadlineTests(ClockedTestCase):
         await eventually(lambda: self.server.site.api.per_ip.held("127.0.0.1") == 1,
                          what="accepted")
         gc.collect()
+        port = client.transport.getHost().port  # this client's channel, not a leftover
         channel, = [o for o in gc.get_objects() if isinstance(o, PushChannel)
-                    and o.transport is not None and o.transport.connected]
+                    and o.transport is not None and o.transport.connected
+                    and o.transport.getPeer().port == port]
         request = raw.handshake()
         for i in range(4):                       # a byte every 3 s: each resets an idle timer
             client.transport.write(request[i:i + 1])

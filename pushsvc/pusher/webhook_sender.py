@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from ..proxy import BackendError, _BytesProducer, _CappedBody, _describe
+from ..proxy import BackendError, BytesProducer, CappedBody, describe_failure
 from .apps import Apps, PusherApp, check_apps
 from .signatures import webhook_headers
 from .webhooks import (MAX_IN_FLIGHT, MAX_QUEUED, TIMEOUT, WINDOW, Destination,
@@ -126,8 +126,8 @@ class WebhookSender:
             b"POST", url.encode("ascii"),
             Headers({name: [value] for name, value in
                      {**headers, "User-Agent": "pushsvc"}.items()}),
-            _BytesProducer(body))
-        reader = _CappedBody(MAX_ANSWER_BYTES, response.length)
+            BytesProducer(body))
+        reader = CappedBody(MAX_ANSWER_BYTES, response.length)
         response.deliverBody(reader)
         try:
             await reader.done
@@ -160,7 +160,7 @@ class WebhookSender:
         if isinstance(result, int):
             why = f"the backend answered HTTP {result}"
         else:
-            why = _describe(result.value) or f"unexpected error ({result.type.__name__})"
+            why = describe_failure(result.value) or f"unexpected error ({result.type.__name__})"
         events, first = dest.events, dest.attempt == 0
         delay = dest.failed()
         if delay is None:
