@@ -39,6 +39,17 @@ class BrokerInterfaceTests(unittest.TestCase):
         broker.configure(settings(redis="redis://127.0.0.1:1/0", node="n", ttl=0))
         self.assertIsNone(broker.epoch)            # a reload turned the history off
 
+    def test_sharded_redis_broker(self):
+        """Several Redis: the whole interface too (a worker reads ``closed``
+        when its master's pipe closes; without it the worker never stopped)."""
+        from pushsvc.broker.redis_sharded import ShardedRedisBroker
+        urls = "redis://127.0.0.1:1/0 redis://127.0.0.1:2/0"
+        broker = ShardedRedisBroker(settings(redis=urls, node="n"), "n.0", reactor, Clock(),
+                                    token="t")
+        self.assertTrue(verifyObject(IBroker, broker))
+        self.assertTrue(verifyObject(IReloadable, broker))
+        self.assertFalse(broker.closed)
+
     def test_brokers_without_a_store_never_time(self):
         observed: list[float] = []
         for broker in (LocalBroker(), AmpBroker(clock=Clock())):

@@ -82,10 +82,10 @@ def kill_all(processes: dict[int, int]) -> None:
 class RealMasterTests(ChildTestCase):
     """``twistd -n pushsvc --workers 2`` as a child process."""
 
-    async def start_master(self):
+    async def start_master(self, *more: str):
         """The running master (a Child) and its two workers (pid -> start time)."""
         port = free_port()
-        master = self.spawn("twistd", "--workers", "2", "--port", str(port))
+        master = self.spawn("twistd", "--workers", "2", "--port", str(port), *more)
         await self.wait_serving(master, port)
         pid = master.transport.pid
         await eventually(lambda: len(children(pid)) == 2, what="two workers")
@@ -103,6 +103,22 @@ class RealMasterTests(ChildTestCase):
         await eventually(lambda: all(c.close_code is not None for c in clients),
                          GONE_DEADLINE, "every client closed")
         self.assertEqual([c.close_code for c in clients], [1001] * len(clients))
+
+    @run
+    async def test_master_killed_workers_exit_even_with_redis_gone(self):
+        """A worker whose master is gone stops on its own, within a bound,
+        even when its stop cannot finish (its Redis is gone too): nobody is
+        left to kill it."""
+        from tests.redis_helpers import RedisServer
+        shards = [RedisServer(self), RedisServer(self)]
+        for redis in shards:
+            await redis.start()
+        master, workers = await self.start_master("--redis", " ".join(r.url for r in shards))
+        await shards[0].stop()
+        master.transport.signalProcess("KILL")
+        # close_timeout (3 s) and STOP_GRACE (5 s): their bound, and some
+        await eventually(lambda: not running(workers), GONE_DEADLINE + 8,
+                         f"the end of workers {sorted(workers)}")
 
     async def check_stops(self, sig: str) -> None:
         """``sig`` to the master alone: clients on both workers see 1001, the

@@ -25,6 +25,7 @@ class IBroker(Interface):
     """Carries messages to every engine that has subscribed to their channels."""
 
     subscriptions = Attribute("The set of channels this engine subscribes to.")
+    closed = Attribute("Whether ``close`` has been called (the engine is stopping).")
 
     def attach(receiver):
         """Hand future messages and commands to ``receiver`` (an IReceiver)."""

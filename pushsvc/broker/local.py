@@ -73,5 +73,8 @@ class LocalBroker:
     def timed(self, observe):
         pass  # no store to make round trips to
 
+    closed = False
+
     def close(self):
+        self.closed = True
         return succeed(None)

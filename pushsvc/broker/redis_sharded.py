@@ -150,6 +150,10 @@ class ShardedRedisBroker:
         return self.shards[0].owner
 
     @property
+    def closed(self) -> bool:
+        return all(shard.closed for shard in self.shards)
+
+    @property
     def subscriptions(self) -> set[str]:
         return set().union(*(shard.subscriptions for shard in self.shards))
 

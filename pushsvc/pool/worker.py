@@ -28,7 +28,7 @@ from ..signals import stop_on_signals
 from ..tls import TLSError
 from ..wire.hub_commands import GatherMetrics, Hello
 from ..wire.worker_commands import Reload, Retire, SetLogLevel, StopAccepting
-from . import AMP_IN, AMP_OUT, ENV, FIRST_SOCKET
+from . import AMP_IN, AMP_OUT, ENV, FIRST_SOCKET, STOP_GRACE
 
 # Run as ``python -m pushsvc.pool.worker``: named for the module, not __main__.
 _log = Logger(namespace="pushsvc.pool.worker")
@@ -94,6 +94,13 @@ class WorkerEnd(WorkerProtocol):
         return {}
 
 
+def exit_now(index: int, limit: float) -> None:
+    """The end of a worker whose stop did not finish within ``limit`` seconds."""
+    _log.error("worker {index} did not stop within {limit:g} s of its master's end; "
+               "exiting now", index=index, limit=limit)
+    os._exit(1)
+
+
 def main() -> None:
     spec = json.loads(os.environ.pop(ENV))
     settings = Settings.from_json(spec["settings"])
@@ -119,6 +126,13 @@ def main() -> None:
             _log.warn("the master is gone; worker {index} stops", index=index)
             reactor.stop()
 
+    def bound_the_stop():
+        # Once a worker stops, for whatever reason, it is gone within the
+        # time the master gives it: if its master is gone too, nobody else
+        # would end a stop that cannot finish (a Redis that is away).
+        limit = settings.close_timeout + STOP_GRACE
+        reactor.callLater(limit, exit_now, index, limit)
+
     hub = WorkerEnd(broker, server, reactor, on_lost=master_gone)
     StandardIO(hub, stdin=AMP_IN, stdout=AMP_OUT, reactor=reactor)
     if isinstance(broker, AmpBroker):
@@ -135,6 +149,7 @@ def main() -> None:
     server.startService()
     hub.callRemote(Hello, index=index, owner=server.engine.ids.owner).addErrback(
         lambda f: _log.failure("could not greet the master", f))
+    reactor.addSystemEventTrigger("before", "shutdown", bound_the_stop)
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.addSystemEventTrigger("after", "startup", stop_on_signals, reactor)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the master's to order
