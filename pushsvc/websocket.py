@@ -39,6 +39,8 @@ _log = Logger()
 
 
 OPEN = WebSocketServerProtocol.STATE_OPEN
+CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
+SWITCHING = b"HTTP/1.1 101 "  # the start of the handshake's answer
 
 # Frames queued for the end of the turn are written at once past this many bytes.
 FLUSH_AT = 64 * 1024
@@ -296,17 +298,21 @@ class PushServerProtocol(WebSocketServerProtocol):
             if self.buffered > self.factory.settings.max_buffered_bytes:
                 self._too_slow()
                 return
-        if self._out is None:
-            self._out = [frame]
-            self._queued = len(frame)
-            self.factory.flush_soon(self)
-        else:
-            self._out.append(frame)
-            self._queued += len(frame)
+        self._queue(frame)
         if self._queued >= FLUSH_AT:
             # Hand a big turn's frames on now: what the kernel does not take
             # fills Twisted's buffer, whose pause signal starts the counting.
             self.flush()
+
+    def _queue(self, data: bytes) -> None:
+        """Add ``data`` to what this connection writes at the end of the turn."""
+        if self._out is None:
+            self._out = [data]
+            self._queued = len(data)
+            self.factory.flush_soon(self)
+        else:
+            self._out.append(data)
+            self._queued += len(data)
 
     def flush(self) -> None:
         """Write the frames of this reactor turn: with one ``send()`` straight to
@@ -342,9 +348,15 @@ class PushServerProtocol(WebSocketServerProtocol):
         transport.write(data)
 
     def sendData(self, data, sync=False, chopsize=None):
-        # Autobahn's own writes (the handshake's answer, pong, ping, close) go
-        # after the frames queued in this turn, and as they do: straight to
-        # the socket when Twisted holds nothing for it.
+        # The handshake's answer waits for the end of the turn, so that it
+        # leaves with the welcome in one send() (a refusal is written at once:
+        # Autobahn closes the connection right after it).
+        if self.state == CONNECTING and data.startswith(SWITCHING):
+            self._queue(data)
+            return
+        # Autobahn's other writes (pong, ping, close) go after the frames
+        # queued in this turn, and as they do: straight to the socket when
+        # Twisted holds nothing for it.
         self.flush()
         if sync or chopsize or self.send_queue:  # not pushsvc's: Autobahn's queue
             self.factory.meter.bytes_out += len(data)
