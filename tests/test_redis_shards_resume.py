@@ -268,10 +268,9 @@ class ShardedResumeTests(NodesTestCase):
         order_kept(self, again.messages, live)
         self.assertIn(bob.messages[0]["id"], had)
 
-    @run
-    async def test_the_python_client_resumes_across_shards_by_itself(self):
-        """PushClient keeps a position per shard and resumes with them: what
-        it missed while away comes once, nothing it had comes again."""
+    async def python_client(self):
+        """A started PushClient of ann on node a, with the messages and
+        resumed events it gets."""
         await self.start()
         self.use_port(self.nodes["a"].port)
         client = PushClient(self.url, user="ann", groups=self.g, min_delay=1.0,
@@ -281,6 +280,13 @@ class ShardedResumeTests(NodesTestCase):
         client.on("message", got.append)
         client.on("resumed", resumed.append)
         await client.start()
+        return client, got, resumed
+
+    @run
+    async def test_the_python_client_resumes_across_shards_by_itself(self):
+        """PushClient keeps a position per shard and resumes with them: what
+        it missed while away comes once, nothing it had comes again."""
+        client, got, resumed = await self.python_client()
         had = await self.pushes("b", 8, "had")
         await eventually(lambda: len(got) == len(had), 10, "the first messages")
         self.assertEqual(len(client.positions), 3)
@@ -304,15 +310,7 @@ class ShardedResumeTests(NodesTestCase):
         is pushed after comes, though shard 1 numbers from 1 again; at the
         next reconnect the resume reports a gap for shard 1's channels only,
         and nothing comes twice."""
-        await self.start()
-        self.use_port(self.nodes["a"].port)
-        client = PushClient(self.url, user="ann", groups=self.g, min_delay=1.0,
-                            random=lambda: 0.5)
-        self.addCleanup(client.stop)
-        got, resumed = [], []
-        client.on("message", got.append)
-        client.on("resumed", resumed.append)
-        await client.start()
+        client, got, resumed = await self.python_client()
         had = await self.pushes("b", 8, "had")
         await eventually(lambda: len(got) == len(had), 10, "the first messages")
         await self.shards[1].stop()
