@@ -627,3 +627,47 @@ class ReplayTests(EngineTestCase):
         for n in range(10):
             self.publish("x" * 1000, user=("ann",))
         self.assertEqual(s.conn.closed, [(1013, "too many messages during the resume")])
+
+
+class MailLaterBroker(LocalBroker):
+    """A broker whose mailbox answers only when the test says."""
+
+    def __init__(self):
+        super().__init__(Keeper(History(60, 100, 1 << 20), Mailbox(60, 100, 1 << 20)))
+        self.mail_answers: list[Deferred] = []
+
+    def mail(self, user):
+        d = Deferred()
+        self.mail_answers.append(d)
+        return d
+
+
+class SessionTablesTests(EngineTestCase):
+    """The engine's parts forget a closed session (engine/core.py ``close``)."""
+
+    def test_a_closed_session_leaves_nothing_behind(self):
+        self.start(broker=MailLaterBroker(), ttl=60)
+        s = self.engine.open(FakeConnection())
+        self.engine.handle(s, encode({"op": "resume", "since": 0, "epoch": self.broker.epoch,
+                                      "ref": 1}))
+        replays, auth = self.engine.replays, self.engine.auth
+        self.assertIn(s, replays.resumed)  # its replay under way
+        self.engine.close(s)
+        self.assertEqual((auth.timers, replays.held, replays.resumed, replays.mailed,
+                          self.engine.gates), ({}, {}, set(), {}, {}))
+
+    def test_a_closed_sessions_auth_timeout_stops(self):
+        self.start(auth_mode="required")
+        s = self.engine.open(FakeConnection())
+        timer = self.engine.auth.timers[s]
+        self.engine.close(s)
+        self.assertEqual((self.engine.auth.timers, timer.active()), ({}, False))
+
+    def test_mail_that_comes_after_the_close_is_not_kept(self):
+        self.start(broker=MailLaterBroker())
+        s = self.engine.open(FakeConnection())
+        self.engine.handle(s, b'{"op":"auth","user":"alice","ref":1}')
+        self.engine.close(s)
+        [answer] = self.broker.mail_answers
+        answer.callback([("M1", b'{"op":"msg","id":"M1"}')])
+        self.assertEqual(self.engine.replays.mailed, {})

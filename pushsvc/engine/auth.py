@@ -161,7 +161,7 @@ class Auth:
         ``resume`` skips them."""
         for msg_id, frame in messages:
             self.engine.reply(session, frame)
-        if messages:
+        if messages and not self.engine.gone(session):  # a closed one is forgotten
             self.engine.replays.mailed.setdefault(session, set()).update(
                 msg_id for msg_id, _ in messages)
         self.engine.ok(session, request)
