@@ -175,8 +175,10 @@ class ChildTestCase(ServerTestCase):
         except Exception:
             self.fail(f"still running after {EXIT_DEADLINE} s:\n{child.output()}")
 
-    async def wait_serving(self, child: Child, port: int) -> None:
-        """Poll GET /healthz on ``port`` until it answers 200."""
+    async def wait_serving(self, child: Child, port: int, workers: int = 0) -> None:
+        """Poll GET /healthz on ``port`` until it answers 200; with ``workers``,
+        until each of a pool's workers has said it is ready too (one worker
+        answers /healthz while another may still be starting)."""
         self.use_port(port)
         deadline = reactor.seconds() + START_DEADLINE
         while True:
@@ -192,7 +194,10 @@ class ChildTestCase(ServerTestCase):
             if status is None:
                 self.fail(f"no /healthz on {port} after {START_DEADLINE} s:\n{child.output()}")
             self.assertEqual(status, 200, body)
-            return
+            break
+        for n in range(workers):
+            await eventually(lambda: b"worker %d ready" % n in child.stdout + child.stderr,
+                             START_DEADLINE, f"worker {n} ready")
 
 
 async def eventually(condition, timeout: float = 10.0, what: str = "the condition"):

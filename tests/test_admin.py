@@ -790,7 +790,7 @@ class PoolConsoleTests(ChildTestCase):
         self.write_app(POOL_APP.format(version="v1"))
         port = free_port()
         master = self.spawn("twistd", "--workers", "2", "--port", str(port), "--app", "app.py")
-        await self.wait_serving(master, port)
+        await self.wait_serving(master, port, workers=2)
         await eventually(lambda: os.path.exists(os.path.join(self.cwd, "pushsvc-admin.sock")))
         clients = [await self.client(f"u{i}", groups=("lobby",)) for i in range(20)]
         by_worker = {}

@@ -359,7 +359,7 @@ class JsonLogTests(ChildTestCase):
         port = free_port()
         child = self.spawn("twistd", "--workers", "2", "--port", str(port),
                            "--log-format", "json", "--app", "app.py")
-        await self.wait_serving(child, port)
+        await self.wait_serving(child, port, workers=2)
         c = await self.client("bob", groups=("g",))
         reply = c.request("send", to={"group": "g"}, data="x")
         error = await reply.addErrback(lambda f: f.value)

@@ -86,7 +86,7 @@ class RealMasterTests(ChildTestCase):
         """The running master (a Child) and its two workers (pid -> start time)."""
         port = free_port()
         master = self.spawn("twistd", "--workers", "2", "--port", str(port), *more)
-        await self.wait_serving(master, port)
+        await self.wait_serving(master, port, workers=2)
         pid = master.transport.pid
         await eventually(lambda: len(children(pid)) == 2, what="two workers")
         workers = children(pid)

@@ -207,7 +207,7 @@ class StartupTests(ChildTestCase):
         listens on ends start-up with the same one line; the first serves on."""
         port = free_port()
         first = self.spawn("twistd", "--workers", "2", "--port", str(port), "--admin", "")
-        await self.wait_serving(first, port)
+        await self.wait_serving(first, port, workers=2)
         lines = set()
         for workers in ("2", "0"):
             line = await self.check_refused(f"tcp:{port}", "--workers", workers, "--port",

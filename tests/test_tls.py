@@ -296,7 +296,7 @@ class TwistdTests(TLSTestCase, ChildTestCase):
         port = free_port()
         child = self.spawn("twistd", "--workers", "2", "--listen", self.description(port),
                            "--admin", "")
-        await self.wait_serving(child, port)
+        await self.wait_serving(child, port, workers=2)
         # Both workers up before the renewal: one that started after it would
         # read the new files at start and have nothing to renew.
         await eventually(lambda: child.output().count(" ready (pid ") >= 2, 20,
