@@ -14,7 +14,7 @@ from tests import test_redis_shards as shards, test_redis_shards_resume as resum
 from tests.helpers import eventually, run
 from tests.redis_helpers import RedisCluster
 from tests.test_redis_broker import NodesTestCase
-from tests.test_redis_shards import on_each, order_kept
+from tests.test_redis_shards import clients_in_groups, on_each, order_kept
 
 SHARDS = 3  # logical shards: one per master, as the resume tests count them
 
@@ -123,13 +123,7 @@ class ClusterTwoNodeTests(ClusterNodesTestCase):
         has each message once, each group's in order, and what follows too."""
         await self.start_nodes(workers=2)
         groups = on_each(SHARDS)
-        clients = [await self.client_on(node, f"{node}{n}", groups)
-                   for node in ("a", "b") for n in range(2)]
-        expected: dict = {c: [] for c in clients}
-        for n, group in enumerate(groups):
-            msg = await self.push_on("ab"[n % 2], {"group": group}, n)
-            for c in clients:
-                expected[c].append(msg)
+        clients, expected = await clients_in_groups(self, groups)
         await self.settle(clients, expected)
         expected = {c: [] for c in clients}
 

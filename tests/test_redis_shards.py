@@ -38,6 +38,20 @@ def on_each(shards: int, kind: str = "group") -> list[str]:
     return [found[i] for i in range(shards)]
 
 
+async def clients_in_groups(testcase, groups: list[str]):
+    """Two clients on each of nodes a and b in every one of ``groups``, and a
+    push to each group through a and b in turn: the clients, and the
+    messages each expects so far."""
+    clients = [await testcase.client_on(node, f"{node}{n}", groups)
+               for node in ("a", "b") for n in range(2)]
+    expected: dict = {c: [] for c in clients}
+    for n, group in enumerate(groups):
+        msg = await testcase.push_on("ab"[n % 2], {"group": group}, n)
+        for c in clients:
+            expected[c].append(msg)
+    return clients, expected
+
+
 def order_kept(testcase, messages, wanted):
     """``messages`` are the ``wanted`` ids, each once, each channel's in the
     order of ``wanted``, and each shard's positions rising."""
@@ -262,13 +276,7 @@ class ShardedNodesTests(NodesTestCase):
     async def test_groups_on_every_shard_reach_both_nodes_once_and_healthz_names_a_shard(self):
         await self.start_nodes(workers=2, shards=3)
         groups = on_each(3)
-        clients = [await self.client_on(node, f"{node}{n}", groups)
-                   for node in ("a", "b") for n in range(2)]
-        expected: dict = {c: [] for c in clients}
-        for n, group in enumerate(groups):
-            msg = await self.push_on("ab"[n % 2], {"group": group}, n)
-            for c in clients:
-                expected[c].append(msg)
+        clients, expected = await clients_in_groups(self, groups)
         msg = await self.push_on("b", {"group": groups})  # three shards, once each
         for c in clients:
             expected[c].append(msg)
