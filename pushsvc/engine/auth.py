@@ -37,6 +37,9 @@ class Auth:
 
     def closed(self, session: Session) -> None:
         """``session`` has closed: its timer stops."""
+        self._stop_timer(session)
+
+    def _stop_timer(self, session: Session) -> None:
         timer = self.timers.pop(session, None)
         if timer is not None and timer.active():
             timer.cancel()
@@ -121,7 +124,7 @@ class Auth:
         leeway), instead of at its auth timeout or at an earlier token's
         expiry; None: never."""
         engine = self.engine
-        self.closed(session)
+        self._stop_timer(session)
         if expires is not None:
             delay = max(0.0, expires + engine.leeway() - engine.clock.seconds())
             self.timers[session] = engine.clock.callLater(delay, self.time_up, session)
@@ -151,7 +154,7 @@ class Auth:
         for session in engine.registry.everyone():
             if session.user is not None:
                 continue
-            self.closed(session)
+            self._stop_timer(session)
             if required:
                 self.timers[session] = engine.clock.callLater(engine.settings.auth_timeout,
                                                               self.time_up, session)
