@@ -5,7 +5,9 @@ Twisted offers no public way to ask these, and pushsvc needs them:
 - how many bytes a transport (a TCP connection, a pipe to a worker) holds
   unwritten: a producer's pause and resume only say whether the buffer is
   past its limit or empty, and a peer that keeps up with a lag would never
-  let it empty;
+  let it empty; and so whether a write may go to the kernel at once
+  (``write_now``);
+- the pipe under a ``StandardIO`` (a worker's end of its AMP pipe);
 - the interface, port and backlog of a ``tcp:`` or ``ssl:`` endpoint, to
   bind SO_REUSEPORT copies of it in a pool's master, and the OpenSSL
   context factory of an ``ssl:`` one, to renew a certificate in place.
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.abstract import FileDescriptor
+
 
 def unsent(transport: Any) -> int:
     """Bytes a Twisted FileDescriptor (a TCP transport, a pipe) holds unwritten."""
@@ -27,6 +31,33 @@ def unsent(transport: Any) -> int:
 def nothing_unsent(transport: Any) -> bool:
     """Whether a FileDescriptor holds nothing unwritten (cheaper than ``unsent``)."""
     return transport._tempDataLen == 0 and len(transport.dataBuffer) == transport.offset
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """Write ``data`` to a plain TCP connection or a pipe at once when it
+    holds nothing unwritten, and leave to it whatever the kernel does not take.
+
+    ``transport.write`` would wait for the reactor's next turn to write, at
+    the cost of two ``epoll_ctl`` calls and a pass through the reactor per
+    answer; this matters where one small write answers one small read (an
+    HTTP answer, a WebSocket frame, a record on a worker's pipe).  A TLS
+    transport is written to as usual.
+    """
+    if (isinstance(transport, FileDescriptor) and not getattr(transport, "TLS", False)
+            and transport.connected and not transport.disconnecting
+            and nothing_unsent(transport)):
+        sent = transport.writeSomeData(data)
+        if not isinstance(sent, int):  # the connection is lost: the transport will find it
+            sent = 0
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
+
+
+def stdio_pipe(stdio: Any) -> Any:
+    """The FileDescriptor a ``StandardIO`` writes to."""
+    return stdio._writer
 
 
 def tcp_binding(endpoint: Any) -> tuple[str, int, int]:

@@ -77,6 +77,38 @@ class TwistedPrivateTests(unittest.TestCase):
         fd.write(b"12345")
         self.assertEqual((unsent(fd), nothing_unsent(fd)), (5, False))
 
+    def test_write_now_goes_to_the_kernel_when_nothing_waits(self):
+        """A write to an idle socket leaves at once; behind unwritten bytes
+        it queues after them, in order."""
+        import socket
+        from twisted.internet import reactor
+        from twisted.internet.tcp import Connection
+        from pushsvc.twisted_private import nothing_unsent, stdio_pipe, write_now
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        ours.setblocking(False)
+        conn = Connection(ours, None, reactor)
+        conn.connected = True
+        write_now(conn, b"now")
+        self.assertEqual(theirs.recv(10), b"now")
+        conn.startWriting = lambda: None
+        conn.write(b"queued ")
+        write_now(conn, b"after")
+        self.assertFalse(nothing_unsent(conn))
+        self.assertEqual(conn._tempDataBuffer, [b"queued ", b"after"])
+        import os
+        from twisted.internet.protocol import Protocol
+        from twisted.internet.stdio import StandardIO
+        stdin, unused = os.pipe()
+        readable, stdout = os.pipe()
+        io = StandardIO(Protocol(), stdin=stdin, stdout=stdout, reactor=reactor)
+        self.addCleanup(os.close, unused)
+        self.addCleanup(os.close, readable)
+        self.addCleanup(io.loseConnection)
+        write_now(stdio_pipe(io), b"record")
+        self.assertEqual(os.read(readable, 10), b"record")
+
     def test_endpoint_fields(self):
         import os
         from twisted.internet import reactor

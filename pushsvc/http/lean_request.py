@@ -12,6 +12,8 @@ from twisted.internet.defer import Deferred
 from twisted.web.http import RESPONSES, datetimeToString, unquote
 from twisted.web.http_headers import Headers
 
+from ..twisted_private import write_now
+
 
 _CANONICAL: dict[bytes, bytes] = {}
 
@@ -119,7 +121,7 @@ class LeanRequest:
         for name, value in self._answer.items():
             head.append(b"%s: %s\r\n" % (canonical(name), value))
         head.append(b"\r\n")
-        self.channel.transport.write(b"".join(head) + data)
+        write_now(self.channel.transport, b"".join(head) + data)
 
     def finish(self) -> None:
         self.finished = True

@@ -13,7 +13,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger, LogLevel, eventFromJSON, formatEvent
 
 from .. import loglevel
-from ..twisted_private import unsent
+from ..twisted_private import unsent, write_now
 from . import AMP_IN, AMP_OUT
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ class _PipeTransport:
         if held > worker.pool.settings.max_worker_backlog:
             worker.overflow(held)
             return
-        pipe.write(data)
+        write_now(pipe, data)
 
     def writeSequence(self, seq):
         self.write(b"".join(seq))

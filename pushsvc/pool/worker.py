@@ -26,6 +26,7 @@ from ..logtext import plural
 from ..server import PushServer
 from ..signals import stop_on_signals
 from ..tls import TLSError
+from ..twisted_private import stdio_pipe, write_now
 from ..wire.hub_commands import GatherMetrics, Hello
 from ..wire.worker_commands import Reload, Retire, SetLogLevel, StopAccepting
 from . import AMP_IN, AMP_OUT, ENV, FIRST_SOCKET, STOP_GRACE
@@ -56,6 +57,16 @@ def log_to_master(event) -> None:
         line = line.replace("\n", "\n\t")
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
+
+
+class PipeIO(StandardIO):
+    """The worker's end of its AMP pipe (descriptors 3 and 4), whose records
+    leave at once rather than at the reactor's next turn."""
+
+    def write(self, data):
+        pipe = stdio_pipe(self)
+        if pipe is not None:
+            write_now(pipe, data)
 
 
 class WorkerEnd(WorkerProtocol):
@@ -134,7 +145,7 @@ def main() -> None:
         reactor.callLater(limit, exit_now, index, limit)
 
     hub = WorkerEnd(broker, server, reactor, on_lost=master_gone)
-    StandardIO(hub, stdin=AMP_IN, stdout=AMP_OUT, reactor=reactor)
+    PipeIO(hub, stdin=AMP_IN, stdout=AMP_OUT, reactor=reactor)
     if isinstance(broker, AmpBroker):
         broker.connect(hub)
     else:  # a RedisBroker: within this node, the hub carries what Redis cannot
