@@ -1,8 +1,10 @@
-"""The load tool's pure parts: frame and HTTP parsing, statistics, the report.
+"""The load tool: its pure parts (frame and HTTP parsing, statistics, the
+report), and one tiny connect workload against a real server.
 
-No load runs here: ``make bench`` runs the benchmark itself.
+No other load runs here: ``make bench`` runs the benchmark itself.
 """
 
+import io
 import json
 
 from twisted.trial import unittest
@@ -10,13 +12,15 @@ from twisted.trial import unittest
 from pushsvc.bench.cli import loopback
 from pushsvc.bench.crossnode import parse_counts, ratios
 from pushsvc.bench.profile import summarize
-from pushsvc.bench.report import (BROADCAST, MEMORY, NONE, P99, Figure, Result,
+from pushsvc.bench.report import (BROADCAST, HANDSHAKE, MEMORY, NONE, P99, Figure, Result,
                                   bottleneck, format_table)
+from pushsvc.bench.server import ChildServer
 from pushsvc.bench.stats import cpu_used, parse_machine, parse_rss, parse_stat, percentile
 from pushsvc.bench.wire import (OP_CLOSE, OP_PING, PUSHER_PREFIX, WS_ACCEPT, FrameError,
                                 FrameReader, ResponseReader, Tally, check_handshake,
                                 client_frame, http_request, parse_push_data, push_data,
                                 server_frame)
+from pushsvc.bench.workloads import Bench, Options, Progress
 from pushsvc.protocol import encode, message_frame, parse_address
 
 SENT = 1732500000.25
@@ -284,3 +288,38 @@ class CrossNodeTests(unittest.TestCase):
                          ["cross-node deliveries/s, 3 shards over 1: broadcast 1.50, "
                           "unicast -"])
         self.assertEqual(ratios({1: [100.0, 10.0]}, [1, 3]), [])
+
+
+class ConnectRunTests(unittest.TestCase):
+    """The connect workload, 40 clients, against ``twistd pushsvc --workers 0``
+    started as the bench starts it: the figures of the table are all there
+    and agree with each other."""
+
+    def test_handshake_figures(self):
+        server = ChildServer("0", [], self.mktemp())
+        bench = None
+        try:
+            server.wait_healthy(30)
+            bench = Bench(server, Options(clients=40, small_group=1, timeout=20),
+                          Progress(io.StringIO()))
+            result = bench.connect()
+        finally:
+            if bench:
+                bench.close()
+            server.stop()
+        figures = {f.name: f for f in result.figures}
+        self.assertEqual(list(figures), [
+            "connects/s", "handshake p50", "handshake p99", "handshake max",
+            "server CPU per connect", "server RSS per client", "failed"])
+        self.assertEqual(figures["failed"].value, 0)
+        p50, p99, peak = (figures[f"handshake {p}"].value for p in ("p50", "p99", "max"))
+        self.assertTrue(0 < p50 <= p99 <= peak < 20_000, (p50, p99, peak))
+        self.assertEqual((figures["handshake p99"].unit, figures["handshake p99"].target),
+                         ("ms", HANDSHAKE))
+        self.assertGreater(figures["connects/s"].value, 0)
+        # Some CPU, and less than the whole run's wall time on every core.
+        cpu = figures["server CPU per connect"].value
+        self.assertTrue(0 <= cpu < result.wall * 2 * 1e6 / 40, cpu)
+        table = format_table([result], "header", cores=2)
+        self.assertRegex(table, r"handshake p99 +[0-9.,]+ ms +< 100.0 ms")
+        self.assertRegex(table, r"server CPU per connect +[0-9.,]+ µs")

@@ -11,7 +11,9 @@ Commands (name, arguments) and replies:
 
 - ``connect(clients, concurrency, timeout)``: open the clients, at most
   ``concurrency`` handshakes at a time; a client counts as opened when its
-  ``welcome`` arrived.  -> ``{opened, failed, errors, first, last}``
+  ``welcome`` arrived.  -> ``{opened, failed, first, last, handshakes}``:
+  ``handshakes`` has each opened client's handshake time, in seconds from
+  the start of its TCP connect to its ``welcome``.
 - ``request(upto, op, fields, timeout)``: every client with index < ``upto``
   sends ``{"op": op, "ref": 1, **fields}`` (``{i}`` in a field's value is
   replaced by the client's index) and waits for its ``ok``.  -> ``{ok, errors}``
@@ -60,7 +62,7 @@ KINDS = {"welcome": "welcome", "ok": "ok", "error": "error",
 
 
 class Client:
-    __slots__ = ("index", "sock", "state", "head", "reader", "welcomed")
+    __slots__ = ("index", "sock", "state", "head", "reader", "welcomed", "started")
 
     def __init__(self, index: int, prefix: bytes = MSG_PREFIX):
         self.index = index
@@ -69,6 +71,7 @@ class Client:
         self.head = b""
         self.reader = FrameReader(prefix=prefix)
         self.welcomed = False
+        self.started = 0.0      # time.monotonic() when its TCP connect began
 
 
 class Generator:
@@ -97,6 +100,7 @@ class Generator:
         self.in_flight = 0
         self.concurrency = 0
         self.first = self.last = 0.0
+        self.handshakes: list[float] = []       # seconds, connect to welcome
         self.replies_wanted = 0
         self.replies = 0
         self.errors_before = 0
@@ -157,6 +161,7 @@ class Generator:
         self.phase = "connect"
         self.deadline = time.time() + timeout
         self.first = time.time()
+        self.handshakes = []
         self.start_more()
 
     def start_more(self) -> None:
@@ -166,6 +171,7 @@ class Generator:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.in_flight += 1
+            client.started = time.monotonic()
             err = sock.connect_ex(self.address)
             if err not in (0, errno.EINPROGRESS):
                 self.fail(client, errno.errorcode.get(err, str(err)), registered=False)
@@ -245,6 +251,7 @@ class Generator:
             op = KINDS.get(body.get("event") if self.pusher else body.get("op"))
             if op == "welcome" and not client.welcomed:
                 client.welcomed = True
+                self.handshakes.append(time.monotonic() - client.started)
                 self.opened += 1
                 self.in_flight -= 1
                 self.last = time.time()
@@ -318,7 +325,8 @@ class Generator:
                     return
                 self.errors["timeout"] += len(self.waiting) + self.in_flight
             self.reply({"opened": self.opened, "failed": dict(self.errors),
-                        "first": self.first, "last": self.last})
+                        "first": self.first, "last": self.last,
+                        "handshakes": self.handshakes})
         elif self.phase == "request":
             if self.replies < self.replies_wanted and not timed_out:
                 return

@@ -19,6 +19,7 @@ class Target:
 
 # On the project's 2-core machine, with the generator sharing it.
 CONNECTS = Target(">=", 8000)            # connections per second
+HANDSHAKE = Target("<", 100.0)           # ms, a client's handshake p99 (issue 16)
 MEMORY = Target("<=", 8.0)               # KB of server RSS per idle connection
 BROADCAST = Target(">=", 300_000)        # deliveries per second, one group of 10,000
 P99 = Target("<", 100.0)                 # ms, at 50,000 deliveries/s to 10,000
@@ -30,7 +31,7 @@ NONE = Target("==", 0)                   # messages lost or duplicated
 class Figure:
     name: str
     value: float | None
-    unit: str = ""              # "/s", "KB", "ms" or "" (a count)
+    unit: str = ""              # "/s", "KB", "ms", "µs" or "" (a count)
     target: Target | None = None
 
 
@@ -48,7 +49,7 @@ class Result:
 def number(value: float | None, unit: str = "") -> str:
     if value is None:
         return "n/a"
-    if unit in ("KB", "ms"):
+    if unit in ("KB", "ms", "µs"):
         return f"{value:,.1f} {unit}"
     return f"{value:,.0f}{unit}"
 

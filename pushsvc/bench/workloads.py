@@ -179,7 +179,9 @@ class Bench:
     # -- workloads ------------------------------------------------------------
 
     def connect(self) -> Result:
-        """Open every client; connections per second and server memory per client."""
+        """Open every client; connections per second, each client's handshake
+        time (from the start of its TCP connect to its welcome), the server's
+        CPU time and memory per client."""
         o = self.o
         rss_before = self.server.rss()
         cpu_before = self.cpu()
@@ -192,18 +194,25 @@ class Bench:
         result = self.measured(f"connect {o.clients:,} clients", [], started, cpu_before)
         time.sleep(1.0)   # let the server settle before reading its memory
         rss_after = self.server.rss()
-        per_client = None
+        per_client = cpu_per_connect = None
         if rss_before is not None and opened:
             per_client = (rss_after - rss_before) / opened / 1024
+        if result.server is not None and opened:
+            cpu_per_connect = sum(result.server) / opened * 1e6
+        handshakes = sorted(t for r in replies for t in r["handshakes"])
         result.figures = [
             Figure("connects/s", opened / span if opened and span > 0 else None, "/s",
                    report.CONNECTS),
+            *latency_figures(handshakes, report.HANDSHAKE, "handshake", peak=True),
+            Figure("server CPU per connect", cpu_per_connect, "µs"),
             Figure("server RSS per client", per_client, "KB", report.MEMORY),
             Figure("failed", o.clients - opened, "", report.NONE),
         ]
         result.notes += failures(replies, "failed")
         self.opened = opened
-        self.progress.done(f"connect: {opened:,} open in {span:.2f} s")
+        p99 = percentile(handshakes, 99)
+        self.progress.done(f"connect: {opened:,} open in {span:.2f} s" + (
+            f", handshake p99 {p99 * 1000:.1f} ms" if p99 is not None else ""))
         return result
 
     def request(self, upto: int, op: str, **fields) -> None:
@@ -341,11 +350,15 @@ def group_name(members: int) -> str:
     return f"b{members}"
 
 
-def latency_figures(ordered: list[float], p99_target: report.Target | None) -> list[Figure]:
+def latency_figures(ordered: list[float], p99_target: report.Target | None,
+                    name: str = "latency", peak: bool = False) -> list[Figure]:
+    """p50 and p99 (and, with ``peak``, the maximum) of ``ordered`` (sorted
+    seconds), in ms."""
     figures = []
-    for p in (50, 99):
+    for p in (50, 99, 100) if peak else (50, 99):
         value = percentile(ordered, p)
-        figures.append(Figure(f"latency p{p}", None if value is None else value * 1000,
+        figures.append(Figure(f"{name} {'max' if p == 100 else f'p{p}'}",
+                              None if value is None else value * 1000,
                               "ms", p99_target if p == 99 else None))
     return figures
 
