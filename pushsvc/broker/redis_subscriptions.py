@@ -22,6 +22,11 @@ hub's subscription table follows this engine's subscriptions *always* (one
 ``Subscribe``/``Unsubscribe`` per channel change, beside the Redis one;
 ``subscribe`` fires once both stand), so that it is right whichever worker
 notices the outage first.
+
+Occupancy.  Each confirmation of a ``SUBSCRIBE`` or ``UNSUBSCRIBE`` (and
+the end of a resubscription, and a lost connection) is told to
+``occupancy`` (``redis_occupancy.Occupancy``), which syncs the Pusher
+channels it watches (channel_occupied/vacated across nodes).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from ..wire.hub_commands import Subscribe, Unsubscribe
 from .redis_context import Context
 from .redis_link import _command
+from .redis_occupancy import Occupancy
 
 __all__ = ["Subscriptions"]
 
@@ -43,11 +49,13 @@ _RESUBSCRIBE = object()  # an expected confirmation of a resubscription
 class Subscriptions:
     """This engine's subscriptions (``context.channels``) in Redis and in
     the hub; ``on_ready()`` once a new subscriber connection has every
-    channel again (``context.sub_ready``)."""
+    channel again (``context.sub_ready``); what Redis confirms is told to
+    ``occupancy`` (``redis_occupancy.Occupancy``)."""
 
     def __init__(self, context: Context, on_ready: Callable[[], None]):
         self.context = context
         self.on_ready = on_ready
+        self.occupancy = Occupancy(context)
         self._expect: dict[bytes, deque] = {}   # SUBSCRIBE confirmations awaited
         self._resubscribing = 0
 
@@ -75,6 +83,7 @@ class Subscriptions:
         ctx.channels.discard(channel)
         if ctx.hub is not None:
             ctx.to_hub(Unsubscribe, channels=[channel])
+        self.occupancy.leaving(channel)
         proto = ctx.sub.protocol
         if proto is not None:
             proto.transport.write(_command(ctx.sub.UNSUBSCRIBE, ctx.key(channel)))
@@ -116,17 +125,27 @@ class Subscriptions:
             del self._expect[key]
         if item is not _RESUBSCRIBE:
             item.callback(None)
+            self.occupancy.subscribed(self._channel(key))
             return
         self._resubscribing -= 1
         if self._resubscribing == 0 and self.context.sub.protocol is not None:
             self.context.sub_ready = True
+            self.occupancy.resubscribed()
             self.on_ready()
+
+    def unconfirmed(self, key: bytes) -> None:
+        """Redis confirmed an UNSUBSCRIBE of ``key``."""
+        self.occupancy.unsubscribed(self._channel(key))
+
+    def _channel(self, key: bytes) -> str:
+        return key[len(self.context.prefix):].decode("utf-8", "surrogatepass")
 
     def lost(self) -> None:
         """The subscriber connection went: degraded, the subscriptions that
         wait for Redis stand now (they are made again at reconnect)."""
         self.context.sub_ready = False
         self._resubscribing = 0
+        self.occupancy.lost()
         expected, self._expect = self._expect, {}
         for waiting in expected.values():
             for d in waiting:

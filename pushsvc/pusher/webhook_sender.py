@@ -9,7 +9,9 @@ Who sends what (docs/pusher.md, "Webhooks"): ``member_added``,
 Pusher connection is (``serving.PusherServing``); ``channel_occupied`` and
 ``channel_vacated`` from the keeper of the machine (``watch_occupancy``):
 the one process of ``--workers 0``, or the master of a pool, whose hub sees
-every worker's subscriptions one at a time.
+every worker's subscriptions one at a time; with Redis, from the engine
+whose script in Redis changed the channel's marker
+(``watch_redis_occupancy``, ``broker/redis_occupancy.py``).
 
 Counted (``counters``: the engine's, or the master's own): ``webhook_sent``
 (events answered 2xx), ``webhook_retried`` (requests sent again),
@@ -37,7 +39,7 @@ from ..proxy import BackendError, BytesProducer, CappedBody, describe_failure
 from .apps import Apps, PusherApp, check_apps
 from .signatures import webhook_headers
 from .webhooks import (MAX_IN_FLIGHT, MAX_QUEUED, TIMEOUT, WINDOW, Destination,
-                       occupancy)
+                       occupancy, wants_occupancy)
 
 _log = Logger()
 
@@ -207,12 +209,26 @@ class SenderService(Service):
         return self.sender.close()
 
 
-def watch_occupancy(table, sender: WebhookSender) -> None:
-    """Send ``channel_occupied``/``channel_vacated`` as ``table`` (a keeper's
-    ``SubscriptionTable``) sees a group of a Pusher app get its first
-    subscriber and lose its last."""
+def _announcer(sender: WebhookSender) -> Callable[[str, bool], None]:
+    """``changed(channel, occupied)``: the event of a Pusher app's group, to
+    its app's URLs (nothing for any other channel)."""
     def changed(channel: str, occupied: bool) -> None:
         found = occupancy(sender.apps(), channel, occupied)
         if found is not None:
             sender.emit(*found)
-    table.watcher = changed
+    return changed
+
+
+def watch_occupancy(table, sender: WebhookSender) -> None:
+    """Send ``channel_occupied``/``channel_vacated`` as ``table`` (a keeper's
+    ``SubscriptionTable``) sees a group of a Pusher app get its first
+    subscriber and lose its last."""
+    table.watcher = _announcer(sender)
+
+
+def watch_redis_occupancy(broker, sender: WebhookSender) -> None:
+    """Send ``channel_occupied``/``channel_vacated`` as Redis says (a Redis
+    broker's ``watch_occupancy``) for the groups of Pusher apps whose
+    webhooks ask for them."""
+    broker.watch_occupancy(lambda channel: wants_occupancy(sender.apps(), channel),
+                           _announcer(sender))

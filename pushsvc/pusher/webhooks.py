@@ -58,6 +58,15 @@ def occupancy(apps: Apps, channel: str, occupied: bool) -> tuple[PusherApp, dict
     return app, webhook_event("channel_occupied" if occupied else "channel_vacated", name)
 
 
+def wants_occupancy(apps: Apps, channel: str) -> bool:
+    """Whether a keeper's channel is a Pusher app's group whose webhooks ask
+    for ``channel_occupied`` or ``channel_vacated`` (with Redis, only those
+    cost a round trip: ``broker/redis_occupancy.py``)."""
+    found = occupancy(apps, channel, True)
+    return found is not None and any(found[0].webhook_urls(name) for name in
+                                     ("channel_occupied", "channel_vacated"))
+
+
 class Destination:
     """One URL of one app: the events waiting for it, and the batch being
     sent (or waiting to be sent again)."""
