@@ -16,7 +16,7 @@ from pushsvc.protocol import Address, ProtocolError, message_frame
 from pushsvc.pusher.apps import Apps, check_apps
 from pushsvc.pusher.dialect import Translation, event_message, pusher_error, pusher_frame
 from pushsvc.pusher.names import PusherError
-from pushsvc.pusher.presence import members, sessions_of
+from pushsvc.pusher.presence import members
 from pushsvc.pusher.protocol import parse_frame
 from pushsvc.pusher.session import PusherSession
 from pushsvc.pusher.signatures import channel_auth, user_auth
@@ -162,7 +162,6 @@ class DialectTests(unittest.TestCase):
         result = {"sessions": 3, "users": {"b": {"sessions": 2}, "a": {
             "sessions": 1, "data": '{"name":"A"}'}}}
         self.assertEqual(members(result), {"a": {"name": "A"}, "b": None})
-        self.assertEqual((sessions_of(result, "b"), sessions_of(result, "z")), (2, 0))
 
 
 class EdgeTests(ServerTestCase):

@@ -21,8 +21,8 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from zope.interface import implementer
 
-from ..wire.hub_commands import (PublishBatch, Replay, RunCommand, Subscribe, TakeMail,
-                                 Unsubscribe)
+from ..wire.hub_commands import (Member, PublishBatch, Replay, RunCommand, Subscribe,
+                                 TakeMail, Unsubscribe)
 from ..wire.records import Outbox, pack_publish, unpack_messages
 from ..wire.worker_commands import DeliverBatch, Perform, refused
 from ..protocol import Address, ProtocolError, encode
@@ -118,6 +118,7 @@ class AmpBroker:
         self.clock = clock
         self.outbox = Outbox(clock, self._send)
         self.closed = False
+        self.on_member = None  # the hub announces a dead worker's departures
 
     def attach(self, receiver):
         self.receiver = receiver
@@ -159,6 +160,12 @@ class AmpBroker:
         self.outbox.flush()
         d = self.hub.callRemote(RunCommand, name=command.name, args=command.args)
         return d.addCallback(lambda answer: answer["results"])
+
+    def member(self, group, user, session, joined, info=None):
+        self.outbox.flush()  # after the messages published before it
+        d = self.hub.callRemote(Member, group=group, user=user, session=session,
+                                joined=joined)
+        return d.addCallback(lambda answer: answer["changed"])
 
     def health(self):
         return None  # the hub is the master: a worker without it stops

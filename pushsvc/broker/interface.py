@@ -52,6 +52,20 @@ class IBroker(Interface):
     def command(command):
         """Run ``command`` on every engine; a Deferred firing with their results."""
 
+    def member(group, user, session, joined, info=None):
+        """Count ``session`` of ``user`` in ``group`` (``joined``) or out of
+        it, where every engine's joins and leaves are seen in order
+        (``tally.MemberTally``); a Deferred firing True when that made the
+        user's first session in the group (or took its last): once for each
+        such transition, on one engine.  ``info`` (the member's data) comes
+        back with a transition found later (``on_member``)."""
+
+    on_member = Attribute("Called with (group, user, info, joined) for a transition "
+                          "this engine is to announce that no call to ``member`` "
+                          "answered: a dead engine's last sessions (Redis, swept at "
+                          "the heartbeat), this engine's counted again after an outage; "
+                          "None: not announced.")
+
     epoch = Attribute("The epoch of the history behind this broker (str), or None "
                       "when it keeps no history.")
 

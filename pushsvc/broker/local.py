@@ -9,6 +9,7 @@ from zope.interface import implementer
 
 from ..history import History, Mailbox
 from ..keeper import Keeper
+from ..tally import MemberTally
 from .interface import IBroker, Message
 
 # The one engine, as the keeper's subscription table knows it.
@@ -25,6 +26,8 @@ class LocalBroker:
         self.receiver = None
         self.keeper = keeper or Keeper(History(0, 1, 1), Mailbox(0, 1, 1))
         self.clock = clock or Clock()  # nothing kept: the time does not matter
+        self.tally = MemberTally()
+        self.on_member = None  # every transition is answered by ``member``
 
     @property
     def epoch(self):
@@ -66,6 +69,9 @@ class LocalBroker:
 
     def command(self, command):
         return maybeDeferred(self.receiver.perform, command).addCallback(lambda r: [r])
+
+    def member(self, group, user, session, joined, info=None):
+        return succeed(self.tally.change(ENGINE, group, user, session, joined))
 
     def health(self):
         return None  # one process: every engine is this one

@@ -36,6 +36,7 @@ from .redis_history import HistoryReader
 from .redis_inbox import Inbox
 from .redis_link import _Link, _SentinelMaster, _Server, _Subscriber
 from .redis_members import Members
+from .redis_presence import Presence
 from .redis_publish import Publisher
 from .redis_subscriptions import Subscriptions
 from .redis_url import parse_redis_url
@@ -71,6 +72,8 @@ class RedisBroker:
     - ``_members`` (``redis_members.Members``): the heartbeat, the live
       members, the node name's claim, ``command`` across the cluster.
     - ``_reads`` (``redis_history.HistoryReader``): ``replay`` and ``mail``.
+    - ``_presence`` (``redis_presence.Presence``): ``member``, presence
+      members counted in Redis, a dead engine's swept at the heartbeat.
 
     The facade starts and stops them, hands each connection's events
     (``redis_link.LinkOwner``) to the parts concerned, and keeps the order
@@ -108,10 +111,11 @@ class RedisBroker:
                                       prefix=place and place.prefix)
         self._inbox = Inbox(ctx)
         self._subscriptions = Subscriptions(ctx, on_ready=self._resubscribed)
-        self._members = Members(ctx, on_beat=self._inbox.forget_relayed,
+        self._members = Members(ctx, on_beat=self._beat,
                                 on_fatal=on_fatal or self._stop_reactor)
         self._publisher = Publisher(ctx, self._inbox, self._members)
         self._reads = HistoryReader(ctx, self._publisher.flush, self._subscriptions.standing)
+        self._presence = Presence(ctx)
         self.subscriptions = ctx.channels  # one set, kept by _subscriptions
         self._started = False
 
@@ -155,6 +159,14 @@ class RedisBroker:
     def epoch(self) -> str | None:
         """The history's epoch in Redis (as last seen); None without history."""
         return self._context.epoch
+
+    @property
+    def on_member(self):
+        return self._presence.on_member
+
+    @on_member.setter
+    def on_member(self, callback) -> None:
+        self._presence.on_member = callback
 
     # -- life cycle -------------------------------------------------------
 
@@ -204,6 +216,7 @@ class RedisBroker:
         self._publisher.flush()  # the last messages go first
         ctx.closed = True
         self._publisher.stop()
+        self._presence.stop()
         self._members.stop()
         d = self._members.leave()  # after the last publish
 
@@ -229,6 +242,9 @@ class RedisBroker:
         (``Members.command``)."""
         self._publisher.flush()  # a command never overtakes a message published before it
         return self._members.command(command)
+
+    def member(self, group, user, session, joined, info=None):
+        return self._presence.member(group, user, session, joined, info)
 
     def replay(self, channels, since, epoch):
         return self._reads.replay(channels, since, epoch)
@@ -261,6 +277,10 @@ class RedisBroker:
         else:  # wait for those it knew, and those a hold cut short waited for
             self._publisher.disconnected()
         ctx.went_down()
+
+    def _beat(self) -> None:
+        self._inbox.forget_relayed()
+        self._presence.beat()
 
     def _resubscribed(self) -> None:
         self._members.beat_now()  # register: this member hears everything again

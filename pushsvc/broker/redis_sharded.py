@@ -174,6 +174,15 @@ class ShardedRedisBroker:
         """The shards' epochs joined by ``~`` (``cursor``)."""
         return join_epochs(shard.epoch for shard in self.shards)
 
+    @property
+    def on_member(self):
+        return self.shards[0].on_member
+
+    @on_member.setter
+    def on_member(self, callback) -> None:
+        for shard in self.shards:
+            shard.on_member = callback
+
     # -- life cycle -------------------------------------------------------
 
     def attach(self, receiver):
@@ -223,6 +232,10 @@ class ShardedRedisBroker:
         for shard in self.shards[1:]:  # a command never overtakes a message before it
             shard._publisher.flush()
         return self.shards[0].command(command)
+
+    def member(self, group, user, session, joined, info=None):
+        """On the shard of the group's channel."""
+        return self._of(f"group:{group}").member(group, user, session, joined, info)
 
     def replay(self, channels, since, epoch):
         """Each shard's replay of its channels from the client's position

@@ -10,10 +10,12 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 
 from ..keeper import Keeper
-from ..wire.hub_commands import (GatherMetrics, Hello, PublishBatch, Replay, RunCommand,
-                                 Subscribe, TakeMail, Unsubscribe)
-from ..wire.records import (RELAY, STORE, Outbox, message_parts, pack_message, reframe,
-                            unpack_publishes)
+from ..routing import channels as route
+from ..tally import MemberTally
+from ..wire.hub_commands import (GatherMetrics, Hello, Member, PublishBatch, Replay,
+                                 RunCommand, Subscribe, TakeMail, Unsubscribe)
+from ..wire.records import (RELAY, STORE, Outbox, message_parts, pack_message,
+                            pack_publish, reframe, unpack_publishes)
 from ..wire.worker_commands import DeliverBatch
 
 if TYPE_CHECKING:
@@ -25,13 +27,19 @@ _log = Logger(namespace="pushsvc.pool.master")
 
 class Hub:
     """Routes the messages of the workers of ``pool`` through ``keeper``:
-    each worker gets what it subscribes to as one DeliverBatch a turn."""
+    each worker gets what it subscribes to as one DeliverBatch a turn.
+
+    ``tally`` counts the workers' presence members (``Member``);
+    ``departed(group, user)`` is told of each user whose last session was
+    in a worker that ended (the master announces it)."""
 
     def __init__(self, keeper: Keeper, clock, pool: "Pool"):
         self.keeper = keeper
         self.clock = clock
         self.pool = pool
         self.outbox = Outbox(clock, self._deliver)  # WorkerProcess -> records
+        self.tally = MemberTally()
+        self.departed = None
 
     def protocol(self, worker: "WorkerProcess") -> "HubProtocol":
         """The master's end of ``worker``'s AMP pipe."""
@@ -68,6 +76,21 @@ class Hub:
                 record = reframe(record, keeper.number(kept, msg_id, frame, now))
             for worker in keeper.targets(channels):
                 outbox.add(worker, record)
+
+    def publish(self, message) -> None:
+        """Route a message of the master's own, as a worker's would be."""
+        to = message.to_text or message.to.to_text()
+        self.forward(None, pack_publish(route(message.to), message.id, to, message.frame))
+
+    def gone(self, worker: "WorkerProcess") -> None:
+        """``worker`` has ended: its presence members leave, at once."""
+        for group, user in self.tally.drop(worker):
+            if self.departed is not None:
+                try:
+                    self.departed(group, user)
+                except Exception:
+                    _log.failure("announcing that {user} left {group} failed",
+                                 user=user, group=group)
 
     def replay(self, channels, since: int, epoch: str) -> dict:
         """A worker's Replay, answered after the DeliverBatches queued before it."""
@@ -110,6 +133,10 @@ class HubProtocol(amp.AMP):
     def unsubscribe(self, channels):
         self.hub.keeper.table.unsubscribe(self.worker, channels)
         return {}
+
+    @Member.responder
+    def member(self, group, user, session, joined):
+        return {"changed": self.hub.tally.change(self.worker, group, user, session, joined)}
 
     @PublishBatch.responder
     def publish(self, batch):

@@ -14,7 +14,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .. import loglevel, metrics
+from ..ids import IdMaker
 from ..keeper import Keeper
+from ..pusher.presence import Announcer
 from ..pusher.webhook_sender import WebhookSender, current_apps, watch_occupancy
 from ..wire.worker_commands import Perform, Reload, SetLogLevel
 from . import AMP_IN, AMP_OUT, COMMAND_TIMEOUT, ENV, FIRST_SOCKET, STOP_GRACE, describe
@@ -65,6 +67,11 @@ class Pool(Service):
                                       clock=self.clock)
         if not settings.redis:
             watch_occupancy(self.keeper.table, self.webhooks)
+            # A worker that ends takes its presence members along: the hub
+            # counts them (``Member``), the master announces who left.
+            self.hub.departed = Announcer(
+                self.hub.publish, IdMaker(settings.node, "hub").message_id,
+                lambda: self.settings.max_message_bytes, self.webhooks).removed
         self.restarter = RollingRestart(self)
 
     @property
@@ -115,6 +122,7 @@ class Pool(Service):
             self._ended_values = metrics.machine_values([self._ended_values,
                                                          metrics.counts_only(last)])
         self.keeper.table.remove_worker(worker)
+        self.hub.gone(worker)
         self.live.discard(worker)
         if self.workers.get(index) is worker:
             del self.workers[index]

@@ -1,7 +1,10 @@
 """Serving a Pusher connection's frames with the engine: subscriptions are
-group joins, client events are messages to the group, presence is pushsvc's
-presence.  The rules are ``session.PusherSession``'s; this module does what
-they allow, through the engine (which it shares with pushsvc's own clients).
+group joins, client events are messages to the group, the member list is
+pushsvc's presence, and a user's first and last connection in a presence
+channel are counted by the broker (``IBroker.member``), which tells one
+process of each (``presence.Announcer`` announces it).  The rules are
+``session.PusherSession``'s; this module does what they allow, through the
+engine (which it shares with pushsvc's own clients).
 
 Every answer goes through ``engine.reply``, so it keeps its order with the
 others and waits for the broker subscriptions of the session: once a client
@@ -22,10 +25,9 @@ from ..wire.values import Command
 from .dialect import event_message
 from .events import webhook_event
 from .names import PRESENCE, PusherError
-from .presence import MEMBER_ADDED, MEMBER_REMOVED, members, sessions_of
-from .protocol import (ClientFrame, error, member_added_data, member_removed_data,
-                       parse_frame, pong, signin_success, subscription_error,
-                       subscription_succeeded)
+from .presence import Announcer, members
+from .protocol import (ClientFrame, error, parse_frame, pong, signin_success,
+                       subscription_error, subscription_succeeded)
 from .session import PusherSession, Subscription
 
 _log = Logger()
@@ -37,6 +39,10 @@ class PusherServing:
     def __init__(self, engine, webhooks=None):
         self.engine = engine
         self.webhooks = webhooks  # a WebhookSender: member and client events
+        self.announcer = Announcer(self._send, engine.ids.message_id,
+                                   lambda: engine.settings.max_message_bytes, webhooks)
+        # What the broker finds on its own (Redis: a dead node's members).
+        engine.broker.on_member = self._changed
 
     def handle(self, conn, payload: bytes) -> None:
         """Serve one text frame of ``conn`` (a Pusher connection with its
@@ -84,25 +90,50 @@ class PusherServing:
             engine.reply(session, subscription_succeeded(sub.channel))
             return
         d = self._presence(sub.group)
-        d.addCallback(self._listed, session, pusher, sub, new)
+        d.addCallback(self._listed, session, pusher, sub)
         d.addErrback(self._failed, session, sub.channel)
+        if new:
+            self._member(sub.group, sub.user_id, pusher.socket_id, True, sub.user_info)
 
     def _presence(self, group: str) -> Deferred:
         """The cluster-wide presence of ``group``."""
         return self.engine.run(Command("presence", {"group": group}))
 
     def _listed(self, result: dict[str, Any], session, pusher: PusherSession,
-                sub: Subscription, new: bool) -> None:
+                sub: Subscription) -> None:
         engine = self.engine
         if engine.gone(session) or pusher.channels.get(sub.channel) != sub.group:
             return
         listed = members(result)
         listed.setdefault(sub.user_id, sub.user_info)
         engine.reply(session, subscription_succeeded(sub.channel, listed))
-        if new and sessions_of(result, sub.user_id) <= 1:  # the user's first connection
-            self._publish(sub.group, MEMBER_ADDED,
-                          member_added_data(sub.user_id, sub.user_info), pusher.socket_id)
-            self._webhook(pusher.app, "member_added", sub.channel, user_id=sub.user_id)
+
+    def _member(self, group: str, user: str, socket_id: str, joined: bool,
+                info: Any = None) -> None:
+        """Count the connection ``socket_id`` in ``group`` (or out of it)
+        where the broker orders every engine's (``IBroker.member``), and
+        announce ``member_added`` (``member_removed``) when it was the
+        user's first connection there (its last)."""
+        def decided(changed: bool) -> None:
+            if not changed:
+                return
+            if joined:
+                self.announcer.added(group, user, info, socket_id)
+            else:
+                self.announcer.removed(group, user)
+
+        def failed(failure) -> None:
+            _log.warn("presence of {user} in {group} not counted now ({error}); "
+                      "the broker counts it again when it can", user=user, group=group,
+                      error=failure.getErrorMessage())
+        d = self.engine.broker.member(group, user, socket_id, joined, info)
+        d.addCallbacks(decided, failed).addErrback(
+            lambda f: _log.failure("announcing {user} in {group} failed", f, user=user,
+                                   group=group))
+
+    def _changed(self, group: str, user: str, info: Any, joined: bool) -> None:
+        """A transition the broker found (``IBroker.on_member``)."""
+        self.announcer.changed(group, user, info, joined)
 
     def _failed(self, failure, session, channel: str) -> None:
         _log.failure("listing the members of {channel} failed (session {session})",
@@ -119,25 +150,13 @@ class PusherServing:
             return
         self.engine.groups.depart(conn.session, group)
         if frame.kind == PRESENCE and pusher.user is not None:
-            self.left_presence(group, pusher.user)
-
-    def left_presence(self, group: str, user: str) -> None:
-        """``member_removed`` once ``user`` has no session left in ``group``."""
-        def counted(result: dict[str, Any]) -> None:
-            if sessions_of(result, user) == 0:
-                self._publish(group, MEMBER_REMOVED, member_removed_data(user))
-                found = self.webhooks and self.webhooks.apps().locate(group)
-                if found:
-                    self._webhook(found[0], "member_removed", found[1], user_id=user)
-        self._presence(group).addCallback(counted).addErrback(
-            lambda f: _log.failure("presence of {group} after a leave failed", f,
-                                   group=group))
+            self._member(group, pusher.user, pusher.socket_id, False)
 
     def gone(self, pusher: PusherSession) -> None:
         """A connection has closed (the engine has forgotten its session)."""
         if pusher.user is not None:
             for _, group in pusher.presence_channels():
-                self.left_presence(group, pusher.user)
+                self._member(group, pusher.user, pusher.socket_id, False)
 
     def do_client(self, conn, pusher: PusherSession, frame: ClientFrame) -> None:
         session = conn.session
@@ -168,8 +187,9 @@ class PusherServing:
                  sender: dict[str, Any] | None = None) -> None:
         """Publish a Pusher event to ``group`` on every worker and node."""
         engine = self.engine
-        message = event_message(engine.ids.message_id(), group, event, data,
-                                engine.settings.max_message_bytes, socket_id, sender)
-        engine.send(message).addErrback(
-            lambda f: _log.failure("publishing {event} to {group} failed", f,
-                                   event=event, group=group))
+        self._send(event_message(engine.ids.message_id(), group, event, data,
+                                 engine.settings.max_message_bytes, socket_id, sender))
+
+    def _send(self, message) -> None:
+        self.engine.send(message).addErrback(
+            lambda f: _log.failure("publishing message {id} failed", f, id=message.id))

@@ -27,6 +27,15 @@ class Unsubscribe(amp.Command):
     requiresAnswer = False
 
 
+class Member(amp.Command):
+    """A session of ``user`` joined (or left) ``group``: whether that made
+    the user's first session in it (or took its last), as the hub's
+    ``tally.MemberTally`` counts every worker's (``IBroker.member``)."""
+    arguments = [(b"group", amp.Unicode()), (b"user", amp.Unicode()),
+                 (b"session", amp.Unicode()), (b"joined", amp.Boolean())]
+    response = [(b"changed", amp.Boolean())]
+
+
 class PublishBatch(amp.Command):
     """Messages for every worker subscribed to one of their channels (the
     origin too, unless ``RELAY``): publish records (``pack_publish``), in
