@@ -92,6 +92,9 @@ class Presence:
 
     def _beaten(self, answer) -> Deferred | None:
         in_step, gone = parse_beat(answer)
+        if gone:
+            _log.info("presence in redis: {count} members left with engines that "
+                      "stopped beating", count=len(gone))
         for group, user in gone:
             self._tell(group, user, None, False)
         return None if in_step else self._sync()
