@@ -12,6 +12,7 @@ from itertools import permutations
 from twisted.internet import reactor
 from twisted.internet.defer import gatherResults
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from pushsvc.broker.local import LocalBroker
@@ -219,3 +220,48 @@ class RedisPresenceTests(BrokerTestCase):
         b._members.stop()
         await eventually(lambda: len(told) == 2, 5, "the sweep")
         self.assertEqual(self.redis.call("KEYS", "*presence_of*"), [])
+
+    @run
+    async def test_a_change_while_redis_is_away_is_counted_when_it_is_back(self):
+        """Redis is killed and restarts empty: a leave made meanwhile fails,
+        and each engine sets its entries right at its next heartbeat, the
+        transitions it makes announced there: the user who left meanwhile
+        (its entry lost with Redis's data, nobody else holding one), and,
+        as the restart lost the data, the members that stayed are
+        announced added again."""
+        await self.start_redis()
+        a, b = await self.broker("a"), await self.broker("b")
+        told = {"a": [], "b": []}
+        a.on_member = lambda *change: told["a"].append(change)
+        b.on_member = lambda *change: told["b"].append(change)
+        self.assertTrue(await a.member("g", "ann", "1.1", True, {"n": 1}))
+        self.assertTrue(await b.member("g", "bob", "2.1", True))
+        await self.redis.stop()
+        with self.assertRaises(Exception):
+            await b.member("g", "bob", "2.1", False)
+        await self.redis.start()
+        await eventually(lambda: a.health() is None and b.health() is None, 10, "back")
+        await eventually(lambda: told["a"] and told["b"], 5, "both synced")
+        await deferLater(reactor, 0.5)  # a second sync would have come by now
+        self.assertEqual(told, {"a": [("g", "ann", {"n": 1}, True)],
+                                "b": [("g", "bob", None, False)]})
+        self.assertEqual(self.redis.call("HGETALL", "pushsvc:_presence:g"), [b"ann", b"1"])
+
+    @run
+    async def test_a_leave_redis_missed_is_announced_once_at_the_next_heartbeat(self):
+        """A leave whose call was lost (as with a dropped connection; Redis
+        kept its data): the next heartbeat's sync removes the entry, and
+        the user's departure is announced once."""
+        await self.start_redis()
+        a = await self.broker("a")
+        told = []
+        a.on_member = lambda *change: told.append(change)
+        self.assertTrue(await a.member("g", "ann", "1.1", True))
+        presence = a._presence
+        key = entry("g", "ann", "1.1")
+        del presence.entries[key]  # the leave, as member() records it ...
+        presence._lost(Failure(ConnectionError("lost")), key)  # ... its call lost
+        await eventually(lambda: told, 5, "the sync")
+        await deferLater(reactor, 0.5)
+        self.assertEqual(told, [("g", "ann", None, False)])
+        self.assertEqual(self.redis.call("EXISTS", "pushsvc:_presence:g"), 0)

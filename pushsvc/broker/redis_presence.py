@@ -48,6 +48,7 @@ class Presence:
         self.holders_key = context.prefix + b"_presence_holders"
         self.mine_key = context.prefix + b"_presence_of:" + context.id_b
         self.entries: dict[bytes, Any] = {}   # entry -> the member's data
+        self.left: set[bytes] = set()        # entries whose leave Redis may not know
         self.on_member: Callable[[str, str, Any, bool], None] | None = None
         self._dirty = False    # a call failed: Redis may not hold what this engine does
         self._beating = False
@@ -63,15 +64,19 @@ class Presence:
         key = entry(group, user, session)
         if joined:
             self.entries[key] = info
+            self.left.discard(key)
         else:
             self.entries.pop(key, None)
         d = self.context.eval(CHANGE_SCRIPT, [self.holders_key, self.mine_key,
                                               group_key(self.context.prefix, group)],
                               self._args(b"1" if joined else b"0", key))
-        return d.addCallbacks(lambda answer: int(answer) == 1, self._lost)
+        return d.addCallbacks(lambda answer: int(answer) == 1, self._lost,
+                              errbackArgs=(None if joined else key,))
 
-    def _lost(self, failure: Failure) -> Failure:
+    def _lost(self, failure: Failure, left: bytes | None = None) -> Failure:
         self._dirty = True  # the next heartbeat syncs
+        if left is not None:
+            self.left.add(left)
         return failure
 
     # -- heartbeat ------------------------------------------------------------
@@ -101,8 +106,9 @@ class Presence:
 
     def _sync(self) -> Deferred:
         self._dirty = False
+        left, self.left = self.left, set()
         d = self.context.eval(SYNC_SCRIPT, [self.holders_key, self.mine_key],
-                              self._args(*self.entries))
+                              self._args(len(self.entries), *self.entries, *left))
 
         def synced(answer) -> None:
             if answer:
@@ -111,7 +117,10 @@ class Presence:
             for joined, raw in parse_sync(answer):
                 group, user, _ = parse_entry(raw)
                 self._tell(group, user, self.entries.get(raw), joined)
-        return d.addCallbacks(synced, self._lost)
+        def failed(failure: Failure) -> Failure:
+            self.left |= left - self.entries.keys()
+            return self._lost(failure)
+        return d.addCallbacks(synced, failed)
 
     def _tell(self, group: str, user: str, info: Any, joined: bool) -> None:
         if self.on_member is None:

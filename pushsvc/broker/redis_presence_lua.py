@@ -101,23 +101,38 @@ if redis.call('SCARD', KEYS[2]) == tonumber(ARGV[4]) then out[1] = 1 end
 return out
 """.replace("SWEEP_MAX", str(SWEEP_MAX))
 
-# KEYS: holders, this member's set.  ARGV: member id, ttl (ms), prefix, then
-# every entry the member holds.  Makes its set those entries; returns each
-# transition as {"+" or "-", entry, ...}.
+# KEYS: holders, this member's set.  ARGV: member id, ttl (ms), prefix, N,
+# the N entries the member holds, then the entries whose leave it could not
+# tell Redis.  Makes its set those N entries, and returns each transition as
+# {"+" or "-", entry, ...}; a left entry whose user has no entry in its group
+# any more counts as its last (Redis lost the entry meanwhile: a restart).
 SYNC_SCRIPT = _PRELUDE + """
 redis.call('ZADD', KEYS[1], str(now_ms() + tonumber(ARGV[2])), ARGV[1])
-local wanted = {}
-for j = 4, #ARGV do wanted[ARGV[j]] = true end
+local last = 4 + tonumber(ARGV[4])
+local wanted, gone = {}, {}
+for j = 5, last do wanted[ARGV[j]] = true end
 local out = {}
 for _, entry in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   if not wanted[entry] and remove(KEYS[2], entry) then
     out[#out + 1] = '-'
     out[#out + 1] = entry
+    local group, user = parts(entry)
+    gone[group .. '\\255' .. user] = true
   end
 end
-for j = 4, #ARGV do
+for j = 5, last do
   if add(KEYS[2], ARGV[j]) then
     out[#out + 1] = '+'
+    out[#out + 1] = ARGV[j]
+  end
+end
+for j = last + 1, #ARGV do
+  local group, user = parts(ARGV[j])
+  local key = group .. '\\255' .. user
+  if not gone[key]
+      and not redis.call('HGET', ARGV[3] .. '_presence:' .. group, user) then
+    gone[key] = true
+    out[#out + 1] = '-'
     out[#out + 1] = ARGV[j]
   end
 end
