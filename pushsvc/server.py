@@ -18,7 +18,7 @@ from .http import build_site
 from .ids import IdMaker
 from .listening import ListenerService
 from .logtext import plural
-from .pusher.webhook_sender import SenderService, watch_occupancy
+from .pusher.webhook_sender import SenderService, watch_occupancy, watch_redis_occupancy
 from .tls import TLSContext, TLSError, describe_certificate, is_tls
 from .twisted_private import tcp_binding
 from .websocket import prepare_frame
@@ -92,7 +92,13 @@ class PushServer(MultiService):
         SenderService(webhooks).setServiceParent(self)  # stops after the engine's service
         if self.keeper is not None:  # one process: its keeper sees every subscription
             watch_occupancy(self.keeper.table, webhooks)
+        elif settings.redis:  # Redis sees every node's (broker/redis_occupancy.py)
+            watch_redis_occupancy(self.broker, webhooks)
         EngineService(self.engine, self.ws_factory).setServiceParent(self)
+
+    def stopService(self):
+        self.site.pusher.webhooks.stopping = True  # see watch_redis_occupancy
+        return super().stopService()
 
     def reload(self, settings) -> str | None:
         """Use ``settings``, a freshly loaded application module and freshly
@@ -143,6 +149,7 @@ class PushServer(MultiService):
         """Stop accepting, then close every client with ``code``, spread over
         ``drain`` seconds; fires when all are gone (a rolling restart's old
         worker)."""
+        self.site.pusher.webhooks.stopping = True  # see watch_redis_occupancy
         return self.stop_accepting().addCallback(
             lambda _: self.ws_factory.close_all(code, reason, over=drain))
 

@@ -72,6 +72,8 @@ class RedisBroker:
     - ``_members`` (``redis_members.Members``): the heartbeat, the live
       members, the node name's claim, ``command`` across the cluster.
     - ``_reads`` (``redis_history.HistoryReader``): ``replay`` and ``mail``.
+    - ``_occupancy`` (``redis_occupancy.Occupancy``, the subscriptions'):
+      Pusher's channel_occupied/vacated decided in Redis (``watch_occupancy``).
     - ``_presence`` (``redis_presence.Presence``): ``member``, presence
       members counted in Redis, a dead engine's swept at the heartbeat.
 
@@ -111,6 +113,7 @@ class RedisBroker:
                                       prefix=place and place.prefix)
         self._inbox = Inbox(ctx)
         self._subscriptions = Subscriptions(ctx, on_ready=self._resubscribed)
+        self._occupancy = self._subscriptions.occupancy
         self._members = Members(ctx, on_beat=self._beat,
                                 on_fatal=on_fatal or self._stop_reactor)
         self._publisher = Publisher(ctx, self._inbox, self._members)
@@ -199,6 +202,15 @@ class RedisBroker:
         [redis] settings change only with a restart."""
         self._context.settings = settings
 
+    def watch_occupancy(self, wanted: Callable[[str], bool],
+                        announce: Callable[[str, bool], None],
+                        active: Callable[[], bool] = lambda: True) -> None:
+        """Call ``announce(channel, occupied)`` when a channel that
+        ``wanted(channel)`` names gets its first subscriber in Redis, or
+        loses its last, and this engine is the one to say so, while
+        ``active()`` (``redis_occupancy``)."""
+        self._occupancy.watch(wanted, announce, active)
+
     def timed(self, observe: Callable[[float], None]) -> None:
         """Call ``observe(seconds)`` with the duration of each script call
         (the publish script, the heartbeat, replays, mailboxes, members)."""
@@ -280,6 +292,7 @@ class RedisBroker:
 
     def _beat(self) -> None:
         self._inbox.forget_relayed()
+        self._occupancy.beat(self._members.live)
         self._presence.beat()
 
     def _resubscribed(self) -> None:
@@ -296,3 +309,6 @@ class RedisBroker:
 
     def _confirmed(self, key: bytes) -> None:
         self._subscriptions.confirmed(key)
+
+    def _unsubscribed(self, key: bytes) -> None:
+        self._subscriptions.unconfirmed(key)

@@ -8,17 +8,20 @@ its connection): ``PUBSUB NUMSUB`` (``SHARDNUMSUB`` in a Redis Cluster).
 
 The marker.  ``PREFIX_occupied`` is a hash, one per shard (in a Redis
 Cluster, per logical shard: its hash tag keeps it in the channels' slot):
-a field per watched channel that has subscribers, as last announced.
-``SYNC_SCRIPT`` makes it match Redis's subscriber count, atomically, and
-says what changed: a channel with subscribers and no field gets one
-(``channel_occupied``), a field without subscribers goes
-(``channel_vacated``).  An engine runs it for a watched channel after Redis
-confirms its ``SUBSCRIBE`` or its ``UNSUBSCRIBE`` (so its own change is
-counted), and the engine whose script changed the field announces.  Every
-run leaves the field matching the count of that instant, so the events
-alternate, occupied then vacated, once per transition, however joins and
-leaves on different nodes interleave: the last change is always followed
-by a sync that sees it.
+a field per watched channel announced occupied.  ``SYNC_SCRIPT`` changes
+it atomically and says what changed.  After Redis confirms an engine's
+``SUBSCRIBE`` of a watched channel, the engine asks it to set the field if
+missing (``channel_occupied``; whatever the count: the engine's own leave,
+if it came already, is synced right after); after an ``UNSUBSCRIBE``, to
+make the field match the subscriber count (no subscriber and a field:
+``channel_vacated``).  Each engine's syncs run in the order of its
+confirmations, one call at a time, and each leaves the field as Redis's
+count is at that instant (or was an instant before), so the events
+alternate, occupied then vacated, once per transition however joins and
+leaves on different nodes interleave, announced by the engine whose
+script made the change.  A vacancy shorter than a script call (one node's
+last member leaves as another node's joins) may be seen by no script:
+neither event is announced.
 
 What no sync follows.  An engine that dies (or whose subscriber
 connection breaks) leaves fields whose subscribers Redis dropped with it.
@@ -33,9 +36,12 @@ an outage left undone is settled when the subscriber is back: the
 engine syncs every watched channel it subscribes to, and those it left
 meanwhile; a sync that fails is tried again at the next heartbeat.
 
-Which channels: ``watch(wanted, announce)`` names them (Pusher app groups
-whose webhooks want the events: ``pusher/webhook_sender.py``); no other
-subscription costs a round trip.
+Which channels: ``watch(wanted, announce, active)`` names them (Pusher
+app groups whose webhooks want the events: ``pusher/webhook_sender.py``);
+no other subscription costs a round trip.  A process that stops or
+retires (``active()`` false) syncs and sweeps nothing more: what its
+closing connections vacate is announced by a live node's sweep, not lost
+with the webhooks it would have queued at its stop.
 """
 
 from __future__ import annotations
@@ -134,6 +140,7 @@ class Occupancy:
         self.context = context
         self.wanted: Callable[[str], bool] | None = None
         self.announce: Callable[[str, bool], None] | None = None
+        self.active: Callable[[], bool] = lambda: True
         self.key = context.prefix + b"_occupied"
         cluster = context.sub.SUBSCRIBE == b"SSUBSCRIBE"
         self.numsub = b"SHARDNUMSUB" if cluster else b"NUMSUB"
@@ -144,14 +151,16 @@ class Occupancy:
         self._last_sweep: float | None = None
         self._error: str | None = None
 
-    def watch(self, wanted: Callable[[str], bool],
-              announce: Callable[[str, bool], None]) -> None:
+    def watch(self, wanted: Callable[[str], bool], announce: Callable[[str, bool], None],
+              active: Callable[[], bool] = lambda: True) -> None:
         """Sync the channels ``wanted(channel)`` names; ``announce(channel,
-        occupied)`` each change this engine's scripts make."""
-        self.wanted, self.announce = wanted, announce
+        occupied)`` each change this engine's scripts make.  Once
+        ``active()`` is false (the process stops) nothing more is synced or
+        swept here: the live nodes' sweep announces what it leaves."""
+        self.wanted, self.announce, self.active = wanted, announce, active
 
     def _watches(self, channel: str) -> bool:
-        return self.wanted is not None and self.wanted(channel)
+        return self.wanted is not None and self.active() and self.wanted(channel)
 
     # -- what the subscriptions tell it ---------------------------------------
 
@@ -172,8 +181,8 @@ class Occupancy:
 
     def unsubscribed(self, channel: str) -> None:
         """Redis confirmed an ``UNSUBSCRIBE`` of ``channel``."""
-        if channel in self._leaving or self._watches(channel):
-            self._leaving.discard(channel)
+        self._leaving.discard(channel)
+        if self._watches(channel):
             self._queue.append((b"C", channel))
             self.settle()
 
@@ -185,7 +194,7 @@ class Occupancy:
 
     def resubscribed(self) -> None:
         """The subscriber has every channel again: sync the watched ones."""
-        if self.wanted is None:
+        if self.wanted is None or not self.active():
             return
         fresh = {channel for channel in self.context.channels if self.wanted(channel)}
         # A later check of a channel stands for an earlier one (flapping
@@ -202,7 +211,7 @@ class Occupancy:
         while both connections are up (else at the next beat)."""
         ctx = self.context
         if (self._settling or not self._queue or ctx.closed or not ctx.sub_ready
-                or ctx.cmd.protocol is None):
+                or ctx.cmd.protocol is None or not self.active()):
             return
         self._settling = True
         batch = [self._queue.popleft() for _ in range(min(BATCH, len(self._queue)))]
@@ -229,7 +238,8 @@ class Occupancy:
         first of ``live`` and a sweep is due."""
         self.settle()
         ctx = self.context
-        if self.wanted is None or self._sweeping or ctx.health() is not None:
+        if (self.wanted is None or not self.active() or self._sweeping
+                or ctx.health() is not None):
             return
         now = ctx.clock.seconds()
         every = SWEEP_BEATS * ctx.interval

@@ -206,6 +206,11 @@ class ShardedRedisBroker:
         for shard in self.shards:
             shard.configure(settings)
 
+    def watch_occupancy(self, wanted, announce, active=lambda: True) -> None:
+        """Each shard decides for its channels (``RedisBroker.watch_occupancy``)."""
+        for shard in self.shards:
+            shard.watch_occupancy(wanted, announce, active)
+
     def timed(self, observe: Callable[[float], None]) -> None:
         for shard in self.shards:
             shard.timed(observe)

@@ -82,6 +82,8 @@ class WebhookSender:
         self._waiting: deque[Destination] = deque()  # ready, over MAX_IN_FLIGHT
         self.in_flight = 0
         self.closed = False
+        self.stopping = False  # the process stops or retires: with Redis, vacating
+        # is left to a live node's sweep (watch_redis_occupancy)
 
     def emit(self, app: PusherApp, event: dict[str, Any]) -> None:
         """Queue ``event`` for each of ``app``'s URLs that asks for it."""
@@ -229,6 +231,8 @@ def watch_occupancy(table, sender: WebhookSender) -> None:
 def watch_redis_occupancy(broker, sender: WebhookSender) -> None:
     """Send ``channel_occupied``/``channel_vacated`` as Redis says (a Redis
     broker's ``watch_occupancy``) for the groups of Pusher apps whose
-    webhooks ask for them."""
+    webhooks ask for them.  Once ``sender.stopping``, this process syncs
+    nothing more: the channels its closing connections vacate are left to
+    a live node's sweep (what it queued then would be dropped at its stop)."""
     broker.watch_occupancy(lambda channel: wants_occupancy(sender.apps(), channel),
-                           _announcer(sender))
+                           _announcer(sender), lambda: not sender.stopping)
