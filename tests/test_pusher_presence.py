@@ -19,10 +19,13 @@ from pushsvc.broker.local import LocalBroker
 from pushsvc.broker.redis import RedisBroker
 from pushsvc.broker.redis_cluster_slots import key_slot
 from pushsvc.broker.redis_presence_lua import entry, parse_entry
+from pushsvc.broker.redis_sharded import ShardedRedisBroker
+from pushsvc.broker.redis_shards import shard_of
 from pushsvc.pusher.apps import Apps, check_apps
 from pushsvc.pusher.presence import Announcer
 from pushsvc.tally import MemberTally
 from tests.helpers import eventually, run, settings
+from tests.redis_helpers import RedisServer
 from tests.test_redis_broker import BrokerTestCase, FakeEngine
 
 STEPS = [("w0", "a", True), ("w1", "b", True), ("w0", "a", False), ("w1", "b", False)]
@@ -265,3 +268,37 @@ class RedisPresenceTests(BrokerTestCase):
         await deferLater(reactor, 0.5)
         self.assertEqual(told, [("g", "ann", None, False)])
         self.assertEqual(self.redis.call("EXISTS", "pushsvc:_presence:g"), 0)
+
+    @run
+    async def test_several_shards_count_each_group_on_its_channels_shard(self):
+        """Several Redis: a group's presence is counted on the shard of its
+        channel, and a dead engine's is swept there."""
+        shards = [RedisServer(self), RedisServer(self)]
+        for server in shards:
+            await server.start()
+        groups = {shard_of(f"group:{g}", 2): g for g in map(str, range(20))}
+        self.assertEqual(len(groups), 2)
+        url = " ".join(server.url for server in shards)
+
+        async def sharded(node: str) -> ShardedRedisBroker:
+            broker = ShardedRedisBroker(settings(redis=url, node=node, redis_heartbeat=0.2,
+                                                 redis_timeout=1.0), f"{node}.0", reactor,
+                                        token=f"host:{node}")
+            broker.attach(FakeEngine(broker.owner))
+            self.addCleanup(broker.close)
+            await eventually(lambda: broker.health() is None, 10, f"{node} connected")
+            return broker
+        a, b = await sharded("a"), await sharded("b")
+        told = []
+        a.on_member = lambda *change: told.append(change)
+        for n, group in groups.items():
+            self.assertTrue(await b.member(group, "u", "1.1", True))
+            self.assertFalse(await a.member(group, "u", "2.1", True))
+            self.assertEqual(shards[n].call("HGETALL", f"pushsvc:_presence:{group}"),
+                             [b"u", b"2"])
+            self.assertEqual(shards[1 - n].call("EXISTS", f"pushsvc:_presence:{group}"), 0)
+            self.assertFalse(await a.member(group, "u", "2.1", False))
+        for shard in b.shards:
+            shard._members.stop()
+        await eventually(lambda: len(told) == 2, 5, "both shards swept")
+        self.assertEqual(sorted(told), sorted((g, "u", None, False) for g in groups.values()))
