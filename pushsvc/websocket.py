@@ -1,6 +1,7 @@
 """The WebSocket edge: an Autobahn protocol per client, thin around the engine.
 
-Each connection is a ``PushServerProtocol`` (made by ``wsfactory.PushServerFactory``).
+Each connection is a ``PushServerProtocol`` (made by ``wsfactory.PushServerFactory``;
+Autobahn's protocol, set up once per class: ``wsbase.LeanServerProtocol``).
 It gives the engine its frames and writes what the engine sends; it owns
 what the engine does not know:
 
@@ -22,7 +23,6 @@ what the engine does not know:
 
 from __future__ import annotations
 
-from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.websocket.protocol import PreparedMessage
 from twisted.internet import tcp
 from twisted.web.http import RESPONSES
@@ -34,12 +34,13 @@ from .limits import RateGuard
 from .protocol import (BAD_REQUEST, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN,
                        RATE_LIMITED, ProtocolError, encode, error_frame, ref_of)
 from .twisted_private import nothing_unsent
+from .wsbase import LeanServerProtocol
 
 _log = Logger()
 
 
-OPEN = WebSocketServerProtocol.STATE_OPEN
-CONNECTING = WebSocketServerProtocol.STATE_CONNECTING
+OPEN = LeanServerProtocol.STATE_OPEN
+CONNECTING = LeanServerProtocol.STATE_CONNECTING
 SWITCHING = b"HTTP/1.1 101 "  # the start of the handshake's answer
 
 # Frames queued for the end of the turn are written at once past this many bytes.
@@ -50,12 +51,6 @@ FLUSH_AT = 64 * 1024
 MAX_FRAGMENTS = 1024
 FRAGMENTS_PER_TOKEN = 16  # every 16th fragment of a message costs a token, like a message
 
-# Handshake state Autobahn keeps for a connection's whole life but reads only
-# during the handshake: about 2 KB per idle connection.
-HANDSHAKE_ONLY = ("http_headers", "http_request_data", "http_response_data",
-                  "http_status_line", "http_request_params", "http_request_uri",
-                  "http_request_path", "http_request_host", "websocket_origin", "_wskey")
-
 
 def prepare_frame(frame: bytes) -> PreparedMessage:
     """Frame a text message once, for writing to many clients (never compressed)."""
@@ -63,7 +58,7 @@ def prepare_frame(frame: bytes) -> PreparedMessage:
 
 
 @implementer(IConnection)
-class PushServerProtocol(WebSocketServerProtocol):
+class PushServerProtocol(LeanServerProtocol):
     """One client connection."""
 
     session = None
@@ -127,11 +122,7 @@ class PushServerProtocol(WebSocketServerProtocol):
         token = params.get("token", (None,))[0]
         if "resume" in params:
             engine.hold(self.session)
-        for name in HANDSHAKE_ONLY:
-            setattr(self, name, None)
-        # Autobahn queues writes only for sync=True or chopsize, which pushsvc
-        # never uses; an empty tuple answers len() like the deque it replaces.
-        self.send_queue = ()
+        self.release_handshake()
         transport = self.transport
         # twisted.web's HTTPChannel is the transport's producer until now.
         transport.unregisterProducer()

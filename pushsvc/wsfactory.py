@@ -54,12 +54,10 @@ class PushServerFactory(WebSocketServerFactory):
             # oversized frame would end in 1006; send the close code (1009) instead.
             failByDrop=False,
         )
-        # Autobahn copies every option of CONFIG_ATTRS into each connection
-        # unless its class has it, and pretty-prints the list of them for a
-        # debug line at every connect, whatever the log level (a third of the
-        # CPU of a connect).  A subclass carrying every option saves that
-        # memory per connection, and with nothing left to copy it lists none.
-        self.protocol = type("PushServerProtocol", (PushServerProtocol,), {"CONFIG_ATTRS": ()})
+        # Autobahn copies every option into each connection; the lean
+        # protocol (wsbase.py) copies none and reads them from its class:
+        # one subclass per factory, carrying this factory's options.
+        self.protocol = type("PushServerProtocol", (PushServerProtocol,), {})
         self.configure(settings)
 
     def configure(self, settings) -> None:
