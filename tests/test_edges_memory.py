@@ -125,6 +125,24 @@ class HttpMemoryTests(MemoryEdgeTestCase):
         self.assertTrue(c.lost.called)
         self.assertEqual(self.counters["slow_handshakes"], 1)
 
+    def test_one_timer_per_connection(self):
+        """A connection waits for its request with one timer, its deadline
+        (no idle timer of twisted.web's besides), and a WebSocket's
+        connection keeps none of the HTTP connection's."""
+        self.start(handshake_timeout=10.0, ping_interval=3600.0, ping_timeout=7200.0)
+        before = len(self.reactor.getDelayedCalls())
+        c, pump = self.connect()
+        self.assertEqual(len(self.reactor.getDelayedCalls()), before + 1)
+        c.transport.write(handshake())
+        self.turn(pump)
+        self.assertTrue(c.welcomed())
+        self.assertEqual(len(self.reactor.getDelayedCalls()), before)
+        self.turn(pump, 60.0)  # an idle WebSocket client stays
+        self.assertFalse(c.lost.called)
+        idle, pump = self.connect()  # an idle HTTP connection goes at its deadline
+        self.turn(pump, 10.0)
+        self.assertTrue(idle.lost.called)
+
     def test_malformed_and_oversized_requests(self):
         self.start(max_header_bytes=1024)
         bad, pump = self.connect(b"NOT HTTP AT ALL\r\n\r\n")

@@ -224,4 +224,8 @@ class PushSite(Site):
         self.server_header = settings.server_header.encode("latin-1", "replace")
         self.requestFactory.max_body = max(settings.max_message_bytes,
                                            settings.max_batch_bytes)
-        self.timeOut = settings.handshake_timeout
+        # No idle timer of twisted.web's: PushChannel's deadline (a whole
+        # request within handshake_timeout of the connection or of the last
+        # answer) closes an idle connection too, and a second timer per
+        # connection cost a connect storm about 5% of its CPU.
+        self.timeOut = None
