@@ -26,12 +26,14 @@ from typing import Iterable
 # Counted in ``engine.counters`` by the edges, one per kind of refusal (the
 # engine's COUNTERS lists them, so ``stats`` shows them from zero).
 COUNTERS = (
-    "rate_limited",     # client frames refused with error rate_limited
+    "rate_limited",     # client frames refused with error rate_limited (and Pusher
+                        # client events refused with 4301 by their app's rate)
     "dropped_flood",    # sessions closed with 1008: went on sending while refused
     "dropped_large",    # sessions closed with 1009: a message or its fragments over the limit
     "dropped_invalid",  # sessions closed with 1002/1007: broken framing, invalid UTF-8
     "refused_ip",       # connections refused with 429: too many from one address
     "refused_origin",   # WebSocket handshakes refused with 403: Origin not allowed
+                        # (and Pusher connections closed with 4009 by their app's origins)
     "slow_handshakes",  # connections closed for not sending a whole request in time
     "http_invalid",     # HTTP 400 answers: bad JSON, a malformed request, ...
     "http_bad_key",     # HTTP 401 answers: no API key, or not a valid one
@@ -56,18 +58,28 @@ class TokenBucket:
         self.tokens = float(burst)
         self.stamp = now
 
-    def take(self, now: float) -> bool:
-        """Spend a token: True if there was one, False if the rate is exceeded."""
+    def take(self, now: float, cost: float = 1.0) -> bool:
+        """Spend ``cost`` tokens (one by default): True if there were that
+        many, False if the rate is exceeded.  A cost over the burst is
+        served by a full bucket, which then owes the rest (it refills from
+        below zero before it serves again)."""
         if self.rate <= 0:
             return True
         elapsed = now - self.stamp
         self.stamp = now
         if elapsed > 0:
             self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= min(cost, self.burst):
+            self.tokens -= cost
             return True
         return False
+
+    def wait(self, cost: float = 1.0) -> float:
+        """Seconds from the last ``take`` until ``cost`` tokens can be spent
+        (0: now)."""
+        if self.rate <= 0:
+            return 0.0
+        return max(0.0, (min(cost, self.burst) - self.tokens) / self.rate)
 
     def configure(self, rate: float, burst: int) -> None:
         """Use a new rate and burst from now on (a reload); never more

@@ -26,6 +26,9 @@ user_authentication = true
 max_connections = 500
 max_event_bytes = 2048
 max_channel_name = 64
+max_client_events_per_second = 20
+max_backend_events_per_second = 500
+allowed_origins = ["https://Shop.Example:443", "*.example.com", "http://localhost:3000"]
 webhooks = [{url = "https://backend.example/pusher", events = ["channel_occupied",
                                                                "member_added"]},
             {url = "http://other.example/hook", events = ["client_event"]}]
@@ -50,11 +53,18 @@ class CheckAppsTests(unittest.TestCase):
                                      "enabled": True, "client_events": False,
                                      "user_authentication": False, "max_connections": 0,
                                      "webhooks": [], "max_event_bytes": 10240,
-                                     "max_channel_name": 200})
+                                     "max_channel_name": 200,
+                                     "max_client_events_per_second": 10,
+                                     "max_backend_events_per_second": 0,
+                                     "allowed_origins": ["*"]})
         self.assertEqual(tables[1]["webhooks"][0],
                          {"url": "https://backend.example/pusher",
                           "events": ["channel_occupied", "member_added"]})
         self.assertEqual(tables[1]["max_channel_name"], 64)
+        self.assertEqual((tables[1]["max_client_events_per_second"],
+                          tables[1]["max_backend_events_per_second"]), (20, 500))
+        self.assertEqual(tables[1]["allowed_origins"],
+                         ["https://shop.example", "*.example.com", "http://localhost:3000"])
         self.assertEqual(set(tables[1]), set(DEFAULTS))
 
     def test_none_and_empty(self):
@@ -116,6 +126,35 @@ class CheckAppsTests(unittest.TestCase):
                          ("max_event_bytes", 10 ** 9), ("max_channel_name", 201),
                          ("max_channel_name", 0)):
             self.assertEqual(self.refused(one(**{key: bad})).key, f"pusher.apps[0].{key}")
+
+    def test_rates(self):
+        """Whole numbers of events a second, 0 for no limit."""
+        for key in ("max_client_events_per_second", "max_backend_events_per_second"):
+            self.assertEqual(check_apps(one(**{key: 0}))[0][key], 0)
+            for bad in (-1, 2.5, "10", True, 10 ** 7):
+                e = self.refused(one(**{key: bad}))
+                self.assertEqual(e.key, f"pusher.apps[0].{key}")
+                self.assertIn("events a second; 0 = no limit", e.problem)
+
+    def test_allowed_origins(self):
+        """One line naming the entry that is wrong, and what an entry may be."""
+        def bad(value):
+            e = self.refused(one(allowed_origins=value))
+            return e.key, e.problem
+        key, problem = bad(["https://ok.example", "https://x.example/path"])
+        self.assertEqual(key, "pusher.apps[0].allowed_origins[1]")
+        self.assertIn("no path", problem)
+        key, problem = bad(["localhost:3000"])
+        self.assertEqual(key, "pusher.apps[0].allowed_origins[0]")
+        self.assertIn("a port needs the scheme", problem)
+        for value in (["app.*"], [""], [5], ["a b"]):
+            self.assertEqual(bad(value)[0], "pusher.apps[0].allowed_origins[0]", value)
+        for value in ([], "https://x.example", None):
+            key, problem = bad(value)
+            self.assertEqual(key, "pusher.apps[0].allowed_origins")
+            self.assertIn('["*"]: any origin', problem)
+        self.assertEqual(check_apps(one(allowed_origins=["*", "*", "NULL"]))[0]
+                         ["allowed_origins"], ["*", "null"])
 
     def test_webhooks(self):
         def bad(hooks):

@@ -16,7 +16,9 @@ shapes; this module does the I/O: a trigger publishes through the engine, one
 message per channel to the group ``pusher.<id>:<channel>``; the channel
 figures come from the cluster-wide ``groups`` and ``group`` commands, so they
 count every worker and node.  Answers are JSON; errors are Pusher's: the
-status and a plain-text explanation.
+status and a plain-text explanation.  A trigger over the app's
+``max_backend_events_per_second`` (counted in this process,
+``pusher.rates.AppRates``) is answered 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ..pusher.events import (ChannelStats, Route, batch_answer, body_limit, chan
                              parse_route, parse_trigger, trigger_answer, user_ids,
                              users_answer)
 from ..pusher.names import PRESENCE, PusherError, channel_kind
+from ..pusher.rates import AppRates
 from ..pusher.signatures import check_request
 from .answers import COUNTED, respond
 
@@ -71,6 +74,7 @@ class PusherApi(Resource):
         super().__init__()
         self.api = api
         self._apps: tuple[Any, Apps] | None = None
+        self.rates = AppRates()  # max_backend_events_per_second, in this process
 
     # -- the configured apps (re-read after a reload) --------------------------
 
@@ -80,6 +84,7 @@ class PusherApi(Resource):
         if self._apps is None or self._apps[0] is not tables:
             separator = settings.namespace_separator
             self._apps = (tables, Apps(check_apps(tables, separator), separator))
+            self.rates.keep(app.id for app in self._apps[1])
         return self._apps[1]
 
     # -- one request ---------------------------------------------------------------
@@ -128,6 +133,9 @@ class PusherApi(Resource):
             self.api.counters[COUNTED[status]] += 1
         if status == 405:
             request.setHeader(b"allow", self._allowed(request))
+        retry_after = getattr(failure.value, "retry_after", None)
+        if retry_after is not None:
+            request.setHeader(b"retry-after", b"%d" % retry_after)
         _text_error(request, status, message)
 
     @staticmethod
@@ -161,12 +169,14 @@ class PusherApi(Resource):
     async def _publish(self, apps: Apps, app: PusherApp, triggers) -> None:
         """Publish each trigger to the group of each of its channels, with
         its event name and the socket id it is not for; every message is
-        built (and its size checked) before any is sent."""
+        built (and its size checked), and counted against the app's rate
+        (429), before any is sent."""
         engine = self.api.engine
         limit = engine.settings.max_message_bytes
         messages = [(event_message(engine.ids.message_id(), apps.group_of(app, channel),
                                    t.name, t.data, limit, t.socket_id), False)
                     for t in triggers for channel in t.channels]
+        self.rates.check(app, len(messages), engine.clock.seconds())
         await engine.send_all(messages)
 
     async def do_events(self, route: Route, app: PusherApp, apps: Apps, body: bytes,

@@ -8,6 +8,8 @@ The I/O-free layer:
 - ``signatures``: channel, user, HTTP API and webhook signatures;
 - ``events``: the HTTP API's routes, bodies and answers, and webhook bodies;
 - ``session``: one Pusher connection's state and the rules of its frames;
+- ``rates``, ``origins``: an app's event rates (4301, 429) and its
+  ``allowed_origins``;
 - ``dialect``: a pushsvc message as a Pusher frame, made once per channel;
 - ``presence``: presence members from pushsvc's own presence;
 - ``webhooks``: which webhook event goes where, batches, bounds, retry delays.

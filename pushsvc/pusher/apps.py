@@ -13,6 +13,9 @@ Each table is one Pusher app::
     max_connections = 0         # open connections of this app; 0 = no cap
     max_event_bytes = 10240     # an event's data, UTF-8 bytes (Pusher's 10 KB)
     max_channel_name = 200      # characters (Pusher's limit; its SDKs refuse longer)
+    max_client_events_per_second = 10   # per connection (Pusher's); over it 4301; 0 = none
+    max_backend_events_per_second = 0   # HTTP API events per process; over it 429; 0 = none
+    allowed_origins = ["*"]     # pages that may connect (origins.py); others: 4009
     webhooks = [{url = "https://backend/pusher/webhook",
                  events = ["channel_occupied", "channel_vacated"]}]
 
@@ -41,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from ..namespaces import TableError
+from .origins import AllowedOrigins, check_allowed_origins
 
 # The webhook events a [[pusher.apps]] table may ask for (Pusher's names).
 WEBHOOK_EVENTS = ("channel_occupied", "channel_vacated", "member_added",
@@ -56,11 +60,15 @@ DEFAULTS: dict[str, Any] = {
     "webhooks": [],
     "max_event_bytes": 10240,
     "max_channel_name": 200,
+    "max_client_events_per_second": 10,
+    "max_backend_events_per_second": 0,
+    "allowed_origins": ["*"],
 }
 
 NAMESPACE_PREFIX = "pusher."
 MAX_CHANNEL_NAME = 200          # Pusher's limit, and its SDKs'
 MAX_EVENT_BYTES = 1024 * 1024   # a sanity cap on max_event_bytes
+MAX_EVENTS_PER_SECOND = 1_000_000  # a sanity cap on the rates
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _KEY = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 
@@ -90,12 +98,17 @@ class PusherApp:
     webhooks: tuple[Webhook, ...] = ()
     max_event_bytes: int = 10240
     max_channel_name: int = 200
+    max_client_events_per_second: int = 10
+    max_backend_events_per_second: int = 0
+    allowed_origins: AllowedOrigins = field(default_factory=AllowedOrigins, compare=False,
+                                            repr=False)
 
     @classmethod
     def from_table(cls, table: dict[str, Any]) -> "PusherApp":
         """From a table ``check_apps`` returned."""
         hooks = tuple(Webhook(h["url"], tuple(h["events"])) for h in table["webhooks"])
-        return cls(**{**table, "webhooks": hooks})
+        return cls(**{**table, "webhooks": hooks,
+                      "allowed_origins": AllowedOrigins(table["allowed_origins"])})
 
     @property
     def namespace(self) -> str:
@@ -170,8 +183,12 @@ def _check_value(key: str, value: Any, label: str, separator: str) -> Any:
         elif key == "max_channel_name":
             _whole(value, 1, MAX_CHANNEL_NAME, " (characters; Pusher's SDKs refuse "
                                                "longer names)")
+        elif key in ("max_client_events_per_second", "max_backend_events_per_second"):
+            _whole(value, 0, MAX_EVENTS_PER_SECOND, " (events a second; 0 = no limit)")
         elif key == "webhooks":
             return _check_webhooks(value, label)
+        elif key == "allowed_origins":
+            return check_allowed_origins(value, label)
     except AppTableError:
         raise
     except ValueError as e:

@@ -9,7 +9,9 @@ at most 200 characters; socket ids of two whole numbers).
 
 Errors: ``PusherError(code, message)``; ``code`` is a close code 4000-4399
 (the edge closes the connection with it), None (a ``pusher:error`` answering
-one frame; the connection stays) or an HTTP status (the HTTP API).  The close
+one frame; the connection stays) or an HTTP status (the HTTP API).  One code
+answers a frame without closing: 4301, a client event dropped by the app's
+rate (``pusher:error`` with that code, as Pusher sends it).  The close
 code ranges: 4000-4099 the client should not reconnect unchanged (4000 TLS
 only, 4001 no such app, 4003 app disabled, 4004 over the app's connection
 quota, 4005 path not found, 4006 invalid version string, 4007 unsupported

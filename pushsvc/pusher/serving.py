@@ -54,15 +54,19 @@ class PusherServing:
                                 pusher.app.max_channel_name)
             getattr(self, "do_" + frame.event.partition("-")[0].replace(":", "_"))(
                 conn, pusher, frame)
-        except (PusherError, ProtocolError) as e:  # ProtocolError: over a server limit
+        except PusherError as e:
+            self.refuse(conn.session, frame, e.message, e.code)
+        except ProtocolError as e:  # over a server limit
             self.refuse(conn.session, frame, e.message)
 
-    def refuse(self, session, frame: ClientFrame | None, message: str) -> None:
-        """``pusher:subscription_error`` for a subscription, else ``pusher:error``."""
+    def refuse(self, session, frame: ClientFrame | None, message: str,
+               code: int | None = None) -> None:
+        """``pusher:subscription_error`` for a subscription, else
+        ``pusher:error`` with ``code`` (None, or 4301: neither closes)."""
         if frame is not None and frame.event == "pusher:subscribe":
             self.engine.reply(session, subscription_error(frame.channel, message))
         else:
-            self.engine.reply(session, error(message))
+            self.engine.reply(session, error(message, code))
 
     # -- the events ----------------------------------------------------------
 
@@ -163,6 +167,11 @@ class PusherServing:
         group = pusher.client_event(frame)
         if group not in session.groups:  # the server took it out of the group
             raise PusherError(None, f"not subscribed to {frame.channel}")
+        try:
+            pusher.spend_client_event(frame, self.engine.clock.seconds())
+        except PusherError:
+            self.engine.counters["rate_limited"] += 1
+            raise
         self._publish(group, frame.event, frame.data, pusher.socket_id,
                       {"session": session.id, "user": session.user})
         self._webhook(pusher.app, "client_event", frame.channel, event=frame.event,

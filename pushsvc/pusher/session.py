@@ -14,7 +14,10 @@ subscription, as ``pusher:subscription_error`` on the channel).
   with the app's signature over ``socket_id:channel[:channel_data]``;
   ``#server-to-user-ID`` only once signed in as ID.
 - ``client_event``: only when the app allows client events, on a private or
-  presence channel the connection is subscribed to.
+  presence channel the connection is subscribed to; ``spend_client_event``:
+  at most the app's ``max_client_events_per_second`` (a burst of that many,
+  then that many a second; ``rates.EventRate``), else ``PusherError`` 4301,
+  which the edge sends as ``pusher:error`` with that code, without closing.
 - ``signin``: the app's signature over ``socket_id::user::user_data``.
 """
 
@@ -24,8 +27,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .apps import PusherApp
-from .names import PRESENCE, PRIVATE, SERVER_TO_USER, PusherError, user_of_channel
+from .names import (CLIENT_EVENT_RATE_LIMIT, PRESENCE, PRIVATE, SERVER_TO_USER, PusherError,
+                    user_of_channel)
 from .protocol import ClientFrame
+from .rates import EventRate
 from .signatures import check_channel_auth, check_user_auth
 
 
@@ -43,7 +48,8 @@ class Subscription:
 class PusherSession:
     """The state of one Pusher connection (see the module docstring)."""
 
-    __slots__ = ("app", "socket_id", "prefix", "max_group", "channels", "user", "signed_in")
+    __slots__ = ("app", "socket_id", "prefix", "max_group", "channels", "user", "signed_in",
+                 "event_rate")
 
     def __init__(self, app: PusherApp, socket_id: str, separator: str = ":",
                  max_group: int = 200):
@@ -54,6 +60,7 @@ class PusherSession:
         self.channels: dict[str, str] = {}   # subscribed channel -> its group
         self.user: str | None = None          # the bound user id
         self.signed_in = False
+        self.event_rate: EventRate | None = None  # made at the first client event
 
     def group_of(self, channel: str) -> str:
         """The group of the app's ``channel``."""
@@ -111,6 +118,21 @@ class PusherSession:
             raise PusherError(None, f"client event on {frame.channel}, which this "
                                     "connection is not subscribed to")
         return group
+
+    def spend_client_event(self, frame: ClientFrame, now: float) -> None:
+        """Count a client event the rules allow; PusherError 4301 (it is
+        dropped) when it is over the app's rate."""
+        limit = self.app.max_client_events_per_second
+        rate = self.event_rate
+        if rate is None:
+            if limit <= 0:
+                return
+            rate = self.event_rate = EventRate()
+        if not rate.admit(limit, now):
+            raise PusherError(CLIENT_EVENT_RATE_LIMIT,
+                              f"client event rejected due to rate limit: at most {limit} "
+                              f"client events a second ({frame.event[:50]} on "
+                              f"{frame.channel} was not sent)")
 
     def signin(self, frame: ClientFrame) -> str:
         """Check a ``pusher:signin``; the user id, now bound."""

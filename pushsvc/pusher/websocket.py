@@ -21,8 +21,12 @@ channels it is subscribed to, and only its frames differ:
 
 ``PusherEdge`` is what the ``/app`` resource upgrades with: it builds these
 connections for the process's WebSocket factory, admits them (app key,
-protocol version, the app's switch and connection cap) and gives them
-socket ids.
+protocol version, the app's switch, its ``allowed_origins`` and connection
+cap) and gives them socket ids.  The origins are checked once the WebSocket
+is open, as Reverb does: a page from another origin gets ``pusher:error``
+4009 and the close with it, so pusher-js gives up instead of retrying a
+refused handshake forever (the process-wide ``http.allowed_origins`` has
+refused it before the upgrade, with 403, as at ``/ws``).
 """
 
 from __future__ import annotations
@@ -78,7 +82,7 @@ class PusherProtocol:
         path, params = self.http_request_path, self.http_request_params or {}
         self.http_request_params = None  # ?token= and ?resume= are pushsvc's own
         try:
-            app = self.edge.admit(path, params)
+            app = self.edge.admit(path, params, self.websocket_origin or None)
         except PusherError as e:
             self.refuse(e)
             return
@@ -209,14 +213,20 @@ class PusherEdge:
 
     # -- connections ------------------------------------------------------------
 
-    def admit(self, path: str, params: dict[str, list[str]]) -> PusherApp:
-        """The app of a new connection; PusherError with the close code."""
+    def admit(self, path: str, params: dict[str, list[str]],
+              origin: str | None = None) -> PusherApp:
+        """The app of a new connection (its handshake's ``Origin``, None for
+        none); PusherError with the close code."""
         key = parse_connect(path, params)
         app = self.apps().by_key(key)
         if app is None:
             raise PusherError(APP_NOT_FOUND, f"no app with the key {key[:128]!r}")
         if not app.enabled:
             raise PusherError(APP_DISABLED, f"app {app.id} is disabled")
+        if not app.allowed_origins.allows(origin):
+            self.factory.counters["refused_origin"] += 1
+            raise PusherError(UNAUTHORIZED, f"Origin not allowed: {origin[:200]!r} is not "
+                                            f"in the allowed_origins of app {app.id}")
         if app.max_connections and self.open[app.id] >= app.max_connections:
             self.factory.counters["refused_full"] += 1
             raise PusherError(OVER_CAPACITY, f"app {app.id} has its {app.max_connections} "
