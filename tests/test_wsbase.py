@@ -9,13 +9,16 @@ from collections import deque
 
 import txaio
 from autobahn.twisted.websocket import WebSocketServerProtocol
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from pushsvc.server import PushServer
 from pushsvc.wsbase import HANDSHAKE_ONLY, INITIAL
-from tests.helpers import ServerTestCase, eventually, run
+from tests.helpers import ServerTestCase, eventually, run, settings
 from tests.raw import CLOSE, text
 from tests.test_edges_memory import MemoryEdgeTestCase
+from tests.test_tls import TLSTestCase
 
 PEER = IPv4Address("TCP", "127.0.0.1", 40123)
 
@@ -113,3 +116,27 @@ class SocketTests(ServerTestCase):
         conn = next(iter(self.server.ws_factory.connections))
         handle = conn.transport.getHandle()
         self.assertTrue(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+class TLSSocketTests(TLSTestCase):
+    """On a real socket, over TLS."""
+
+    @run
+    async def test_tcp_nodelay_and_transport_details(self):
+        """TCP_NODELAY is set under TLS too, and the transport details, made
+        when first asked for, have what Autobahn adds at the open: secure,
+        with the TLS channel id."""
+        self.server = PushServer(settings(), reactor)
+        listener = self.server.listen(reactor, self.description())
+        self.server.startService()
+        self.addCleanup(self.server.stopService)
+        self.use_port(listener._waitingForPort.result.getHost().port)
+        await self.client()
+        await eventually(lambda: self.server.ws_factory.connections)
+        conn = next(iter(self.server.ws_factory.connections))
+        handle = conn.transport.transport.getHandle()  # under TLSMemoryBIOProtocol
+        self.assertTrue(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        details = conn.transport_details
+        self.assertTrue(details.is_secure)
+        self.assertTrue(details.channel_id["tls-unique"])
+        self.assertEqual(details.peer, conn.peer)
