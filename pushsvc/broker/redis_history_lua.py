@@ -2,7 +2,8 @@
 ``redis_scripts``.  No I/O.
 
 Keys (``P`` is ``[redis] prefix``; ``history_keys(first)`` reads the first
-seven from ``KEYS[first]`` on, in this order):
+seven from ``KEYS[first]`` on, in this order; a call declares after them the
+lists and marks of its own channels, ``channel_keys``):
 
 - ``P_history`` (hash, no expiry): ``epoch`` (the numbering's name, set once
   with HSETNX and a fresh token: a Redis that lost its data gets a new one),
@@ -28,6 +29,18 @@ seven from ``KEYS[first]`` on, in this order):
   did).  Both expire ``ttl`` plus ``KEEP_MARGIN`` after the channel's last
   message; the other keys but ``P_history`` after the last message of all.
 
+Declared keys.  A call passes in KEYS every key it reads or writes that it
+can name beforehand: the seven above, and ``P_h:C`` and ``P_hl:C`` of each
+channel ``C`` it keeps a message on or replays (``ckey`` finds them by name).
+The one exception is the channels of the messages a call lets go of (the
+oldest, or one of the channel holding the most): they are read from the
+kept messages inside the call, so no caller can know them, and ``ckey``
+names their keys with the prefix, which holds the hash tag in a Redis
+Cluster: the same slot as the declared keys.  (Redis 7.0 runs such a call;
+in a cluster it refuses it only while the slot migrates, and
+``redis_cluster_links`` declares a key that never exists so that Redis then
+refuses the whole call before it runs, never half of it.)
+
 The rule, as ``History``'s: a message is let go when older than ``ttl``
 (oldest first: ``floor`` follows), or as soon as no channel lists it any
 more (a channel lists at most ``max_per_channel``).  While the kept
@@ -44,6 +57,8 @@ from __future__ import annotations
 
 from ..history import OVERHEAD
 
+__all__ = ["HISTORY_LUA", "channel_keys"]
+
 KEEP_MARGIN = 2000              # ms a channel's list outlives its last message's ttl
 TICK = 1000                     # ms between the ticks that move the floor by time
 
@@ -54,7 +69,22 @@ HISTORY_LUA = """
 local function history_keys(first)
   return {hist = KEYS[first], log = KEYS[first + 1], frames = KEYS[first + 2],
           meta = KEYS[first + 3], refs = KEYS[first + 4], chans = KEYS[first + 5],
-          ticks = KEYS[first + 6]}
+          ticks = KEYS[first + 6], after = first + 7}
+end
+
+-- The keys a call declared after the history's, by name without the prefix
+-- ('_h:group:g' -> its key).
+local function declared(H, prefix)
+  local names = {}
+  for k = H.after, #KEYS do names[string.sub(KEYS[k], #prefix + 1)] = KEYS[k] end
+  return names
+end
+
+-- Channel's list (kind '_h:') or mark ('_hl:'): declared for the call's own
+-- channels; a channel of a message the call lets go of is named here, in
+-- the prefix's slot.
+local function ckey(S, kind, channel)
+  return S.names[kind .. channel] or (S.prefix .. kind .. channel)
 end
 
 local function epoch_of(H, candidate)
@@ -70,8 +100,8 @@ end
 -- given so far is let go of.
 local function open(H, prefix, now, ttl, max_n, max_bytes)
   local h = redis.call('HMGET', H.hist, 'pos', 'floor', 'bytes')
-  local S = {H = H, prefix = prefix, now = now, ttl = ttl, max_n = max_n,
-             max_bytes = max_bytes, keep = str(ttl + KEEP_MARGIN),
+  local S = {H = H, prefix = prefix, names = declared(H, prefix), now = now, ttl = ttl,
+             max_n = max_n, max_bytes = max_bytes, keep = str(ttl + KEEP_MARGIN),
              pos = tonumber(h[1]) or 0, floor = tonumber(h[2]) or 0,
              bytes = tonumber(h[3]) or 0, live = redis.call('ZCARD', H.log),
              lost = {}, touched = {}}
@@ -87,7 +117,7 @@ local function save(S)
   redis.call('HSET', S.H.hist, 'pos', str(S.pos), 'floor', str(S.floor),
              'bytes', str(S.bytes))
   for channel, p in pairs(S.lost) do
-    redis.call('SET', S.prefix .. '_hl:' .. channel, p, 'PX', S.keep)
+    redis.call('SET', ckey(S, '_hl:', channel), p, 'PX', S.keep)
   end
 end
 
@@ -135,8 +165,7 @@ end
 -- The oldest position off channel's list; its message goes when no channel
 -- lists it any more.
 local function unlist(S, channel)
-  local key = S.prefix .. '_h:' .. channel
-  local p = redis.call('LPOP', key)
+  local p = redis.call('LPOP', ckey(S, '_h:', channel))
   if not p then
     redis.call('ZREM', S.H.chans, channel)
     return
@@ -163,7 +192,7 @@ local function drop_oldest(S, limit)
     local time, size, channels = meta_of(S, first)
     if limit and time and time > limit then break end
     for channel in string.gmatch(channels or '', '[^\\255]+') do
-      local key = S.prefix .. '_h:' .. channel
+      local key = ckey(S, '_h:', channel)
       local front = redis.call('LINDEX', key, 0)
       if front == first then
         redis.call('LPOP', key)
@@ -198,14 +227,14 @@ local function make_room(S, channels, p)
   local share = S.max_bytes / math.max(1, redis.call('ZCARD', S.H.chans))
   for _, channel in ipairs(channels) do
     local held = tonumber(redis.call('ZSCORE', S.H.chans, channel))
-    if held and held > share and redis.call('LLEN', S.prefix .. '_h:' .. channel) > 1 then
+    if held and held > share and redis.call('LLEN', ckey(S, '_h:', channel)) > 1 then
       return unlist(S, channel)
     end
   end
   local top = redis.call('ZREVRANGE', S.H.chans, 0, #channels, 'WITHSCORES')
   for k = 1, #top, 2 do
     if tonumber(top[k + 1]) <= share then break end
-    if redis.call('LINDEX', S.prefix .. '_h:' .. top[k], 0) ~= p then
+    if redis.call('LINDEX', ckey(S, '_h:', top[k]), 0) ~= p then
       return unlist(S, top[k])
     end
   end
@@ -224,11 +253,10 @@ local function keep(S, body, channels)
   if #channels > 1 then redis.call('HSET', S.H.refs, p, #channels) end
   S.bytes, S.live = S.bytes + size, S.live + 1
   for _, channel in ipairs(channels) do
-    local key = S.prefix .. '_h:' .. channel
-    local len = redis.call('RPUSH', key, p)
+    local len = redis.call('RPUSH', ckey(S, '_h:', channel), p)
     -- listed anew: what went before went for it too
     if len == 1 and S.floor > (tonumber(S.lost[channel] or
-                                        redis.call('GET', S.prefix .. '_hl:' .. channel)) or 0) then
+                                        redis.call('GET', ckey(S, '_hl:', channel))) or 0) then
       mark(S, channel, str(S.floor))
     end
     S.touched[channel] = true
@@ -244,8 +272,8 @@ local function close(S)
   save(S)
   tick(S)
   for channel in pairs(S.touched) do
-    redis.call('PEXPIRE', S.prefix .. '_h:' .. channel, S.keep)
-    redis.call('PEXPIRE', S.prefix .. '_hl:' .. channel, S.keep)
+    redis.call('PEXPIRE', ckey(S, '_h:', channel), S.keep)
+    redis.call('PEXPIRE', ckey(S, '_hl:', channel), S.keep)
   end
   local H = S.H
   for _, key in ipairs({H.log, H.frames, H.meta, H.refs, H.chans, H.ticks}) do
@@ -254,3 +282,13 @@ local function close(S)
 end
 """.replace("OVERHEAD", str(OVERHEAD)).replace("KEEP_MARGIN", str(KEEP_MARGIN)).replace(
     "TICK", str(TICK))
+
+
+def channel_keys(prefix: bytes, channels) -> list[bytes]:
+    """The keys a call declares for its own ``channels`` (engine channels,
+    each once): each one's list and mark, ``P_h:C`` and ``P_hl:C``."""
+    keys = []
+    for channel in channels:
+        name = channel.encode("utf-8", "surrogatepass")
+        keys += [prefix + b"_h:" + name, prefix + b"_hl:" + name]
+    return keys

@@ -43,11 +43,13 @@ local function now_ms()
 end
 """
 
-# KEYS: the history's seven (``redis_history_lua``).  ARGV: ttl (ms, 0 = keep
-# nothing), max_per_channel, max_bytes, an epoch candidate, the prefix, the
-# payload head, K, S; then K kept messages as (body, channel count,
-# channels...), S stored messages as (body, user count, users...), then (Redis
-# channel, payload body) pairs.  Numbers and keeps the K messages (positions
+# KEYS: the history's seven (``redis_history_lua``), the lists and marks of the
+# kept messages' channels (``channel_keys``), the mailboxes of the stored
+# messages' users (``mail_key``).  ARGV: ttl (ms, 0 = keep nothing),
+# max_per_channel, max_bytes, an epoch candidate, the prefix, the payload head,
+# K, S; then K kept messages as (body, channel count, channels...), S stored
+# messages as (body, user count, users...), then (Redis channel, payload
+# body) pairs.  Numbers and keeps the K messages (positions
 # base .. base + K - 1, in order), keeps each stored one for each of its users
 # that nobody subscribes to, and PUBLISHes each payload as head .. base ..
 # body.  Returns {base or 0, epoch or false}.
@@ -83,6 +85,7 @@ if stored > 0 then
   elseif steps == 2 then win, m0, m1, m2 = win + 2 * ttl, 0, 0, m0
   elseif steps == 1 then win, m0, m1, m2 = win + ttl, 0, m0, m1 end
   local time = str(now) .. ' '
+  local names = declared(H, prefix)
   for _ = 1, stored do
     local body, count = ARGV[i], tonumber(ARGV[i + 1])
     local size = #body + OVERHEAD
@@ -91,7 +94,7 @@ if stored > 0 then
       local online = redis.call('PUBSUB', 'NUMSUB', prefix .. 'user:' .. user)[2]
       if online == 0 and m0 + m1 + m2 + size <= max_bytes then
         m0 = m0 + size
-        local key = prefix .. '_mail:' .. user
+        local key = assert(names['_mail:' .. user], 'a mailbox not declared')
         while true do  -- what is older than ttl goes
           local first = redis.call('LINDEX', key, 0)
           if not first then break end
@@ -114,12 +117,12 @@ end
 return {base, epoch}
 """.replace("OVERHEAD", str(OVERHEAD))
 
-# KEYS: the history's seven.  ARGV: ttl (ms), max_bytes, prefix, epoch, since,
-# channels...  The kept messages of the channels after since, each once, by
-# position, and the channels that let go of one after since: {1, epoch, gap
-# count, gaps..., position, body, ...}; for another epoch the same from
-# position 0, with 2 first; {0, epoch or false} for a position never given or
-# no history.
+# KEYS: the history's seven, the channels' lists and marks (``channel_keys``).
+# ARGV: ttl (ms), max_bytes, prefix, epoch, since, channels...  The kept
+# messages of the channels after since, each once, by position, and the
+# channels that let go of one after since: {1, epoch, gap count, gaps...,
+# position, body, ...}; for another epoch the same from position 0, with 2
+# first; {0, epoch or false} for a position never given or no history.
 REPLAY_SCRIPT = _PRELUDE + HISTORY_LUA + """
 local H = history_keys(1)
 local ttl, max_bytes, prefix = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3]
@@ -134,8 +137,8 @@ if other then since = 0 elseif since > S.pos then return {0, epoch} end
 local wanted, gapped = {}, {}
 for j = 6, #ARGV do
   local channel = ARGV[j]
-  local listed = redis.call('LRANGE', prefix .. '_h:' .. channel, 0, -1)
-  local lost = tonumber(redis.call('GET', prefix .. '_hl:' .. channel)) or 0
+  local listed = redis.call('LRANGE', S.names['_h:' .. channel], 0, -1)
+  local lost = tonumber(redis.call('GET', S.names['_hl:' .. channel])) or 0
   if #listed == 0 and S.floor > lost then lost = S.floor end
   for _, p in ipairs(listed) do
     p = tonumber(p)
@@ -240,6 +243,11 @@ assert all(s.count("'SPUBLISH'") == 1 and s.count("'SHARDNUMSUB'") == 1
 
 def utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
+
+
+def mail_key(prefix: bytes, user: str) -> bytes:
+    """The key of the mailbox of ``user``."""
+    return prefix + b"_mail:" + utf8(user)
 
 
 def body(msg_id: str, frame: bytes) -> bytes:

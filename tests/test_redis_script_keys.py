@@ -1,0 +1,167 @@
+"""Every key a Lua script touches is one it declares (issue 15, point 1).
+
+A ``RedisBroker`` on a real redis-server runs each of its scripts (publish
+with history, mailbox and eviction, replay, take mail, heartbeat, members)
+while a MONITOR connection watches: Redis shows each script call and then
+every command the script runs inside it.  ``COMMAND GETKEYS`` tells the keys
+of each command; each must be among the call's KEYS, but for the one
+exception ``redis_history_lua`` documents (the lists and marks of the
+channels of a message a call lets go of, found in the data), and every key
+of a call lies in the slot of the prefix's hash tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.protocols.basic import LineReceiver
+
+from pushsvc.broker.interface import Command
+from pushsvc.broker.redis_cluster_slots import key_slot
+from pushsvc.broker.redis_scripts import (HEARTBEAT_SCRIPT, MEMBERS_SCRIPT, PUBLISH_SCRIPT,
+                                          REPLAY_SCRIPT, TAKE_MAIL_SCRIPT)
+from pushsvc.protocol import Address, message_frame
+from pushsvc.routing import channels as route
+from pushsvc.wire.values import Message
+from tests.helpers import eventually, run
+from tests.test_redis_broker import BrokerTestCase
+
+PREFIX = "{pushsvc:0.0}"   # a logical shard's, as in a Redis Cluster
+SCRIPTS = {hashlib.sha1(script.encode()).hexdigest(): name for name, script in (
+    ("publish", PUBLISH_SCRIPT), ("replay", REPLAY_SCRIPT), ("take mail", TAKE_MAIL_SCRIPT),
+    ("heartbeat", HEARTBEAT_SCRIPT), ("members", MEMBERS_SCRIPT))}
+# What a script may touch undeclared: lists and marks of channels it finds
+# in the kept messages it lets go of (not those its arguments name).
+DERIVED = re.compile(re.escape(PREFIX.encode()) + rb"_hl?:")
+
+_ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"a": b"\a", b"b": b"\b"}
+_ARG = re.compile(rb'"((?:[^"\\]|\\.)*)"')
+
+
+def _unquote(text: bytes) -> bytes:
+    """One argument as MONITOR quotes it (``sdscatrepr``)."""
+    out, i = bytearray(), 0
+    while i < len(text):
+        if text[i:i + 1] != b"\\":
+            out += text[i:i + 1]
+            i += 1
+        elif text[i + 1:i + 2] == b"x":
+            out.append(int(text[i + 2:i + 4], 16))
+            i += 4
+        else:
+            out += _ESCAPES.get(text[i + 1:i + 2], text[i + 1:i + 2])
+            i += 2
+    return bytes(out)
+
+
+class Monitor(LineReceiver):
+    """A MONITOR connection: ``lines`` as (client, [arguments])."""
+
+    delimiter = b"\r\n"
+    MAX_LENGTH = 1 << 24
+
+    def __init__(self):
+        self.lines: list[tuple[bytes, list[bytes]]] = []
+
+    def connectionMade(self):
+        self.sendLine(b"MONITOR")
+
+    def lineReceived(self, line):
+        match = re.match(rb"\+[\d.]+ \[\d+ ([^\]]+)\] ", line)
+        if match:
+            args = [_unquote(a) for a in _ARG.findall(line[match.end():])]
+            self.lines.append((match.group(1), args))
+
+
+def calls(lines):
+    """(script name, declared keys, its other arguments, [commands run
+    inside]) per script call (a script of another module named by the start
+    of its SHA1)."""
+    out = []
+    for client, args in lines:
+        if client == b"lua":
+            if out:
+                out[-1][3].append(args)
+        elif args and args[0].lower() in (b"eval", b"evalsha"):
+            script = args[1] if args[0].lower() == b"evalsha" else hashlib.sha1(
+                args[1]).hexdigest().encode()
+            count = int(args[2])
+            name = SCRIPTS.get(script.decode(), f"script {script.decode()[:8]}")
+            out.append((name, set(args[3:3 + count]), set(args[3 + count:]), []))
+    return out
+
+
+def big(msg_id: str, size: int = 0, **to):
+    """A message to ``to`` whose data has ``size`` bytes."""
+    address = Address(**{k: tuple(v) if isinstance(v, list) else v for k, v in to.items()})
+    return route(address), Message(msg_id, address,
+                                   message_frame(msg_id, address, "x" * size))
+
+
+class ScriptKeysTests(BrokerTestCase):
+
+    @run
+    async def test_every_key_a_script_touches_is_declared(self):
+        redis = await self.start_redis()
+        monitor = Monitor()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", redis.port), monitor)
+        a, _ = await self.broker("a", redis_prefix=PREFIX, max_per_channel=2,
+                                 max_memory=64 * 1024, ttl=0.5)
+        b, eb = await self.broker("b", redis_prefix=PREFIX)
+        await self.subscribe(b, "group:g0")
+        for n in range(3):   # a channel over max_per_channel, a message on two
+            a.publish(*big(f"a.0.x.L{n}", group=["g0", "g1"] if n else ["g0"]))
+        for n in range(4):   # over max_memory, one call each: another channel's oldest goes
+            a.publish(*big(f"a.0.x.B{n}", 20000, group=[f"g{n + 2}"]))
+            await deferLater(reactor, 0, lambda: None)  # the end of the turn: a call
+        a.publish(*big("a.0.x.S", user=["away", "gone"]), store=True)
+        await eventually(lambda: "a.0.x.L2" in eb.delivered, 5, "published")
+        replayed = await b.replay(["group:g0", "group:g3"], 0, b.epoch)
+        self.assertIn("a.0.x.L2", [msg_id for msg_id, _ in replayed[0]])
+        self.assertEqual([msg_id for msg_id, _ in await b.mail("away")], ["a.0.x.S"])
+        await a.command(Command("stats", {}))
+        await eventually(lambda: len(a.members) == 2, 5, "a heartbeat")
+        deadline = reactor.seconds() + 5
+        while (await b.replay(["group:g0"], 0, b.epoch))[0]:  # until let go of by time
+            self.assertLess(reactor.seconds(), deadline, "nothing was let go of by time")
+            await deferLater(reactor, 0.05, lambda: None)
+        a.publish(*big("a.0.x.LATE", group=["g9"]))
+        await eventually(lambda: any(b"a.0.x.LATE" in arg for _, args in monitor.lines
+                                     for arg in args), 5, "the last call")
+        redis.call("ECHO", "end")  # MONITOR shows it after every command before it
+        await eventually(lambda: monitor.lines[-1] == (monitor.lines[-1][0], [b"ECHO", b"end"])
+                         or any(args == [b"ECHO", b"end"] for _, args in monitor.lines), 5)
+        seen = await self.check(redis, monitor)
+        self.assertLessEqual(set(SCRIPTS.values()), set(seen))
+
+    async def check(self, redis, monitor) -> dict[str, int]:
+        """Each call's keys against its declared ones; the calls seen, by script."""
+        slot = key_slot(PREFIX.encode())
+        keys_of: dict[tuple, list[bytes]] = {}
+        seen: dict[str, int] = {}
+        derived = 0
+        for name, declared, argv, commands in calls(monitor.lines):
+            seen[name] = seen.get(name, 0) + 1
+            for key in declared:
+                self.assertEqual(key_slot(key), slot, key)
+            for args in commands:
+                if tuple(args) not in keys_of:
+                    try:
+                        keys_of[tuple(args)] = redis.call("COMMAND", "GETKEYS", *args)
+                    except RuntimeError:  # TIME, PUBLISH, PUBSUB: no keys
+                        keys_of[tuple(args)] = []
+                for key in keys_of[tuple(args)]:
+                    self.assertEqual(key_slot(key), slot, (name, args))
+                    if key in declared:
+                        continue
+                    found = DERIVED.match(key)  # not a channel the call names
+                    self.assertTrue(name in ("publish", "replay") and found
+                                    and key[found.end():] not in argv,
+                                    f"{name} touched {key!r} undeclared: {args}")
+                    derived += 1
+        self.assertGreater(derived, 0, "no message was let go of: the test proves less")
+        return seen
