@@ -11,7 +11,7 @@ from twisted.python import usage
 
 from .app import AppError, load_app
 from .config import SPECS, ConfigError, Settings, build_settings, exposed_endpoints
-from . import loglevel
+from . import gc_tuning, loglevel
 from .admin.service import admin_service
 from .signals import reload_on_hangup, stop_on_signals
 
@@ -129,6 +129,7 @@ def makeService(options: Options, reactor=None):
         admin.setServiceParent(service)
     reactor.addSystemEventTrigger("after", "startup", stop_on_signals, reactor)
     reactor.addSystemEventTrigger("after", "startup", reload_on_hangup, reactor, control)
+    gc_tuning.tune(reactor)
     runner = getattr(options, "parent", None)  # twistd's or twist's options
     if runner is not None:  # filter their log by the console's level, in --log-format
         # One process is worker 0: its JSON lines say so, as a pool's workers' do.

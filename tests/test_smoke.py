@@ -121,3 +121,21 @@ class TwistedPrivateTests(unittest.TestCase):
         endpoint = serverFromString(reactor, f"ssl:4433:privateKey={key}:certKey={cert}")
         self.assertEqual(tcp_binding(endpoint), ("", 4433, 50))
         self.assertIsNotNone(context_factory(endpoint).getContext())
+
+
+class GarbageCollectorTests(unittest.TestCase):
+    """A serving process collects less often, and freezes what start-up made."""
+
+    def test_tune_sets_the_threshold_and_freezes_after_startup(self):
+        import gc
+        from twisted.internet.testing import MemoryReactor
+        from pushsvc import gc_tuning
+        before = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *before)
+        self.addCleanup(gc.unfreeze)
+        reactor = MemoryReactor()
+        triggers = []
+        reactor.addSystemEventTrigger = lambda *args: triggers.append(args)
+        gc_tuning.tune(reactor)
+        self.assertEqual(gc.get_threshold(), (gc_tuning.YOUNG,) + before[1:])
+        self.assertEqual(triggers, [("after", "startup", gc.freeze)])

@@ -18,7 +18,7 @@ import sys
 from twisted.internet.stdio import StandardIO
 from twisted.logger import Logger, eventAsJSON, eventAsText, globalLogBeginner
 
-from .. import loglevel
+from .. import gc_tuning, loglevel
 from ..broker import make_broker
 from ..broker.amp import AmpBroker, WorkerProtocol
 from ..config import Settings
@@ -163,6 +163,7 @@ def main() -> None:
     reactor.addSystemEventTrigger("before", "shutdown", bound_the_stop)
     reactor.addSystemEventTrigger("before", "shutdown", server.stopService)
     reactor.addSystemEventTrigger("after", "startup", stop_on_signals, reactor)
+    gc_tuning.tune(reactor)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload is the master's to order
     reactor.run()
 
