@@ -173,17 +173,30 @@ class RedisCluster:
     def migrate(self, slot: int, source: RedisServer, target: RedisServer) -> int:
         """Move ``slot`` and its keys from master ``source`` to master
         ``target`` as ``redis-cli --cluster reshard`` does; the keys moved."""
+        steps = self.migration(slot, source, target)
+        for _ in steps:
+            pass
+        return self.moved
+
+    def migration(self, slot: int, source: RedisServer, target: RedisServer, batch: int = 100):
+        """``migrate``, one step at each iteration (the slot importing and
+        migrating; each ``batch`` of keys moved; the slot given to the
+        target, then the source, then the other masters); ``moved`` counts
+        the keys moved."""
         ids = {s.port: s.call("CLUSTER", "MYID") for s in (source, target)}
         target.call("CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source.port])
         source.call("CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target.port])
-        moved = 0
-        while keys := source.call("CLUSTER", "GETKEYSINSLOT", slot, 100):
+        self.moved = 0
+        yield "migrating"
+        while keys := source.call("CLUSTER", "GETKEYSINSLOT", slot, batch):
             source.call("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
-            moved += len(keys)
-        for server in self.servers:
-            if server.child is not None and server.call("ROLE")[0] == b"master":
-                server.call("CLUSTER", "SETSLOT", slot, "NODE", ids[target.port])
-        return moved
+            self.moved += len(keys)
+            yield f"{self.moved} keys moved"
+        others = [s for s in self.servers if s.port not in ids and s.child is not None
+                  and s.call("ROLE")[0] == b"master"]
+        for server in [target, source, *others]:
+            server.call("CLUSTER", "SETSLOT", slot, "NODE", ids[target.port])
+            yield f"given at {server.port}"
 
     def replica_of(self, master: RedisServer) -> RedisServer:
         ports = [int(r[1]) for r in master.call("ROLE")[2]]

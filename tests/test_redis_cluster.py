@@ -15,14 +15,14 @@ from collections import Counter
 
 from twisted.internet import reactor
 from twisted.internet.defer import fail, succeed
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, LoopingCall, deferLater
 from twisted.trial import unittest
 from txredisapi import ConnectionError, ResponseError
 
 from pushsvc.broker import make_broker
 from pushsvc.broker.redis_cluster import Cluster, ClusterRedisBroker
 from pushsvc.broker.redis_cluster_links import Place, _Commands
-from pushsvc.broker.redis_context import QUEUE_MAX_AGE
+from pushsvc.broker.redis_link import NotRun
 from pushsvc.broker.redis_scripts import PUBLISH_SCRIPT
 from pushsvc.broker.redis_cluster_slots import (SLOTS, key_slot, owners, shard_prefixes,
                                                 slot_map)
@@ -150,53 +150,43 @@ class SlotTests(unittest.TestCase):
         return commands, sent, place
 
     def test_moved_and_ask_are_followed_to_a_connected_master(self):
-        """A call answered MOVED goes again to the master it names (the map
-        is read again soon); ASK goes there after ASKING; to a master this
-        process holds no connection to, the call fails as a lost connection."""
-        commands, sent, place = self.commands(["MOVED 5 10.0.0.2:7001", "ASK 5 10.0.0.2:7001",
+        """A command answered MOVED goes again to the master it names (the
+        map is read again soon); to a master this process holds no
+        connection to, it fails as a lost connection."""
+        commands, sent, place = self.commands(["MOVED 5 10.0.0.2:7001",
                                                "MOVED 5 10.0.0.3:7002"])
         self.assertEqual(self.successResultOf(commands.execute_command("GET", "k")), b"OK")
         self.assertEqual(sent, [("a", ("GET", "k")), ("b", ("GET", "k"))])
-        del sent[:]
-        self.assertEqual(self.successResultOf(commands.eval("script", ["k"], [1])), b"OK")
-        self.assertEqual(sent, [("a", ("EVAL", ["k"], [1])), ("b", ("ASKING",)),
-                                ("b", ("EVAL", ["k"], [1]))])
         failure = self.failureResultOf(commands.publish(b"c", b"m"), ConnectionError)
         self.assertEqual(str(failure.value), "MOVED to 10.0.0.3:7002 (slot 5): not connected "
                                              "there yet")
-        self.assertEqual(place.cluster.looked, 3)
+        self.assertEqual(place.cluster.looked, 2)
         self.assertIs(place.cmd.protocol, commands)
+
+    def test_a_script_runs_where_the_map_says_or_not_at_all(self):
+        """A script declares the place's fence too; answered ASK (its slot
+        migrates) or MOVED it is not run anywhere else: it fails as NotRun
+        and takes the shard's command link down until the map is read."""
+        for answer in ("ASK 5 10.0.0.2:7001", "MOVED 5 10.0.0.2:7001"):
+            commands, sent, place = self.commands([answer])
+            failure = self.failureResultOf(commands.eval(PUBLISH_SCRIPT, [b"k"], [1]), NotRun)
+            self.assertEqual(str(failure.value), answer)
+            self.assertEqual(sent, [("a", ("EVAL", [b"k", b"{p0.0}_fence"], [1]))])
+            self.assertIsNone(place.cmd.protocol)
+            self.assertEqual(place.cluster.looked, 1)
 
     def test_a_master_that_refuses_for_now_takes_the_shard_down(self):
         """CLUSTERDOWN (a cluster that needs every slot held, while a failed
-        master waits for its replica) fails the call as a lost connection
-        and takes the shard's command link down: what follows is queued."""
+        master waits for its replica) fails the call as NotRun and takes the
+        shard's command link down: what follows is queued."""
         commands, sent, place = self.commands(["CLUSTERDOWN The cluster is down"])
-        failure = self.failureResultOf(commands.eval("script", ["k"], []), ConnectionError)
+        failure = self.failureResultOf(commands.eval("script", ["k"], []), NotRun)
         self.assertEqual(str(failure.value), "CLUSTERDOWN The cluster is down")
         self.assertIsNone(place.cmd.protocol)
         self.assertTrue(place.refused)
         self.assertEqual(place.broker.events, [("up", "commands"), (
             "down", "commands", "CLUSTERDOWN The cluster is down")])
         self.assertEqual(place.cluster.looked, 1)
-
-    def test_a_refused_publish_is_sent_again_first_once_the_shard_is_up(self):
-        """The publish script's call refused (not run) waits, and goes first
-        once the shard is up again; one refused too long ago fails."""
-        commands, sent, place = self.commands(["CLUSTERDOWN The cluster is down"] * 3)
-        first = commands.eval(PUBLISH_SCRIPT, ["k"], [1])
-        second = commands.eval(PUBLISH_SCRIPT, ["k"], [2])
-        self.assertNoResult(first)
-        self.assertEqual((len(place.held), place.cmd.protocol), (2, None))
-        place.cluster.clock.advance(QUEUE_MAX_AGE + 1)
-        third = commands.eval(PUBLISH_SCRIPT, ["k"], [3])  # was in flight: refused later
-        del sent[:]
-        place.cmd.up(_Commands(place, place.cluster.nodes[("10.0.0.2", 7001)].cmd.protocol))
-        self.failureResultOf(first, ConnectionError)
-        self.failureResultOf(second, ConnectionError)
-        self.assertEqual(self.successResultOf(third), b"OK")
-        self.assertEqual(sent, [("b", ("EVAL", ["k"], [3]))])
-        self.assertEqual(place.broker.events[-1], ("up", "commands"))
 
     def test_a_refused_shard_is_up_again_once_every_slot_is_held(self):
         s = settings(redis="redis+cluster://127.0.0.1:1", redis_cluster_shards=2)
@@ -437,6 +427,48 @@ class ClusterBrokerTests(unittest.TestCase):
         found, gaps = (await shard.replay([f"group:{group}"], 0, shard.epoch))[:2]
         self.assertEqual(([msg_id for msg_id, _ in found], gaps),
                          (["a.0.x.BEFORE", "a.0.x.AFTER"], []))
+
+    @run
+    async def test_what_is_published_while_a_slot_migrates_arrives_once(self):
+        """One shard's slot moves to another master one key at a time while
+        a publishes on it every 10 ms: its calls are refused while the slot
+        migrates (the fence: never run on keys half moved, never
+        redirected) and wait in its queue; once the slot is on its new
+        master and b has subscribed there, b has every message once, in
+        order, and so has a; the shard's history replays them all."""
+        a, b = await self.start()
+        group = on_each(SHARDS)[0]
+        for engine in (a, b):
+            await self.subscribe(engine, f"group:{group}")
+        prefix = self.prefix(f"group:{group}")
+        source = self.cluster.master_of(prefix)
+        target = next(s for s in self.cluster.servers[:3] if s.port != source.port)
+        published = []
+
+        def publish():
+            published.append(f"a.0.x.M{len(published)}")
+            a.broker.publish(*message(published[-1], group=[group]))
+        ticker = LoopingCall(publish)
+        ticker.start(0.01)
+        steps = []
+        for step in self.cluster.migration(key_slot(prefix.encode()), source, target, batch=1):
+            steps.append(step)
+            await deferLater(reactor, 0.05, lambda: None)  # publishes in every phase
+        channel = prefix + f"group:{group}"
+        await eventually(lambda: target.call("PUBSUB", "SHARDNUMSUB", channel)[1] == 2, 10,
+                         "both subscribed on the new master")
+        await eventually(lambda: b.delivered[-1:] == published[-1:] and len(published) > 5 + len(
+            steps) * 3, 10, "messages after the migration")
+        ticker.stop()
+        await eventually(lambda: b.delivered[-1:] == published[-1:], 10, "the last one")
+        self.assertGreater(self.cluster.moved, 2)
+        self.assertGreater(a.broker.counters["queued"], 0, "no call was refused")
+        self.assertEqual(b.delivered, published)
+        self.assertEqual(a.delivered, published)
+        self.assertEqual(a.broker.counters["lost"], 0)
+        shard = b.broker.shards[shard_of(f"group:{group}", SHARDS)]
+        found = (await shard.replay([f"group:{group}"], 0, shard.epoch))[0]
+        self.assertEqual([msg_id for msg_id, _ in found], published)
 
     @run
     async def test_a_cluster_down_keeps_the_refused_call_and_what_follows(self):

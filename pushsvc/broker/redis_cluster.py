@@ -28,15 +28,20 @@ one (their queue kept, then sent once the peers are back).  A master that
 refuses for now (``CLUSTERDOWN``: a cluster that needs every slot held, while
 a failed master's slots wait for a replica; ``TRYAGAIN``) takes the shard
 down the same way, until a slot map with every slot held; the publish calls
-it refused are sent again first (``Place.hold``).  A URL pointing at
-a Redis without cluster mode is logged as such and named by ``/healthz``.
+it refused wait in the publisher's queue, first.  A URL pointing at a Redis
+without cluster mode is logged as such and named by ``/healthz``.
+
+A slot that migrates.  Every script call declares a key that never exists
+(``Place.fence``), so while its slot migrates Redis refuses it (TRYAGAIN,
+or ASK) instead of running it on keys half moved; a script call is never
+redirected (``redis_cluster_links._Commands``).  So the shard is down from
+its first refused call until the map shows the slot's new master, and its
+publishes wait in the queue, sent there once the peers have registered
+again (having subscribed there): none is lost, none runs twice.
 
 Limits.  Replication is asynchronous: what a master acknowledged just
 before it failed may be missing on the promoted replica (history and
-mailboxes included; a resume then reports gaps).  While a slot migrates,
-the scripts' undeclared keys (a channel's list, a mailbox: in the same slot
-as the declared ones) may be half moved; migrate a shard's slot while
-little is published.
+mailboxes included; a resume then reports gaps).
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ shared by the shards it holds (``redis_cluster`` has the map).
 its key prefix (its hash tag), and two links, ``_ShardLink``, that look like
 ``redis_link._Link``s.  A shard link is up while the master holding the
 shard's slot is connected: its ``protocol`` is then, for commands, a
-``_Commands`` bound to that master (scripts sharded, MOVED and ASK
-followed), and for the subscriber the master's subscriber connection
-(SSUBSCRIBE).  When the slot moves or its master goes, the links go down and
+``_Commands`` bound to that master (scripts sharded and run there only,
+other commands following MOVED and ASK), and for the subscriber the
+master's subscriber connection (SSUBSCRIBE).  When the slot moves or its master goes, the links go down and
 come up on the new master: the broker subscribes everything again there, and
 its queue waits for the peers to be back, as after any outage.
 
@@ -20,11 +20,10 @@ hash tag names.
 from __future__ import annotations
 
 import txredisapi
-from twisted.internet.defer import Deferred, DeferredList, fail, maybeDeferred, succeed
+from twisted.internet.defer import DeferredList, maybeDeferred, succeed
 from twisted.logger import Logger
 
-from .redis_context import QUEUE_MAX_AGE
-from .redis_link import _Link, _Server, _Subscriber
+from .redis_link import NotRun, _Link, _Server, _Subscriber
 from .redis_scripts import SHARDED
 from .redis_url import RedisURL
 
@@ -34,7 +33,7 @@ _log = Logger()
 
 REDIRECTS = 2          # MOVED or ASK followed for one call, at most
 REFUSALS = ("CLUSTERDOWN", "TRYAGAIN")   # a master that cannot serve the slot now
-MAX_HELD = 1000        # refused publish calls a place keeps to send again, at most
+REDIRECTIONS = ("MOVED", "ASK")           # the slot is elsewhere, or on its way there
 
 
 class Place:
@@ -50,7 +49,10 @@ class Place:
         self.node: tuple[str, int] | None = None
         self.dirty = False        # the server dropped a subscription: subscribe again
         self.refused = False      # its master refused a command for now (REFUSALS)
-        self.held: list = []      # (when, send, Deferred) of the publish calls refused
+        # Declared by every script call, never written: while the slot
+        # migrates Redis refuses the call (TRYAGAIN, ASK) rather than run it
+        # on keys half moved.
+        self.fence = self.prefix_b + b"_fence"
         self.cmd = _ShardLink(self, "commands")
         self.sub = _ShardLink(self, "subscriber")
         self.sub.SUBSCRIBE, self.sub.UNSUBSCRIBE = b"SSUBSCRIBE", b"SUNSUBSCRIBE"
@@ -72,33 +74,13 @@ class Place:
         return rest.decode("utf-8", "surrogatepass") in self.broker.subscriptions
 
     def unavailable(self, error: str) -> None:
-        """Its master cannot serve it now (the cluster is down, a slot is
-        half migrated): its command link is down (what is published waits in
-        the queue) until a slot map with every slot held (``redis_cluster``)."""
+        """Its master cannot serve it now (the cluster is down, its slot
+        migrates or has moved): its command link is down (what is published
+        waits in the queue, a refused publish first) until a slot map with
+        every slot held (``redis_cluster``), where it is then."""
         self.refused = True
         self.cmd.down(error)
         self.cluster.refresh_soon()
-
-    def hold(self, send) -> Deferred:
-        """A publish call its master refused (not run): sent again, before
-        anything else, once the place is up (``resend``); at most
-        ``MAX_HELD`` of them, for ``QUEUE_MAX_AGE`` seconds."""
-        if len(self.held) >= MAX_HELD:
-            return fail(txredisapi.ConnectionError("refused, and too many held already"))
-        entry = [self.cluster.clock.seconds(), send]
-        d = Deferred(lambda _: self.held.remove(entry))
-        entry.append(d)
-        self.held.append(entry)
-        return d
-
-    def resend(self, commands: "_Commands") -> None:
-        held, self.held = self.held, []
-        now = self.cluster.clock.seconds()
-        for when, send, d in held:
-            if now - when > QUEUE_MAX_AGE:
-                d.errback(txredisapi.ConnectionError("refused too long ago"))
-            else:
-                commands._call(send, hold=True).chainDeferred(d)
 
     def connect(self, node: "_Node | None", reason: str | None) -> None:
         """Down where it was (for ``reason``; None: it was nowhere); up on
@@ -143,8 +125,6 @@ class _ShardLink:
         if self.protocol is not None:
             self.down("a new connection")
         self.protocol, self.error = protocol, None
-        if self is self.place.cmd and self.place.held:
-            self.place.resend(protocol)  # before what the broker sends now
         self.place.broker._link_up(self)
 
     @staticmethod
@@ -161,19 +141,26 @@ class _ShardLink:
 
 class _Commands:
     """A place's command connection: ``eval``, ``publish`` and
-    ``execute_command`` as txredisapi's, on the master holding its slot,
-    scripts in their sharded form, a MOVED or ASK followed to a master this
-    process is connected to (else the call fails as a lost connection); a
+    ``execute_command`` as txredisapi's, on the master holding its slot; a
     master that refuses for now (CLUSTERDOWN, TRYAGAIN) takes the place's
-    command link down (``Place.unavailable``), and a publish script's call
-    it refused waits to be sent again (``Place.hold``)."""
+    command link down (``Place.unavailable``) and the call fails as
+    ``NotRun``.
+
+    Scripts, in their sharded form, declare ``Place.fence`` too and run on
+    that master only: a MOVED or ASK is a refusal.  Run where the slot goes
+    while its subscribers are still where it was (or not yet subscribed
+    there), a publish would reach nobody; refused, it waits in the
+    publisher's queue until this place is up where the slot is now and the
+    peers have registered there again, so subscribed.  Other commands
+    follow a MOVED or ASK to a master this process is connected to (else
+    they fail as a lost connection)."""
 
     def __init__(self, place: Place, proto):
         self.place, self.proto = place, proto
 
     def eval(self, script, keys, args):
-        sharded = SHARDED.get(script, script)
-        return self._call(lambda p: p.eval(sharded, keys, args), hold=script in SHARDED)
+        sharded, keys = SHARDED.get(script, script), [*keys, self.place.fence]
+        return self._call(lambda p: p.eval(sharded, keys, args), left=0)
 
     def publish(self, channel, message):
         return self._call(lambda p: p.execute_command("SPUBLISH", channel, message))
@@ -181,18 +168,18 @@ class _Commands:
     def execute_command(self, *args):
         return self._call(lambda p: p.execute_command(*args))
 
-    def _call(self, send, proto=None, left: int = REDIRECTS, hold: bool = False):
+    def _call(self, send, proto=None, left: int = REDIRECTS):
+        """``send(protocol)``, following ``left`` redirections at most (0:
+        a redirection is a refusal)."""
         d = maybeDeferred(send, proto or self.proto)
 
         def redirected(failure):
             failure.trap(txredisapi.ResponseError)
             kind, _, where = str(failure.value).partition(" ")
-            if kind in REFUSALS:
+            if kind in REFUSALS or (kind in REDIRECTIONS and not left and proto is None):
                 self.place.unavailable(str(failure.value))
-                if hold:
-                    return self.place.hold(send)
-                raise txredisapi.ConnectionError(str(failure.value))
-            if kind not in ("MOVED", "ASK") or not left:
+                raise NotRun(str(failure.value))
+            if kind not in REDIRECTIONS or not left:
                 return failure
             cluster = self.place.cluster
             cluster.refresh_soon()
@@ -204,7 +191,7 @@ class _Commands:
                     f"{kind} to {address} (slot {slot}): not connected there yet")
             if kind == "ASK":
                 node.cmd.protocol.execute_command("ASKING").addErrback(lambda _: None)
-            return self._call(send, node.cmd.protocol, left - 1, hold)
+            return self._call(send, node.cmd.protocol, left - 1)
         return d.addErrback(redirected)
 
 

@@ -59,6 +59,12 @@ def _reason(failure: Failure) -> str:
     return failure.getErrorMessage() or failure.type.__name__
 
 
+class NotRun(txredisapi.ConnectionError):
+    """A call the server refused without running it (a Redis Cluster whose
+    slot moves, or that cannot serve it now): to be sent again once the
+    connection is up, as what was queued while it was down."""
+
+
 class _Subscriber(txredisapi.SubscriberProtocol):
     """txredisapi's subscriber, with every push handed to the broker: messages,
     subscribe confirmations (by channel) and the answers to PING; the same

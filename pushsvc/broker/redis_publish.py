@@ -51,6 +51,7 @@ from ..wire.records import as_relay
 from .redis_calls import BATCH_BYTES, BATCH_MESSAGES, _calls, _Out
 from .redis_context import QUEUE_MAX_AGE, Context
 from .redis_inbox import Inbox
+from .redis_link import NotRun
 from .redis_members import Members
 from .redis_history_lua import channel_keys
 from .redis_scripts import (PUBLISH_SCRIPT, body, mail_key, payload_body, payload_head,
@@ -193,6 +194,9 @@ class Publisher:
 
     def _not_sent(self, failure: Failure, seq: int, by_channel, outs: list[_Out]) -> None:
         self.inbox.own_failed(seq)
+        if failure.check(NotRun):
+            self._requeue(outs)
+            return
         if failure.check(txredisapi.ResponseError) and str(failure.value).startswith("OOM"):
             self._without_history(failure, by_channel, outs)
             return
@@ -222,6 +226,16 @@ class Publisher:
                                             "failed", f, count=len(outs)))
 
     # -- the queue while Redis is away ----------------------------------------
+
+    def _requeue(self, outs: list[_Out]) -> None:
+        """A call Redis refused without running it (``NotRun``: a Redis
+        Cluster's slot moving, its connection down now): its messages wait
+        in the queue, in publish order with what came after them."""
+        self._relay(outs)
+        self._queue_up(outs)
+        self._queue = deque(sorted(self._queue, key=lambda entry: entry[1].number))
+        if self.may_send():  # already up again, and released
+            self._release()
 
     def _queue_up(self, outs: list[_Out]) -> None:
         """Queue messages for other nodes while Redis is away: the newest
@@ -288,19 +302,22 @@ class Publisher:
     def _check_hold(self, peers: set[str], since: int | None) -> None:
         """Send the queue once the peers known before the outage are back:
         registered again since this reconnection (so subscribed again; a
-        registration from before may have outlived the outage in Redis), or
-        after ``hold_time``."""
+        registration from before may have outlived the outage in Redis, or
+        moved with a Redis Cluster's slot: the first look, ``since`` None,
+        only reads the time), or after ``hold_time``."""
         ctx = self.context
         self._hold_call = None
         if not self._holding or ctx.closed:
             return
         d = self.members.registered(since)
+        first = since is None
 
         def seen(result):
             if not self._holding or ctx.closed:  # the connection went meanwhile
                 return
             since, members = result
-            missing = peers - {m.decode("utf-8", "replace") for m in members}
+            back = set() if first else {m.decode("utf-8", "replace") for m in members}
+            missing = peers - back
             if missing and ctx.clock.seconds() < self._hold_until:
                 self._hold_call = ctx.clock.callLater(HOLD_POLL, self._check_hold, peers,
                                                       since)
