@@ -18,7 +18,7 @@ Twisted that renames one fails the suite, not a server.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet.abstract import FileDescriptor
 
@@ -43,11 +43,22 @@ def write_now(transport: Any, data: bytes) -> None:
     HTTP answer, a WebSocket frame, a record on a worker's pipe).  A TLS
     transport is written to as usual.
     """
-    if (isinstance(transport, FileDescriptor) and not getattr(transport, "TLS", False)
-            and transport.connected and not transport.disconnecting
-            and nothing_unsent(transport)):
-        sent = transport.writeSomeData(data)
-        if not isinstance(sent, int):  # the connection is lost: the transport will find it
+    if isinstance(transport, FileDescriptor) and not getattr(transport, "TLS", False):
+        send_now(transport, transport.writeSomeData, data)
+    else:
+        transport.write(data)
+
+
+def send_now(transport: Any, send: Callable[[bytes], Any], data: bytes) -> None:
+    """``write_now`` for a transport known to be a plain FileDescriptor:
+    ``send`` is its ``writeSomeData``, or its socket's ``send`` (cheaper, for
+    a caller that knows the transport is TCP)."""
+    if transport.connected and not transport.disconnecting and nothing_unsent(transport):
+        try:
+            sent = send(data)
+        except OSError:  # EAGAIN, or an error the transport will find itself
+            sent = 0
+        if not isinstance(sent, int):  # writeSomeData's lost connection: the same
             sent = 0
         if sent == len(data):
             return

@@ -33,7 +33,7 @@ from .engine import IConnection, Overloaded
 from .limits import RateGuard
 from .protocol import (BAD_REQUEST, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN,
                        RATE_LIMITED, ProtocolError, encode, error_frame, ref_of)
-from .twisted_private import nothing_unsent
+from .twisted_private import send_now
 from .wsbase import LeanServerProtocol
 
 _log = Logger()
@@ -326,17 +326,10 @@ class PushServerProtocol(LeanServerProtocol):
 
     def _write(self, data: bytes) -> None:
         self.factory.meter.bytes_out += len(data)
-        transport, sock = self.transport, self._socket
-        if (sock is not None and transport.connected and not transport.disconnecting
-                and nothing_unsent(transport)):
-            try:
-                sent = sock.send(data)
-            except OSError:  # EAGAIN, or an error the transport will find itself
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        transport.write(data)
+        if self._socket is not None:
+            send_now(self.transport, self._socket.send, data)
+        else:
+            self.transport.write(data)
 
     def sendData(self, data, sync=False, chopsize=None):
         # The handshake's answer waits for the end of the turn, so that it
