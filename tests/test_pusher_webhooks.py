@@ -3,8 +3,9 @@ request goes to a real twisted.web receiver on 127.0.0.1 and is checked with
 the official SDK's ``validate_webhook``.  The sender alone (its windows and
 retries on a Clock): batching, the events each URL asks for, retries, the
 bounds.  Then the server: each event type from a Pusher connection on one
-process, and channel_occupied/vacated on a pool of two workers (decided by
-the hub)."""
+process (with and without Redis), and channel_occupied/vacated on a pool
+of two workers (decided by the hub; with Redis, by the workers in Redis).  Across Redis nodes:
+test_pusher_webhooks_redis."""
 
 from __future__ import annotations
 
@@ -383,18 +384,21 @@ class OneProcessTests(ServerTestCase):
         self.assertIn(b'pushsvc_pusher_webhook_events_total{result="sent"} 5.0', exposition)
 
     @run
-    async def test_with_redis_member_and_client_events_only(self):
-        """With Redis, channel_occupied/vacated are not sent (a node does not
-        know the other nodes' members); member and client events are."""
+    async def test_with_redis_every_event_type_too(self):
+        """With Redis, Redis decides occupied and vacated
+        (broker/redis_occupancy.py; across nodes: test_pusher_webhooks_redis)."""
         redis = RedisServer(self)
         await redis.start()
         receiver, _, _ = await self.presence_flow(redis=redis.url, redis_heartbeat=0.2)
-        self.assertEqual([e["name"] for e in receiver.events()],
-                         ["member_added", "client_event", "member_removed"])
+        names = [e["name"] for e in receiver.events()]
+        self.assertEqual(sorted(names), sorted(ALL))
+        self.assertLess(names.index("channel_occupied"), names.index("channel_vacated"))
+        self.assertEqual(redis.call("HLEN", "pushsvc:_occupied"), 0)
 
 
 class PoolTests(PoolTestCase):
-    """On a pool of two workers the hub decides occupied and vacated."""
+    """On a pool of two workers the hub decides occupied and vacated (with
+    Redis, the workers do)."""
 
     @run
     async def test_two_members_on_two_workers_one_occupied_one_vacated(self):
@@ -425,6 +429,39 @@ class PoolTests(PoolTestCase):
         for _, headers, body in receiver.requests:
             self.assertIsNotNone(validated(app, headers, body))
         await eventually(lambda: self.pool.webhooks.counters["webhook_sent"] == 2)
+
+
+    @run
+    async def test_with_redis_the_workers_decide(self):
+        """A pool with Redis: each worker's engine asks Redis (the hub's table
+        is one node's), and the master sends none of them."""
+        redis = RedisServer(self)
+        await redis.start()
+        receiver = Receiver()
+        app = {"id": "1001", "key": "app-key", "secret": "app-secret",
+               "webhooks": [{"url": listen(self, receiver) + "/hook",
+                             "events": ["channel_occupied", "channel_vacated"]}]}
+        await self.start_pool(2, redis=redis.url, redis_heartbeat=0.2,
+                              **pusher_overrides([app]))
+        await eventually(lambda: redis.call("ZCARD", "pushsvc:_members") == 2, 20,
+                         "both workers registered")
+        _, by_worker = await self.spread_clients(20)
+        first, second = (members[0] for members in by_worker.values())
+        for c in (first, second):
+            status, _ = await self.http("POST", "/api/join", {"session": c.session,
+                                                              "group": "pusher.1001:chat"})
+            self.assertEqual(status, 200)
+        await eventually(lambda: receiver.events(), what="channel_occupied")
+        await first.disconnect()
+        await deferLater(reactor, 2 * WINDOW)
+        self.assertEqual(len(receiver.events()), 1)  # second is still there
+        await second.disconnect()
+        await eventually(lambda: len(receiver.events()) == 2, what="channel_vacated")
+        await deferLater(reactor, 2 * WINDOW)  # nothing more comes
+        self.assertEqual(receiver.events(), [
+            {"name": "channel_occupied", "channel": "chat"},
+            {"name": "channel_vacated", "channel": "chat"}])
+        self.assertEqual(self.pool.webhooks.counters["webhook_sent"], 0)
 
 
 class WatchTests(unittest.TestCase):

@@ -270,9 +270,13 @@ class _Node:
     def dropped(self, key: bytes) -> None:
         """The server unsubscribed ``key`` (or confirms an unsubscription)."""
         place = self._place(key)
-        if place is not None and place.broker is not None and place.wants(key):
+        if place is None or place.broker is None:
+            return
+        if place.wants(key):
             place.dirty = True
             self.cluster.refresh_soon()
+        else:  # the confirmation of the broker's own SUNSUBSCRIBE
+            place.broker._unsubscribed(key)
 
     def refused(self, error: str) -> None:
         """An error on the subscriber: a MOVED names the slot that moved."""

@@ -46,6 +46,9 @@ class LinkOwner(Protocol):
     def _confirmed(self, key: bytes) -> None:
         """Redis confirmed the subscriber's SUBSCRIBE of ``key``."""
 
+    def _unsubscribed(self, key: bytes) -> None:
+        """Redis confirmed the subscriber's UNSUBSCRIBE of ``key``."""
+
 
 def _command(*args: bytes) -> bytes:
     """One Redis command in RESP (written straight to the subscriber)."""
@@ -67,8 +70,8 @@ class NotRun(txredisapi.ConnectionError):
 
 class _Subscriber(txredisapi.SubscriberProtocol):
     """txredisapi's subscriber, with every push handed to the broker: messages,
-    subscribe confirmations (by channel) and the answers to PING; the same
-    for shard channels (SSUBSCRIBE, in a Redis Cluster)."""
+    subscribe and unsubscribe confirmations (by channel) and the answers to
+    PING; the same for shard channels (SSUBSCRIBE, in a Redis Cluster)."""
 
     link: "_Link"
 
@@ -83,6 +86,7 @@ class _Subscriber(txredisapi.SubscriberProtocol):
                     self.link.broker._confirmed(reply[1])
                     return
                 if kind == b"unsubscribe" and len(reply) == 3:
+                    self.link.broker._unsubscribed(reply[1])
                     return
                 if kind == b"pong":
                     self.link.ponged()
