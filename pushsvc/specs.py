@@ -78,6 +78,10 @@ SPECS: tuple[Spec, ...] = (
     Spec("limits", "max_connections_per_ip", 256, integer(0),
          "connections one client address may hold in this process (per "
          "worker); past it 429; 0 = no limit"),
+    Spec("limits", "count_interval", 1.0, seconds(0.05),
+         "seconds between the exchanges of each process's Pusher connections "
+         "per app with the others (the pool's hub, or Redis), for the apps' "
+         "max_connections across the cluster"),
     Spec("limits", "messages_per_second", 50.0, per_second,
          "messages (and pings) a session may send per second on average; "
          "past it error rate_limited; 0 = no limit"),
@@ -196,5 +200,5 @@ SPECS: tuple[Spec, ...] = (
 # Settings a reload leaves as they are: only a restart of the server applies them.
 RESTART_ONLY = ("port", "listen", "workers", "node", "admin", "admin_secret", "log_format",
                 "redis", "redis_urls", "redis_cluster_shards", "redis_prefix", "redis_timeout",
-                "redis_heartbeat",
+                "redis_heartbeat", "count_interval",
                 "redis_max_queued", "redis_max_queued_bytes")

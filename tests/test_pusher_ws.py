@@ -390,7 +390,7 @@ class EdgeTests(ServerTestCase):
         engine = self.engine
         await eventually(lambda: engine.registry.is_empty(), what="every session gone")
         self.assertTrue(engine.joins.is_empty())
-        self.assertEqual(dict(edge.open), {})
+        self.assertEqual(dict(edge.capacity.own), {})
 
 
 class LivenessTests(ServerTestCase):

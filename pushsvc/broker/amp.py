@@ -21,11 +21,12 @@ from twisted.logger import Logger
 from twisted.protocols import amp
 from zope.interface import implementer
 
-from ..wire.hub_commands import (Member, PublishBatch, Replay, RunCommand, Subscribe,
-                                 TakeMail, Unsubscribe)
+from ..wire.hub_commands import (CountConnections, Member, PublishBatch, Replay,
+                                 RunCommand, Subscribe, TakeMail, Unsubscribe)
 from ..wire.records import Outbox, pack_publish, unpack_messages
 from ..wire.worker_commands import DeliverBatch, Perform, refused
 from ..protocol import Address, ProtocolError, encode
+from .counts import CountExchange
 from .interface import Command, IBroker, Message
 
 _log = Logger()
@@ -119,6 +120,7 @@ class AmpBroker:
         self.outbox = Outbox(clock, self._send)
         self.closed = False
         self.on_member = None  # the hub announces a dead worker's departures
+        self.counts: CountExchange | None = None  # share_counts, once connected
 
     def attach(self, receiver):
         self.receiver = receiver
@@ -126,6 +128,8 @@ class AmpBroker:
     def connect(self, hub: amp.AMP) -> None:
         """Use ``hub`` (a connected WorkerProtocol) from now on."""
         self.hub = hub
+        if self.counts is not None:
+            self.counts.start()
 
     def subscribe(self, channel):
         self.subscriptions.add(channel)
@@ -167,6 +171,15 @@ class AmpBroker:
                                 joined=joined)
         return d.addCallback(lambda answer: answer["changed"])
 
+    def share_counts(self, report, learned, interval):
+        """Through the hub (``CountConnections``), from the time it is connected."""
+        def send(counts):
+            d = self.hub.callRemote(CountConnections, counts=counts)
+            return d.addCallback(lambda answer: answer["others"])
+        self.counts = CountExchange(self.clock, send, report, learned, interval)
+        if self.hub is not None:
+            self.counts.start()
+
     def health(self):
         return None  # the hub is the master: a worker without it stops
 
@@ -175,6 +188,8 @@ class AmpBroker:
 
     def close(self):
         self.closed = True
+        if self.counts is not None:
+            self.counts.stop()
         if self.hub is not None and self.hub.transport is not None:
             self.outbox.flush()
             self.hub.transport.loseConnection()

@@ -66,6 +66,13 @@ class IBroker(Interface):
                           "the heartbeat), this engine's counted again after an outage; "
                           "None: not announced.")
 
+    def share_counts(report, learned, interval):
+        """Every ``interval`` seconds, tell the other engines this engine's
+        counts ``report()`` (a dict name -> count; None: nothing to share
+        now) and hand the sum of the other live engines' last reports to
+        ``learned(totals)`` (``broker/counts.py``; Pusher's connections per
+        app).  One engine alone has no others: nothing is exchanged."""
+
     epoch = Attribute("The epoch of the history behind this broker (str), or None "
                       "when it keeps no history.")
 

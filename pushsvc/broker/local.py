@@ -73,6 +73,9 @@ class LocalBroker:
     def member(self, group, user, session, joined, info=None):
         return succeed(self.tally.change(ENGINE, group, user, session, joined))
 
+    def share_counts(self, report, learned, interval):
+        pass  # one engine: there are no others to tell
+
     def health(self):
         return None  # one process: every engine is this one
 

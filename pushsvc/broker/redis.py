@@ -24,7 +24,6 @@ import os
 import socket
 from typing import Callable
 
-import txredisapi
 from twisted.internet.defer import DeferredList, succeed
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -32,9 +31,10 @@ from zope.interface import implementer
 from ..reloadable import IReloadable
 from .interface import IBroker, Message
 from .redis_context import Context
+from .redis_counts import Counts
 from .redis_history import HistoryReader
 from .redis_inbox import Inbox
-from .redis_link import _Link, _SentinelMaster, _Server, _Subscriber
+from .redis_link import CommandProtocol, _Link, _SentinelMaster, _Server, _Subscriber
 from .redis_members import Members
 from .redis_presence import Presence
 from .redis_publish import Publisher
@@ -76,6 +76,8 @@ class RedisBroker:
       Pusher's channel_occupied/vacated decided in Redis (``watch_occupancy``).
     - ``_presence`` (``redis_presence.Presence``): ``member``, presence
       members counted in Redis, a dead engine's swept at the heartbeat.
+    - ``_counts`` (``redis_counts.Counts``): ``share_counts``, each engine's
+      report in a Redis hash, expiring with an engine that stops reporting.
 
     The facade starts and stops them, hands each connection's events
     (``redis_link.LinkOwner``) to the parts concerned, and keeps the order
@@ -102,7 +104,7 @@ class RedisBroker:
             url = parse_redis_url(url or settings.redis)
             kind = _SentinelMaster if url.sentinel else _Server
             self._server = kind(reactor, url, timeout)
-            self._cmd = _Link(self, "commands", self._server, txredisapi.RedisProtocol,
+            self._cmd = _Link(self, "commands", self._server, CommandProtocol,
                               url.db, clock, timeout)
             self._sub = _Link(self, "subscriber", self._server, _Subscriber, None, clock,
                               timeout)
@@ -119,6 +121,7 @@ class RedisBroker:
         self._publisher = Publisher(ctx, self._inbox, self._members)
         self._reads = HistoryReader(ctx, self._publisher.flush, self._subscriptions.standing)
         self._presence = Presence(ctx)
+        self._counts = Counts(ctx)
         self.subscriptions = ctx.channels  # one set, kept by _subscriptions
         self._started = False
 
@@ -183,6 +186,7 @@ class RedisBroker:
         self._cmd.start()
         self._sub.start()
         self._members.start()
+        self._counts.start()
 
     def use_hub(self, hub) -> None:
         """Within this node, use ``hub`` (a pool worker's connected
@@ -229,6 +233,7 @@ class RedisBroker:
         ctx.closed = True
         self._publisher.stop()
         self._presence.stop()
+        self._counts.stop()
         self._members.stop()
         d = self._members.leave()  # after the last publish
 
@@ -257,6 +262,9 @@ class RedisBroker:
 
     def member(self, group, user, session, joined, info=None):
         return self._presence.member(group, user, session, joined, info)
+
+    def share_counts(self, report, learned, interval):
+        self._counts.share(report, learned, interval)
 
     def replay(self, channels, since, epoch):
         return self._reads.replay(channels, since, epoch)

@@ -242,6 +242,10 @@ class ShardedRedisBroker:
         """On the shard of the group's channel."""
         return self._of(f"group:{group}").member(group, user, session, joined, info)
 
+    def share_counts(self, report, learned, interval):
+        """Through shard 0, as commands."""
+        self.shards[0].share_counts(report, learned, interval)
+
     def replay(self, channels, since, epoch):
         """Each shard's replay of its channels from the client's position
         there, merged (``redis_shards.merge``): a ``Replayed``.  Fails only

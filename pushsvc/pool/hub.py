@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING
 from twisted.logger import Logger
 from twisted.protocols import amp
 
+from ..broker.counts import add_up, check_counts
 from ..keeper import Keeper
 from ..routing import channels as route
 from ..tally import MemberTally
-from ..wire.hub_commands import (GatherMetrics, Hello, Member, PublishBatch, Replay,
-                                 RunCommand, Subscribe, TakeMail, Unsubscribe)
+from ..wire.hub_commands import (CountConnections, GatherMetrics, Hello, Member,
+                                 PublishBatch, Replay, RunCommand, Subscribe, TakeMail,
+                                 Unsubscribe)
 from ..wire.records import (RELAY, STORE, Outbox, message_parts, pack_message,
                             pack_publish, reframe, unpack_publishes)
 from ..wire.worker_commands import DeliverBatch
@@ -31,7 +33,8 @@ class Hub:
 
     ``tally`` counts the workers' presence members (``Member``);
     ``departed(group, user)`` is told of each user whose last session was
-    in a worker that ended (the master announces it)."""
+    in a worker that ended (the master announces it).  ``counts`` holds
+    each live worker's last ``CountConnections`` report."""
 
     def __init__(self, keeper: Keeper, clock, pool: "Pool"):
         self.keeper = keeper
@@ -40,6 +43,7 @@ class Hub:
         self.outbox = Outbox(clock, self._deliver)  # WorkerProcess -> records
         self.tally = MemberTally()
         self.departed = None
+        self.counts: dict["WorkerProcess", dict[str, int]] = {}
 
     def protocol(self, worker: "WorkerProcess") -> "HubProtocol":
         """The master's end of ``worker``'s AMP pipe."""
@@ -82,8 +86,15 @@ class Hub:
         to = message.to_text or message.to.to_text()
         self.forward(None, pack_publish(route(message.to), message.id, to, message.frame))
 
+    def counted(self, worker: "WorkerProcess", counts) -> dict:
+        """Keep ``worker``'s report; the sum of the other workers' last."""
+        self.counts[worker] = check_counts(counts)
+        return {"others": add_up(c for w, c in self.counts.items() if w is not worker)}
+
     def gone(self, worker: "WorkerProcess") -> None:
-        """``worker`` has ended: its presence members leave, at once."""
+        """``worker`` has ended: its presence members leave, and its
+        connections stop counting, at once."""
+        self.counts.pop(worker, None)
         for group, user in self.tally.drop(worker):
             if self.departed is not None:
                 try:
@@ -137,6 +148,10 @@ class HubProtocol(amp.AMP):
     @Member.responder
     def member(self, group, user, session, joined):
         return {"changed": self.hub.tally.change(self.worker, group, user, session, joined)}
+
+    @CountConnections.responder
+    def count_connections(self, counts):
+        return self.hub.counted(self.worker, counts)
 
     @PublishBatch.responder
     def publish(self, batch):

@@ -10,7 +10,7 @@ Each table is one Pusher app::
     enabled = true              # false: connections closed with 4003, API answers 403
     client_events = false       # whether clients may send client-* events
     user_authentication = false # true: a connection must sign in (pusher:signin)
-    max_connections = 0         # open connections of this app; 0 = no cap
+    max_connections = 0         # open connections of this app, cluster-wide; 0 = no cap
     max_event_bytes = 10240     # an event's data, UTF-8 bytes (Pusher's 10 KB)
     max_channel_name = 200      # characters (Pusher's limit; its SDKs refuse longer)
     max_client_events_per_second = 10   # per connection (Pusher's); over it 4301; 0 = none

@@ -22,17 +22,17 @@ channels it is subscribed to, and only its frames differ:
 ``PusherEdge`` is what the ``/app`` resource upgrades with: it builds these
 connections for the process's WebSocket factory, admits them (app key,
 protocol version, the app's switch, its ``allowed_origins`` and connection
-cap) and gives them socket ids.  The origins are checked once the WebSocket
-is open, as Reverb does: a page from another origin gets ``pusher:error``
-4009 and the close with it, so pusher-js gives up instead of retrying a
-refused handshake forever (the process-wide ``http.allowed_origins`` has
-refused it before the upgrade, with 403, as at ``/ws``).
+cap, counted across the cluster: ``capacity.py``) and gives them socket
+ids.  The origins are checked once the WebSocket is open, as Reverb does: a
+page from another origin gets ``pusher:error`` 4009 and the close with it,
+so pusher-js gives up instead of retrying a refused handshake forever (the
+process-wide ``http.allowed_origins`` has refused it before the upgrade,
+with 403, as at ``/ws``).
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
 from typing import Callable
 
 from twisted.logger import Logger
@@ -41,6 +41,7 @@ from ..protocol import (CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_KICKED, CLOSE_PO
                         CLOSE_RESTART, CLOSE_TRY_AGAIN)
 from ..websocket import OPEN, prepare_frame
 from .apps import Apps, PusherApp
+from .capacity import Capacity
 from .dialect import (Translation, channel_for, groups_of, native_message, pusher_error,
                       pusher_frame)
 from .names import (ACTIVITY_TIMEOUT, APP_DISABLED, APP_NOT_FOUND, OVER_CAPACITY,
@@ -186,7 +187,9 @@ class PusherEdge:
     ``apps()`` gives the configured apps (re-read after a reload);
     ``webhooks`` sends the process's Pusher webhooks.  Socket
     ids are ``"<worker>.<counter>"`` with 30 random bits drawn at start for
-    ``worker`` (``names.new_socket_id``).
+    ``worker`` (``names.new_socket_id``).  ``capacity`` counts each app's
+    connections against its ``max_connections``, the other engines' as the
+    broker exchanges them every ``limits.count_interval`` (``capacity.py``).
     """
 
     def __init__(self, engine, factory, apps: Callable[[], Apps]):
@@ -197,7 +200,9 @@ class PusherEdge:
         self.serving = PusherServing(engine, self.webhooks)
         self.worker = int.from_bytes(os.urandom(4), "big") & 0x3FFFFFFF
         self.count = 0
-        self.open: Counter[str] = Counter()  # this process's connections, by app id
+        self.capacity = Capacity(lambda: any(app.max_connections for app in apps()))
+        engine.broker.share_counts(self.capacity.report, self.capacity.learned,
+                                   engine.settings.count_interval)
         self.translation = Translation(prepare_frame)
         self.protocol = type("PusherServerProtocol", (PusherProtocol, factory.protocol), {})
 
@@ -227,7 +232,7 @@ class PusherEdge:
             self.factory.counters["refused_origin"] += 1
             raise PusherError(UNAUTHORIZED, f"Origin not allowed: {origin[:200]!r} is not "
                                             f"in the allowed_origins of app {app.id}")
-        if app.max_connections and self.open[app.id] >= app.max_connections:
+        if not self.capacity.admits(app.id, app.max_connections):
             self.factory.counters["refused_full"] += 1
             raise PusherError(OVER_CAPACITY, f"app {app.id} has its {app.max_connections} "
                                              "connections; try again later")
@@ -248,7 +253,7 @@ class PusherEdge:
         """``conn`` has its engine session: its socket id, then the first frame."""
         engine, session = self.engine, conn.session
         self.count += 1
-        self.open[app.id] += 1
+        self.capacity.opened(app.id)
         settings = engine.settings
         conn.pusher = PusherSession(app, new_socket_id(self.count, self.worker),
                                     settings.namespace_separator)
@@ -268,9 +273,7 @@ class PusherEdge:
 
     def closed(self, pusher: PusherSession) -> None:
         """A connection's session has left the engine."""
-        self.open[pusher.app.id] -= 1
-        if self.open[pusher.app.id] <= 0:
-            del self.open[pusher.app.id]
+        self.capacity.closed(pusher.app.id)
         self.serving.gone(pusher)
 
     # -- frames -----------------------------------------------------------------

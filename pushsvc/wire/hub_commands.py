@@ -36,6 +36,14 @@ class Member(amp.Command):
     response = [(b"changed", amp.Boolean())]
 
 
+class CountConnections(amp.Command):
+    """The worker's counts (Pusher connections by app id,
+    ``broker/counts.py``); the answer is the sum of the other workers' last
+    reports."""
+    arguments = [(b"counts", Json())]
+    response = [(b"others", Json())]
+
+
 class PublishBatch(amp.Command):
     """Messages for every worker subscribed to one of their channels (the
     origin too, unless ``RELAY``): publish records (``pack_publish``), in
