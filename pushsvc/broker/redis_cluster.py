@@ -55,7 +55,7 @@ from twisted.logger import Logger
 from .redis import RedisBroker
 from .redis_cluster_links import Place, _Node
 from .redis_cluster_slots import SLOTS, key_slot, owners, shard_prefixes, slot_map
-from .redis_link import _Link, _reason
+from .redis_link import CommandProtocol, _Link, _reason
 from .redis_sharded import ShardedRedisBroker
 from .redis_url import RedisURL, parse_redis_url
 
@@ -101,7 +101,7 @@ class Cluster:
         self.nodes: dict[tuple[str, int], _Node] = {}
         self.error: str | None = None       # why the map cannot be read, logged once
         self._seeds = _Seeds(self)
-        self._control = _Link(self, "control", self._seeds, txredisapi.RedisProtocol, None,
+        self._control = _Link(self, "control", self._seeds, CommandProtocol, None,
                               clock, self.timeout)
         self._tick = LoopingCall(self._look)
         self._tick.clock = clock

@@ -23,7 +23,7 @@ import txredisapi
 from twisted.internet.defer import DeferredList, maybeDeferred, succeed
 from twisted.logger import Logger
 
-from .redis_link import NotRun, _Link, _Server, _Subscriber
+from .redis_link import CommandProtocol, NotRun, _Link, _Server, _Subscriber
 from .redis_scripts import SHARDED
 from .redis_url import RedisURL
 
@@ -218,7 +218,7 @@ class _Node:
         url = RedisURL((address,), 0, None, cluster.url.username, cluster.url.password)
         server = _Server(cluster.reactor, url, cluster.timeout)
         self.where = f"node {address[0]}:{address[1]}"
-        self.cmd = _Link(self, "commands", server, txredisapi.RedisProtocol, None,
+        self.cmd = _Link(self, "commands", server, CommandProtocol, None,
                          cluster.clock, cluster.timeout)
         self.sub = _Link(self, "subscriber", server, _ShardSubscriber, None,
                          cluster.clock, cluster.timeout)

@@ -68,7 +68,37 @@ class NotRun(txredisapi.ConnectionError):
     connection is up, as what was queued while it was down."""
 
 
-class _Subscriber(txredisapi.SubscriberProtocol):
+class _SameTurn:
+    """What follows a bulk string in a read, parsed in the same turn.
+
+    txredisapi's parser stops after each bulk string that more data follows
+    (``setLineMode(extra)``): it pauses the transport and parses the rest in
+    a later reactor turn (``callLater(0)``).  So one bulk string was parsed
+    per turn: a message from the subscriber (three of them) took three
+    turns, each with two ``epoll_ctl``, and a burst waited behind itself.
+    Here the rest is parsed at once, in a loop (not a recursion: a burst of
+    any size)."""
+
+    _rest = b""
+
+    def setLineMode(self, extra=b""):
+        self.line_mode = 1
+        if extra:
+            self._rest = extra
+
+    def dataReceived(self, data, unpause=False):
+        super().dataReceived(data, unpause)
+        while self._rest and not self.paused and not (
+                self.transport is None or self.transport.disconnecting):
+            rest, self._rest = self._rest, b""
+            super().dataReceived(rest)
+
+
+class CommandProtocol(_SameTurn, txredisapi.RedisProtocol):
+    """txredisapi's protocol for commands, each reply parsed when it comes."""
+
+
+class _Subscriber(_SameTurn, txredisapi.SubscriberProtocol):
     """txredisapi's subscriber, with every push handed to the broker: messages,
     subscribe and unsubscribe confirmations (by channel) and the answers to
     PING; the same for shard channels (SSUBSCRIBE, in a Redis Cluster)."""
