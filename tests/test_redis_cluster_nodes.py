@@ -154,6 +154,6 @@ class ClusterTwoNodeTests(ClusterNodesTestCase):
 
 
 class ClusterResumeTests(ClusterNodesTestCase, resume.ShardedResumeTests):
-    """Every test of resume across independent shards, through the
+    """The server's tests of resume across independent shards, through the
     cluster's logical shards; a shard stopped or restarted empty is its
     master and replica (``ShardServers``)."""

@@ -186,7 +186,7 @@ class MergeTests(unittest.TestCase):
                                                        1: [("b", 1), ("a", 1)]})], ["a", "b"])
 
 
-class ShardedResumeTests(NodesTestCase):
+class ShardedResumeBase(NodesTestCase):
     """Two nodes of two workers on three redis-servers; ann is in a group on
     each shard (``g``), and her user and ``all`` channels live on some."""
 
@@ -237,6 +237,37 @@ class ShardedResumeTests(NodesTestCase):
         await first.disconnect()
         return first, had, since, epoch
 
+    async def python_client(self):
+        """A started PushClient of ann on node a, with the messages and
+        resumed events it gets."""
+        await self.start()
+        self.use_port(self.nodes["a"].port)
+        client = PushClient(self.url, user="ann", groups=self.g, min_delay=1.0,
+                            random=lambda: 0.5)
+        self.addCleanup(client.stop)
+        got, resumed = [], []
+        client.on("message", got.append)
+        client.on("resumed", resumed.append)
+        await client.start()
+        return client, got, resumed
+
+    @staticmethod
+    def cursor_of_got(messages) -> list[int]:
+        since = [None, None, None]
+        for m in messages:
+            since[m["shard"]] = max(since[m["shard"]] or 0, m["pos"])
+        return since
+
+    def on_shards_but(self, ids, shard: int) -> list[str]:
+        """Those of ``ids`` on a channel of ann's on a shard other than ``shard``."""
+        return [i for i in ids if any(shard_of(c, 3) != shard and c in self.channels
+                                      for c in route(self.to_of[i]))]
+
+
+class ShardedResumeTests(ShardedResumeBase):
+    """What the server does for a resume across shards (a Redis Cluster's
+    logical shards run these again: test_redis_cluster_nodes)."""
+
     @run
     async def test_a_client_back_gets_each_missed_message_of_every_shard_once_in_order(self):
         """ann gets messages of every shard (one of three shards among them),
@@ -267,42 +298,6 @@ class ShardedResumeTests(NodesTestCase):
         await again.barrier()
         order_kept(self, again.messages, live)
         self.assertIn(bob.messages[0]["id"], had)
-
-    async def python_client(self):
-        """A started PushClient of ann on node a, with the messages and
-        resumed events it gets."""
-        await self.start()
-        self.use_port(self.nodes["a"].port)
-        client = PushClient(self.url, user="ann", groups=self.g, min_delay=1.0,
-                            random=lambda: 0.5)
-        self.addCleanup(client.stop)
-        got, resumed = [], []
-        client.on("message", got.append)
-        client.on("resumed", resumed.append)
-        await client.start()
-        return client, got, resumed
-
-    @run
-    async def test_the_python_client_resumes_across_shards_by_itself(self):
-        """PushClient keeps a position per shard and resumes with them: what
-        it missed while away comes once, nothing it had comes again."""
-        client, got, resumed = await self.python_client()
-        had = await self.pushes("b", 8, "had")
-        await eventually(lambda: len(got) == len(had), 10, "the first messages")
-        self.assertEqual(len(client.positions), 3)
-        self.assertEqual(client.last_pos, self.cursor_of_got(got))
-        client.protocol.transport.abortConnection()
-        await eventually(lambda: client.state == "waiting", 5, "away")
-        missed = await self.pushes("b", 16, "missed")
-        await client.when_ready()
-        await eventually(lambda: len(got) == len(had) + len(missed), 10, "the missed ones")
-        await client.ping()
-        order_kept(self, got[:len(had)], had)
-        order_kept(self, got[len(had):], missed)
-        [info] = resumed
-        self.assertEqual((info["replayed"], info["gaps"], info["epoch_changed"]),
-                         (len(missed), [], False))
-        self.assertEqual(client.last_pos, self.cursor_of_got(got))
 
     @run
     async def test_a_connected_client_goes_on_through_a_shard_restarted_empty(self):
@@ -337,18 +332,6 @@ class ShardedResumeTests(NodesTestCase):
         self.assertEqual((info["gaps"], info["epoch_changed"]),
                          (sorted(c for c in self.channels if shard_of(c, 3) == 1), True))
         self.assertEqual(client.pos_epoch, client.epoch)
-
-    @staticmethod
-    def cursor_of_got(messages) -> list[int]:
-        since = [None, None, None]
-        for m in messages:
-            since[m["shard"]] = max(since[m["shard"]] or 0, m["pos"])
-        return since
-
-    def on_shards_but(self, ids, shard: int) -> list[str]:
-        """Those of ``ids`` on a channel of ann's on a shard other than ``shard``."""
-        return [i for i in ids if any(shard_of(c, 3) != shard and c in self.channels
-                                      for c in route(self.to_of[i]))]
 
     @run
     async def test_a_shard_restarted_empty_gives_gaps_for_its_channels_only(self):
@@ -409,6 +392,33 @@ class ShardedResumeTests(NodesTestCase):
         ok = await last.request("resume", since=since, epoch=epoch)
         self.assertEqual((ok["gaps"], ok.get("unavailable")), (on_2, None))
         order_kept(self, last.messages, elsewhere)
+
+
+class ShardedClientResumeTests(ShardedResumeBase):
+    """The clients (PushClient, pushsvc.js) resume across shards by
+    themselves: what they keep is the same whatever the kind of shard."""
+
+    @run
+    async def test_the_python_client_resumes_across_shards_by_itself(self):
+        """PushClient keeps a position per shard and resumes with them: what
+        it missed while away comes once, nothing it had comes again."""
+        client, got, resumed = await self.python_client()
+        had = await self.pushes("b", 8, "had")
+        await eventually(lambda: len(got) == len(had), 10, "the first messages")
+        self.assertEqual(len(client.positions), 3)
+        self.assertEqual(client.last_pos, self.cursor_of_got(got))
+        client.protocol.transport.abortConnection()
+        await eventually(lambda: client.state == "waiting", 5, "away")
+        missed = await self.pushes("b", 16, "missed")
+        await client.when_ready()
+        await eventually(lambda: len(got) == len(had) + len(missed), 10, "the missed ones")
+        await client.ping()
+        order_kept(self, got[:len(had)], had)
+        order_kept(self, got[len(had):], missed)
+        [info] = resumed
+        self.assertEqual((info["replayed"], info["gaps"], info["epoch_changed"]),
+                         (len(missed), [], False))
+        self.assertEqual(client.last_pos, self.cursor_of_got(got))
 
     @run
     async def test_pushsvc_js_resumes_across_shards_by_itself(self):
