@@ -141,7 +141,7 @@ class SendPolicyTests(unittest.TestCase):
 
     def setUp(self):
         self.session = Session("s")
-        self.session.groups.update({"chat:1", "feed:1", "ask:1"})
+        self.session.groups = {"chat:1", "feed:1", "ask:1"}
         self.namespaces = Namespaces({"chat": {"client_send": "joined"},
                                       "feed": {"client_send": "none"},
                                       "open": {"client_send": "any"},

@@ -89,7 +89,7 @@ class ClientSendTests(unittest.TestCase):
 
     def setUp(self):
         self.session = Session("s")
-        self.session.groups.update({"g1", "g2"})
+        self.session.groups = {"g1", "g2"}
 
     def forbidden(self, policy, **address):
         e = self.assertRaises(ProtocolError, check_client_send, policy, self.session,
