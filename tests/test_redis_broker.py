@@ -193,6 +193,42 @@ def collect_log(testcase) -> list[str]:
 
 # -- RedisBroker in this process ---------------------------------------------------
 
+class HeartbeatTests(unittest.TestCase):
+    """redis_members.Members: a beat asked for while one is under way goes
+    out right after it (the subscriber became ready: register now, not a
+    heartbeat later)."""
+
+    def test_beat_now_during_a_beat_beats_again_after_it(self):
+        from types import SimpleNamespace
+        from twisted.internet.defer import Deferred
+        from pushsvc.broker.redis_members import Members
+        clock, calls = Clock(), []
+
+        def evaluate(script, keys, args):
+            calls.append(args[3])  # whether the subscriber was ready
+            calls_d.append(Deferred())
+            return calls_d[-1]
+        calls_d: list = []
+        ctx = SimpleNamespace(
+            clock=clock, closed=False, sub_ready=False, interval=2.0, members_key=b"m",
+            node_key=b"n", history_keys=[], id_b=b"a.0", ttl_ms=6000, token="t",
+            cmd=SimpleNamespace(protocol=object()), sub=SimpleNamespace(ping=lambda now: None),
+            candidate=lambda: b"", eval=evaluate, set_epoch=lambda epoch: None)
+        members = Members(ctx, on_beat=lambda: None, on_fatal=self.fail)
+        members.beat_now()
+        clock.advance(0)
+        self.assertEqual(calls, [b"0"])       # under way, before the subscriber is ready
+        ctx.sub_ready = True
+        members.beat_now()
+        clock.advance(0)
+        self.assertEqual(calls, [b"0"])       # one beat at a time
+        calls_d[0].callback((1, b"", [b"a.0"], b"e"))
+        self.assertEqual(calls, [b"0", b"1"])  # and the asked one right after: registered
+        calls_d[1].callback((1, b"", [b"a.0"], b"e"))
+        clock.advance(0)
+        self.assertEqual(calls, [b"0", b"1"])
+
+
 class FakeEngine:
     """An IReceiver that records what it is handed."""
 

@@ -77,6 +77,7 @@ class Members:
         self._heartbeat = LoopingCall(self._beat)
         self._heartbeat.clock = context.clock
         self._beating = False
+        self._again = False    # beat_now asked while a beat was under way
         self._claim_lost_since: float | None = None
         self._beat_error: str | None = None
 
@@ -113,7 +114,15 @@ class Members:
     # -- heartbeat ------------------------------------------------------------
 
     def beat_now(self) -> None:
-        self.context.clock.callLater(0, self._beat)
+        """Beat at once (the subscriber is ready: register now), or right
+        after the beat under way, which may have gone out before it was."""
+        self.context.clock.callLater(0, self._beat_soon)
+
+    def _beat_soon(self) -> None:
+        if self._beating:
+            self._again = True
+        else:
+            self._beat()
 
     def _beat(self) -> None:
         """Claim the node name, register (once subscribed), learn the members;
@@ -132,6 +141,9 @@ class Members:
 
     def _beat_done(self, _) -> None:
         self._beating = False
+        if self._again:
+            self._again = False
+            self._beat()
 
     def _beat_failed(self, failure: Failure) -> None:
         if not failure.check(txredisapi.ResponseError):
