@@ -22,8 +22,9 @@ from pushsvc.pusher.rates import AppRates, EventRate, OverRate
 from pushsvc.pusher.session import PusherSession
 from pushsvc.pusher.signatures import channel_auth
 from tests.helpers import ServerTestCase, run
-from tests.raw import connect_raw, handshake, text
+from tests.raw import text
 from tests.test_pusher_http import PusherSDKMixin, pusher_overrides
+from tests.test_pusher_ws import PusherEdge
 
 CHAT = {"id": "2001", "key": "chat-key", "secret": "chat-secret", "client_events": True}
 WEB = {"id": "2002", "key": "web-key", "secret": "web-secret",
@@ -157,7 +158,7 @@ class ClientEventRuleTests(unittest.TestCase):
         self.assertIsNone(s.event_rate)
 
 
-class LimitEdgeTests(PusherSDKMixin, ServerTestCase):
+class LimitEdgeTests(PusherSDKMixin, PusherEdge, ServerTestCase):
     """/app/{key} and /apps/{id}/events on a real one-process server."""
 
     def setUp(self):
@@ -167,25 +168,12 @@ class LimitEdgeTests(PusherSDKMixin, ServerTestCase):
     def start(self, tables=TABLES, **overrides):
         return self.start_server(**pusher_overrides(tables), **overrides)
 
-    async def pusher_client(self, key="chat-key", headers=None):
-        client = await connect_raw(self.port, handshake(f"/app/{key}?protocol=7", headers))
-        self.addCleanup(lambda: client.transport.loseConnection())
-        return client
-
-    @staticmethod
-    def events(client, name):
-        return [f for f in client.json_frames() if f.get("event") == name]
-
-    async def established(self, client) -> str:
-        await client.wait_for(lambda: self.events(client, "pusher:connection_established")
-                              or client.has_close())
-        frames = self.events(client, "pusher:connection_established")
-        self.assertTrue(frames, client.json_frames())
-        return json.loads(frames[0]["data"])["socket_id"]
+    def app_client(self, key="chat-key", headers=None):
+        return self.pusher_client(f"/app/{key}?protocol=7", headers)
 
     async def subscribed(self, channel="private-room", key="chat-key", table=CHAT):
-        client = await self.pusher_client(key)
-        socket_id = await self.established(client)
+        client = await self.app_client(key)
+        socket_id = (await self.established(client))["socket_id"]
         app = Apps(check_apps([table])).by_id(table["id"])
         client.transport.write(text({"event": "pusher:subscribe", "data": {
             "channel": channel, "auth": channel_auth(app, socket_id, channel)}}))
@@ -237,7 +225,7 @@ class LimitEdgeTests(PusherSDKMixin, ServerTestCase):
         self.assertEqual(len(self.events(sender, "pusher:error")), 1)
 
     async def refused(self, key, origin):
-        client = await self.pusher_client(key, {"Origin": origin} if origin else None)
+        client = await self.app_client(key, {"Origin": origin} if origin else None)
         await client.wait_for(client.has_close)
         return client.close_code, [f["data"] for f in self.events(client, "pusher:error")]
 
@@ -250,18 +238,18 @@ class LimitEdgeTests(PusherSDKMixin, ServerTestCase):
         self.assertIn("Origin not allowed: 'https://evil.example'", errors[0]["message"])
         self.assertEqual(self.engine.counters["refused_origin"], 1)
         for origin in ("https://app.example", "http://chat.example.com:8080", None):
-            await self.established(await self.pusher_client(
+            await self.established(await self.app_client(
                 "web-key", {"Origin": origin} if origin else None))
         # Another app's list is its own.
-        await self.established(await self.pusher_client("chat-key",
+        await self.established(await self.app_client("chat-key",
                                                         {"Origin": "https://evil.example"}))
         # A reload: new connections are held to the new list, open ones stay.
-        kept = await self.pusher_client("web-key", {"Origin": "https://app.example"})
+        kept = await self.app_client("web-key", {"Origin": "https://app.example"})
         await self.established(kept)
         server.reload(replace(server.settings, **pusher_overrides(
             [CHAT, dict(WEB, allowed_origins=["https://evil.example"]), API])))
         self.assertEqual((await self.refused("web-key", "https://app.example"))[0], 4009)
-        await self.established(await self.pusher_client("web-key",
+        await self.established(await self.app_client("web-key",
                                                         {"Origin": "https://evil.example"}))
         kept.transport.write(text({"event": "pusher:ping", "data": {}}))
         await kept.wait_for(lambda: self.events(kept, "pusher:pong"))
@@ -271,12 +259,12 @@ class LimitEdgeTests(PusherSDKMixin, ServerTestCase):
     async def test_the_process_wide_list_refuses_first_with_403(self):
         """``http.allowed_origins`` refuses before the upgrade, as at /ws."""
         self.start(allowed_origins=["https://app.example", "https://evil.example"])
-        client = await self.pusher_client("web-key", {"Origin": "https://other.example"})
+        client = await self.app_client("web-key", {"Origin": "https://other.example"})
         await client.wait_for(client.complete)
         self.assertEqual(client.status, 403)
         self.assertIn("is not allowed", client.body["error"]["message"])
         self.assertEqual((await self.refused("web-key", "https://evil.example"))[0], 4009)
-        await self.established(await self.pusher_client("web-key",
+        await self.established(await self.app_client("web-key",
                                                         {"Origin": "https://app.example"}))
 
     @run

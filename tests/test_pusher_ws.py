@@ -164,14 +164,11 @@ class DialectTests(unittest.TestCase):
         self.assertEqual(members(result), {"a": {"name": "A"}, "b": None})
 
 
-class EdgeTests(ServerTestCase):
-    """/app/{key} on a real one-process server, from a raw client."""
+class PusherEdge:
+    """Raw Pusher clients of a ServerTestCase's server."""
 
-    def start(self, **overrides):
-        return self.start_server(**pusher_overrides(TABLES), **overrides)
-
-    async def pusher_client(self, path="/app/app-key?protocol=7"):
-        client = await connect_raw(self.port, handshake(path))
+    async def pusher_client(self, path="/app/app-key?protocol=7", headers=None):
+        client = await connect_raw(self.port, handshake(path, headers))
         self.addCleanup(lambda: client.transport.loseConnection())
         return client
 
@@ -179,9 +176,20 @@ class EdgeTests(ServerTestCase):
     def events(client, name):
         return [f for f in client.json_frames() if f.get("event") == name]
 
-    async def established(self, client) -> str:
-        await client.wait_for(lambda: self.events(client, "pusher:connection_established"))
-        return json.loads(self.events(client, "pusher:connection_established")[0]["data"])
+    async def established(self, client) -> dict:
+        """The data of ``client``'s ``pusher:connection_established``."""
+        await client.wait_for(lambda: self.events(client, "pusher:connection_established")
+                              or client.has_close())
+        frames = self.events(client, "pusher:connection_established")
+        self.assertTrue(frames, client.json_frames())
+        return json.loads(frames[0]["data"])
+
+
+class EdgeTests(PusherEdge, ServerTestCase):
+    """/app/{key} on a real one-process server, from a raw client."""
+
+    def start(self, **overrides):
+        return self.start_server(**pusher_overrides(TABLES), **overrides)
 
     async def refused(self, path):
         client = await self.pusher_client(path)
