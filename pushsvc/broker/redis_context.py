@@ -80,7 +80,8 @@ class Context:
         self.node_key = _utf8(f"{prefix}_node:{self.node}")
         # The history's keys, in the order of redis_history_lua.
         self.history_keys = [_utf8(prefix + "_history" + part) for part in (
-            "", "_log", "_frames", "_meta", "_refs", "_chans", "_ticks")]
+            "", "_log", "_frames", "_meta", "_refs", "_chans", "_ticks", "_index",
+            "_lost", "_emptied")]
 
         self.receiver = None           # the engine (IReceiver), once attached
         self.hub = None                # a pool worker's WorkerProtocol (``use_hub``)

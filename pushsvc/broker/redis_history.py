@@ -18,7 +18,6 @@ from ..history import in_order
 from ..protocol import Address, with_position
 from ..routing import channels as route
 from .redis_context import Context
-from .redis_history_lua import channel_keys
 from .redis_scripts import (REPLAY_SCRIPT, TAKE_MAIL_SCRIPT, mail_key, parse_body,
                             parse_replay, utf8 as _utf8)
 
@@ -50,7 +49,7 @@ class HistoryReader:
         if limits.ttl <= 0 or not epoch:
             return succeed(([], channels))
         self.flush()
-        d = ctx.eval(REPLAY_SCRIPT, ctx.history_keys + channel_keys(ctx.prefix, channels), [
+        d = ctx.eval(REPLAY_SCRIPT, ctx.history_keys, [
             int(limits.ttl * 1000), limits.max_memory, ctx.prefix, _utf8(epoch),
             str(since), *map(_utf8, channels)])
 

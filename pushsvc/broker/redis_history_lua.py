@@ -1,9 +1,8 @@
 """The history in Redis: ``history.History``'s rule in Lua, for the scripts of
 ``redis_scripts``.  No I/O.
 
-Keys (``P`` is ``[redis] prefix``; ``history_keys(first)`` reads the first
-seven from ``KEYS[first]`` on, in this order; a call declares after them the
-lists and marks of its own channels, ``channel_keys``):
+Keys (``P`` is ``[redis] prefix``; ``history_keys(first)`` reads these ten
+from ``KEYS[first]`` on, in this order; ``ctx.history_keys``):
 
 - ``P_history`` (hash, no expiry): ``epoch`` (the numbering's name, set once
   with HSETNX and a fresh token: a Redis that lost its data gets a new one),
@@ -23,23 +22,24 @@ lists and marks of its own channels, ``channel_keys``):
   position up to ``POS`` was given at ``TIME`` or before, so once ``TIME``
   is older than ``ttl``, ``floor`` reaches ``POS`` (messages let go of early
   leave no other trace of their time).
-- ``P_h:CHANNEL`` (list): the positions the channel lists, oldest first;
-  ``P_hl:CHANNEL`` (string): the newest position it let go of (its gaps).
-  A channel listed anew counts ``floor`` as let go of (before, unlisted, it
-  did).  Both expire ``ttl`` plus ``KEEP_MARGIN`` after the channel's last
-  message; the other keys but ``P_history`` after the last message of all.
+- ``P_history_index`` (sorted set, every score 0): the channels' lists, one
+  member ``CHANNEL \\xff POS`` (``POS`` in 16 digits) per position a
+  channel lists, so that a channel's list is a range by name (ZRANGEBYLEX),
+  oldest first.
+- ``P_history_lost`` (hash): channel -> the newest position it let go of
+  (its gaps).  A channel listed anew counts ``floor`` as let go of (before,
+  unlisted, it did).  ``P_history_emptied`` (sorted set): channel -> the
+  position whose going emptied its list; once ``floor`` passes it, the
+  channel's mark says no more than ``floor`` and goes (as in ``History``).
+  Every key but ``P_history`` expires ``ttl`` plus ``KEEP_MARGIN`` after
+  the last message of all.
 
-Declared keys.  A call passes in KEYS every key it reads or writes that it
-can name beforehand: the seven above, and ``P_h:C`` and ``P_hl:C`` of each
-channel ``C`` it keeps a message on or replays (``ckey`` finds them by name).
-The one exception is the channels of the messages a call lets go of (the
-oldest, or one of the channel holding the most): they are read from the
-kept messages inside the call, so no caller can know them, and ``ckey``
-names their keys with the prefix, which holds the hash tag in a Redis
-Cluster: the same slot as the declared keys.  (Redis 7.0 runs such a call;
-in a cluster it refuses it only while the slot migrates, and
-``redis_cluster_links`` declares a key that never exists so that Redis then
-refuses the whole call before it runs, never half of it.)
+Declared keys.  Every key a call reads or writes is in its KEYS: the ten
+above (and a publish's mailboxes, ``redis_scripts``).  A channel has no key
+of its own, so letting go of a message listed by channels the call was not
+handed (the oldest, or one of the channel holding the most) touches only
+the shared keys: its members in the index, its channels' bytes and marks.
+In a Redis Cluster all ten carry the prefix's hash tag: one slot.
 
 The rule, as ``History``'s: a message is let go when older than ``ttl``
 (oldest first: ``floor`` follows), or as soon as no channel lists it any
@@ -57,9 +57,9 @@ from __future__ import annotations
 
 from ..history import OVERHEAD
 
-__all__ = ["HISTORY_LUA", "channel_keys"]
+__all__ = ["HISTORY_LUA"]
 
-KEEP_MARGIN = 2000              # ms a channel's list outlives its last message's ttl
+KEEP_MARGIN = 2000              # ms the keys outlive the last message's ttl
 TICK = 1000                     # ms between the ticks that move the floor by time
 
 # Needs ``str(n)`` (``redis_scripts._PRELUDE``).  ``S`` is the state of one
@@ -69,56 +69,91 @@ HISTORY_LUA = """
 local function history_keys(first)
   return {hist = KEYS[first], log = KEYS[first + 1], frames = KEYS[first + 2],
           meta = KEYS[first + 3], refs = KEYS[first + 4], chans = KEYS[first + 5],
-          ticks = KEYS[first + 6], after = first + 7}
+          ticks = KEYS[first + 6], index = KEYS[first + 7], lost = KEYS[first + 8],
+          emptied = KEYS[first + 9], after = first + 10}
 end
 
 -- The keys a call declared after the history's, by name without the prefix
--- ('_h:group:g' -> its key).
+-- ('_mail:u' -> its key).
 local function declared(H, prefix)
   local names = {}
   for k = H.after, #KEYS do names[string.sub(KEYS[k], #prefix + 1)] = KEYS[k] end
   return names
 end
 
--- Channel's list (kind '_h:') or mark ('_hl:'): declared for the call's own
--- channels; a channel of a message the call lets go of is named here, in
--- the prefix's slot.
-local function ckey(S, kind, channel)
-  return S.names[kind .. channel] or (S.prefix .. kind .. channel)
+-- A channel's listing of position p in the index, and the bounds of its
+-- listings there (a position's digits sort below 0xFF).
+local function listing(channel, p)
+  return channel .. '\\255' .. string.format('%016d', tonumber(p))
+end
+local function lower(channel) return '[' .. channel .. '\\255' end
+local function upper(channel) return '(' .. channel .. '\\255\\255' end
+
+-- The positions channel lists, oldest first (at most count of them).
+local function listed(S, channel, count)
+  local found
+  if count then
+    found = redis.call('ZRANGEBYLEX', S.H.index, lower(channel), upper(channel),
+                       'LIMIT', 0, count)
+  else
+    found = redis.call('ZRANGEBYLEX', S.H.index, lower(channel), upper(channel))
+  end
+  for k, entry in ipairs(found) do found[k] = str(tonumber(string.sub(entry, #channel + 2))) end
+  return found
+end
+
+local function listed_count(S, channel)
+  return redis.call('ZLEXCOUNT', S.H.index, lower(channel), upper(channel))
 end
 
 local function epoch_of(H, candidate)
   if redis.call('HSETNX', H.hist, 'epoch', candidate) == 1 then
     redis.call('HSET', H.hist, 'pos', '0', 'floor', '0', 'bytes', '0')
-    redis.call('DEL', H.log, H.frames, H.meta, H.refs, H.chans, H.ticks)
+    redis.call('DEL', H.log, H.frames, H.meta, H.refs, H.chans, H.ticks, H.index, H.lost,
+               H.emptied)
     return candidate
   end
   return redis.call('HGET', H.hist, 'epoch')
 end
 
 -- The state; with nothing kept (all expired, or let go), every position
--- given so far is let go of.
+-- given so far is let go of, and no channel's mark says more.
 local function open(H, prefix, now, ttl, max_n, max_bytes)
   local h = redis.call('HMGET', H.hist, 'pos', 'floor', 'bytes')
-  local S = {H = H, prefix = prefix, names = declared(H, prefix), now = now, ttl = ttl,
+  local S = {H = H, prefix = prefix, now = now, ttl = ttl,
              max_n = max_n, max_bytes = max_bytes, keep = str(ttl + KEEP_MARGIN),
              pos = tonumber(h[1]) or 0, floor = tonumber(h[2]) or 0,
              bytes = tonumber(h[3]) or 0, live = redis.call('ZCARD', H.log),
-             lost = {}, touched = {}}
+             lost = {}}
   if S.live == 0 and (S.floor ~= S.pos or S.bytes ~= 0) then
-    redis.call('DEL', H.frames, H.meta, H.refs, H.chans)
+    redis.call('DEL', H.frames, H.meta, H.refs, H.chans, H.index, H.lost, H.emptied)
     S.floor, S.bytes = S.pos, 0
   end
   return S
 end
 
--- The state, and the channels' new marks.
+-- Written in bulk: cmd key items... (a few thousand at most per command).
+local function bulk(cmd, key, items)
+  for start = 1, #items, 1000 do
+    redis.call(cmd, key, unpack(items, start, math.min(start + 999, #items)))
+  end
+end
+
+-- The state, and the channels' new marks (false: the mark goes).
 local function save(S)
   redis.call('HSET', S.H.hist, 'pos', str(S.pos), 'floor', str(S.floor),
              'bytes', str(S.bytes))
+  local set, gone = {}, {}
   for channel, p in pairs(S.lost) do
-    redis.call('SET', ckey(S, '_hl:', channel), p, 'PX', S.keep)
+    if p then
+      set[#set + 1] = channel
+      set[#set + 1] = p
+    else
+      gone[#gone + 1] = channel
+    end
   end
+  bulk('HSET', S.H.lost, set)
+  bulk('HDEL', S.H.lost, gone)
 end
 
 -- Positions up to S.pos were given by now: this second's tick says so.
@@ -148,6 +183,13 @@ local function mark(S, channel, p)
   S.lost[channel] = p
 end
 
+-- The newest position channel let go of (0: none).
+local function mark_of(S, channel)
+  local p = S.lost[channel]
+  if p == nil then p = redis.call('HGET', S.H.lost, channel) end
+  return tonumber(p or 0) or 0
+end
+
 local function free(S, p, size)
   redis.call('HDEL', S.H.frames, p)
   redis.call('HDEL', S.H.meta, p)
@@ -155,25 +197,29 @@ local function free(S, p, size)
   S.bytes, S.live = S.bytes - size, S.live - 1
 end
 
--- channel's list lost its front (of size bytes): at 0 it lists nothing
+-- channel's list lost one (of size bytes); true when it lists nothing now
 local function shrunk(S, channel, size)
   if tonumber(redis.call('ZINCRBY', S.H.chans, -size, channel)) <= 0 then
     redis.call('ZREM', S.H.chans, channel)
+    return true
   end
+  return false
 end
 
 -- The oldest position off channel's list; its message goes when no channel
--- lists it any more.
+-- lists it any more.  A list emptied so waits in emptied until the floor
+-- passes its mark.
 local function unlist(S, channel)
-  local p = redis.call('LPOP', ckey(S, '_h:', channel))
+  local p = listed(S, channel, 1)[1]
   if not p then
     redis.call('ZREM', S.H.chans, channel)
     return
   end
+  redis.call('ZREM', S.H.index, listing(channel, p))
   mark(S, channel, p)
   local _, size, names = meta_of(S, p)
   if not size then return end
-  shrunk(S, channel, size)
+  if shrunk(S, channel, size) then redis.call('ZADD', S.H.emptied, p, channel) end
   if not string.find(names, '\\255', 1, true)  -- its one channel
      or redis.call('HEXISTS', S.H.refs, p) == 0 then  -- the last of several
     free(S, p, size)
@@ -182,30 +228,42 @@ local function unlist(S, channel)
   end
 end
 
--- The oldest kept message goes, from every channel that lists it (their
--- front); everything up to it is let go of.  With limit (a time): all
+-- The floor moved: the marks of the channels emptied before it, not listed
+-- anew, say no more than it.
+local function settle(S)
+  local names = redis.call('ZRANGEBYSCORE', S.H.emptied, '-inf', S.floor)
+  if #names == 0 then return end
+  for _, channel in ipairs(names) do
+    if not redis.call('ZSCORE', S.H.chans, channel) and mark_of(S, channel) <= S.floor then
+      S.lost[channel] = false
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', S.H.emptied, '-inf', S.floor)
+end
+
+-- The oldest kept message goes, from every channel that lists it (its
+-- oldest); everything up to it is let go of.  With limit (a time): all
 -- those of then or before, and the ticks of then or before move the floor.
 local function drop_oldest(S, limit)
+  local before = S.floor
   while true do
     local first = redis.call('ZRANGE', S.H.log, 0, 0)[1]
     if not first then break end
     local time, size, channels = meta_of(S, first)
     if limit and time and time > limit then break end
+    if tonumber(first) > S.floor then S.floor = tonumber(first) end
     for channel in string.gmatch(channels or '', '[^\\255]+') do
-      local key = ckey(S, '_h:', channel)
-      local front = redis.call('LINDEX', key, 0)
-      if front == first then
-        redis.call('LPOP', key)
-        mark(S, channel, first)
-        shrunk(S, channel, size)
-      elseif not front then
-        redis.call('ZREM', S.H.chans, channel)
+      if redis.call('ZREM', S.H.index, listing(channel, first)) == 1 then
+        if shrunk(S, channel, size) then
+          S.lost[channel] = false  -- unlisted: the floor says it all
+        else
+          mark(S, channel, first)
+        end
       end
     end
     redis.call('HDEL', S.H.refs, first)
     free(S, first, size or 0)
-    if tonumber(first) > S.floor then S.floor = tonumber(first) end
-    if not limit then return end
+    if not limit then break end
   end
   while limit do
     local t = redis.call('LINDEX', S.H.ticks, 0)
@@ -216,6 +274,7 @@ local function drop_oldest(S, limit)
     local p = tonumber(string.sub(t, space + 1))
     if p > S.floor then S.floor = p end
   end
+  if S.floor > before then settle(S) end
 end
 
 local function expire(S)
@@ -227,14 +286,14 @@ local function make_room(S, channels, p)
   local share = S.max_bytes / math.max(1, redis.call('ZCARD', S.H.chans))
   for _, channel in ipairs(channels) do
     local held = tonumber(redis.call('ZSCORE', S.H.chans, channel))
-    if held and held > share and redis.call('LLEN', ckey(S, '_h:', channel)) > 1 then
+    if held and held > share and listed_count(S, channel) > 1 then
       return unlist(S, channel)
     end
   end
   local top = redis.call('ZREVRANGE', S.H.chans, 0, #channels, 'WITHSCORES')
   for k = 1, #top, 2 do
     if tonumber(top[k + 1]) <= share then break end
-    if redis.call('LINDEX', ckey(S, '_h:', top[k]), 0) ~= p then
+    if listed(S, top[k], 1)[1] ~= p then
       return unlist(S, top[k])
     end
   end
@@ -253,15 +312,13 @@ local function keep(S, body, channels)
   if #channels > 1 then redis.call('HSET', S.H.refs, p, #channels) end
   S.bytes, S.live = S.bytes + size, S.live + 1
   for _, channel in ipairs(channels) do
-    local len = redis.call('RPUSH', ckey(S, '_h:', channel), p)
+    redis.call('ZADD', S.H.index, 0, listing(channel, p))
     -- listed anew: what went before went for it too
-    if len == 1 and S.floor > (tonumber(S.lost[channel] or
-                                        redis.call('GET', ckey(S, '_hl:', channel))) or 0) then
+    if tonumber(redis.call('ZINCRBY', S.H.chans, size, channel)) == size
+       and S.floor > mark_of(S, channel) then
       mark(S, channel, str(S.floor))
     end
-    S.touched[channel] = true
-    redis.call('ZINCRBY', S.H.chans, size, channel)
-    if len > S.max_n then unlist(S, channel) end
+    if listed_count(S, channel) > S.max_n then unlist(S, channel) end
   end
   while S.bytes > S.max_bytes and S.live > 1 do make_room(S, channels, p) end
 end
@@ -271,24 +328,12 @@ end
 local function close(S)
   save(S)
   tick(S)
-  for channel in pairs(S.touched) do
-    redis.call('PEXPIRE', ckey(S, '_h:', channel), S.keep)
-    redis.call('PEXPIRE', ckey(S, '_hl:', channel), S.keep)
-  end
   local H = S.H
-  for _, key in ipairs({H.log, H.frames, H.meta, H.refs, H.chans, H.ticks}) do
+  for _, key in ipairs({H.log, H.frames, H.meta, H.refs, H.chans, H.ticks, H.index, H.lost,
+                        H.emptied}) do
     redis.call('PEXPIRE', key, S.keep)
   end
 end
 """.replace("OVERHEAD", str(OVERHEAD)).replace("KEEP_MARGIN", str(KEEP_MARGIN)).replace(
     "TICK", str(TICK))
 
-
-def channel_keys(prefix: bytes, channels) -> list[bytes]:
-    """The keys a call declares for its own ``channels`` (engine channels,
-    each once): each one's list and mark, ``P_h:C`` and ``P_hl:C``."""
-    keys = []
-    for channel in channels:
-        name = channel.encode("utf-8", "surrogatepass")
-        keys += [prefix + b"_h:" + name, prefix + b"_hl:" + name]
-    return keys

@@ -53,7 +53,6 @@ from .redis_context import QUEUE_MAX_AGE, Context
 from .redis_inbox import Inbox
 from .redis_link import NotRun
 from .redis_members import Members
-from .redis_history_lua import channel_keys
 from .redis_scripts import (PUBLISH_SCRIPT, body, mail_key, payload_body, payload_head,
                             utf8 as _utf8)
 
@@ -178,10 +177,9 @@ class Publisher:
         local = {out.message.id: out.local for out in outs if out.local is not None}
         if local:
             self.inbox.await_own(self._seq, local)
-        keys = ctx.history_keys + channel_keys(
-            ctx.prefix, dict.fromkeys(c for out in kept for c in out.kept))
-        keys += [mail_key(ctx.prefix, user)
-                 for user in dict.fromkeys(u for out in stored for u in out.users)]
+        keys = ctx.history_keys + [mail_key(ctx.prefix, user)
+                                   for user in dict.fromkeys(u for out in stored
+                                                             for u in out.users)]
         d = ctx.eval(PUBLISH_SCRIPT, keys, args)
         d.addCallbacks(self._published, self._not_sent,
                        errbackArgs=(self._seq, by_channel, outs))

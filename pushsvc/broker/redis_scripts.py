@@ -43,8 +43,7 @@ local function now_ms()
 end
 """
 
-# KEYS: the history's seven (``redis_history_lua``), the lists and marks of the
-# kept messages' channels (``channel_keys``), the mailboxes of the stored
+# KEYS: the history's ten (``redis_history_lua``), the mailboxes of the stored
 # messages' users (``mail_key``).  ARGV: ttl (ms, 0 = keep nothing),
 # max_per_channel, max_bytes, an epoch candidate, the prefix, the payload head,
 # K, S; then K kept messages as (body, channel count, channels...), S stored
@@ -117,7 +116,7 @@ end
 return {base, epoch}
 """.replace("OVERHEAD", str(OVERHEAD))
 
-# KEYS: the history's seven, the channels' lists and marks (``channel_keys``).
+# KEYS: the history's ten (``redis_history_lua``).
 # ARGV: ttl (ms), max_bytes, prefix, epoch, since, channels...  The kept
 # messages of the channels after since, each once, by position, and the
 # channels that let go of one after since: {1, epoch, gap count, gaps...,
@@ -137,10 +136,10 @@ if other then since = 0 elseif since > S.pos then return {0, epoch} end
 local wanted, gapped = {}, {}
 for j = 6, #ARGV do
   local channel = ARGV[j]
-  local listed = redis.call('LRANGE', S.names['_h:' .. channel], 0, -1)
-  local lost = tonumber(redis.call('GET', S.names['_hl:' .. channel])) or 0
-  if #listed == 0 and S.floor > lost then lost = S.floor end
-  for _, p in ipairs(listed) do
+  local positions = listed(S, channel)
+  local lost = mark_of(S, channel)
+  if #positions == 0 and S.floor > lost then lost = S.floor end
+  for _, p in ipairs(positions) do
     p = tonumber(p)
     if p <= S.floor then  -- let go of, yet listed: a list that outlived its keys
       if p > lost then lost = p end
@@ -194,7 +193,7 @@ end
 return out
 """
 
-# KEYS: members, node claim, the history's seven; ARGV: member id, ttl (ms), node
+# KEYS: members, node claim, the history's ten; ARGV: member id, ttl (ms), node
 # token, "1" to register, an epoch candidate.  Claims the node name unless
 # another process holds it, registers the member, forgets expired ones, makes
 # sure the history has an epoch; returns {claimed, holder, live members, epoch}.
