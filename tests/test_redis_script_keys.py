@@ -1,9 +1,10 @@
 """Every key a Lua script touches is one it declares (issue 15, point 1).
 
 A ``RedisBroker`` on a real redis-server runs each of its scripts (publish
-with history, mailbox and eviction, replay, take mail, heartbeat, members)
-while a MONITOR connection watches: Redis shows each script call and then
-every command the script runs inside it.  ``COMMAND GETKEYS`` tells the keys
+with history, mailbox and eviction, replay, take mail, heartbeat, members;
+presence change, beat with a sweep, sync, stop) while a MONITOR connection
+watches: Redis shows each script call and then every command the script
+runs inside it.  ``COMMAND GETKEYS`` tells the keys
 of each command; each must be among the call's KEYS, with no exception
 (letting go of another channel's message included), and every key of a call
 lies in the slot of the prefix's hash tag.
@@ -21,6 +22,8 @@ from twisted.protocols.basic import LineReceiver
 
 from pushsvc.broker.interface import Command
 from pushsvc.broker.redis_cluster_slots import key_slot
+from pushsvc.broker.redis_presence_lua import (BEAT_SCRIPT, CHANGE_SCRIPT, STOP_SCRIPT,
+                                               SYNC_SCRIPT)
 from pushsvc.broker.redis_scripts import (HEARTBEAT_SCRIPT, MEMBERS_SCRIPT, PUBLISH_SCRIPT,
                                           REPLAY_SCRIPT, TAKE_MAIL_SCRIPT)
 from pushsvc.protocol import Address, message_frame
@@ -33,6 +36,10 @@ PREFIX = "{pushsvc:0.0}"   # a logical shard's, as in a Redis Cluster
 SCRIPTS = {hashlib.sha1(script.encode()).hexdigest(): name for name, script in (
     ("publish", PUBLISH_SCRIPT), ("replay", REPLAY_SCRIPT), ("take mail", TAKE_MAIL_SCRIPT),
     ("heartbeat", HEARTBEAT_SCRIPT), ("members", MEMBERS_SCRIPT))}
+PRESENCE = {hashlib.sha1(script.encode()).hexdigest(): name for name, script in (
+    ("presence change", CHANGE_SCRIPT), ("presence beat", BEAT_SCRIPT),
+    ("presence sync", SYNC_SCRIPT), ("presence stop", STOP_SCRIPT))}
+SCRIPTS.update(PRESENCE)
 INDEX = PREFIX.encode() + b"_history_index"
 
 _ESCAPES = {b"n": b"\n", b"r": b"\r", b"t": b"\t", b"a": b"\a", b"b": b"\b"}
@@ -133,13 +140,39 @@ class ScriptKeysTests(BrokerTestCase):
         await eventually(lambda: monitor.lines[-1] == (monitor.lines[-1][0], [b"ECHO", b"end"])
                          or any(args == [b"ECHO", b"end"] for _, args in monitor.lines), 5)
         seen = await self.check(redis, monitor)
-        self.assertLessEqual(set(SCRIPTS.values()), set(seen))
+        self.assertLessEqual(set(SCRIPTS.values()) - set(PRESENCE.values()), set(seen))
         # a call let go of a message of a channel it was not handed (the test
         # covers that path): its listing left the index
         self.assertTrue(any(
             args[:2] == [b"ZREM", INDEX] and args[2].split(b"\xff")[0] not in argv
             for name, _, argv, commands in calls(monitor.lines) if name == "publish"
             for args in commands), "no other channel's message was let go of")
+
+    @run
+    async def test_every_key_a_presence_script_touches_is_declared(self):
+        """Joins and leaves, a dead engine's entries swept by another's
+        heartbeat, a sync, a stop."""
+        redis = await self.start_redis()
+        monitor = Monitor()
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", redis.port), monitor)
+        (a, _), (b, _) = await self.broker("a", redis_prefix=PREFIX), await self.broker(
+            "b", redis_prefix=PREFIX)
+        swept = []
+        a.on_member = lambda *change: swept.append(change)
+        self.assertTrue(await a.member("g", "u", "1.1", True))
+        self.assertTrue(await b.member("h", "v", "2.1", True))
+        self.assertFalse(await b.member("g", "u", "2.2", True))
+        self.assertFalse(await a.member("g", "u", "1.1", False))
+        b._members.stop()  # b is silent: a's heartbeat sweeps it
+        await eventually(lambda: swept, 5, "the sweep")
+        self.assertEqual(sorted(swept), [("g", "u", None, False), ("h", "v", None, False)])
+        a._presence._dirty = True  # the next heartbeat syncs
+        await eventually(lambda: any(name == "presence sync"
+                                     for name, *_ in calls(monitor.lines)), 5, "a sync")
+        a._presence.stop()
+        redis.call("ECHO", "end")
+        await eventually(lambda: any(args == [b"ECHO", b"end"] for _, args in monitor.lines), 5)
+        self.assertLessEqual(set(PRESENCE.values()), set(await self.check(redis, monitor)))
 
     @run
     async def test_an_undeclared_key_fails_the_check(self):

@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 
 from .redis_context import Context
 from .redis_presence_lua import (BEAT_SCRIPT, CHANGE_SCRIPT, STOP_SCRIPT, SYNC_SCRIPT,
-                                 entry, group_key, parse_beat, parse_entry, parse_sync)
+                                 entry, parse_beat, parse_entry, parse_sync, presence_keys)
 
 __all__ = ["Presence"]
 
@@ -45,8 +45,7 @@ class Presence:
 
     def __init__(self, context: Context):
         self.context = context
-        self.holders_key = context.prefix + b"_presence_holders"
-        self.mine_key = context.prefix + b"_presence_of:" + context.id_b
+        self.keys = presence_keys(context.prefix)   # holders first
         self.entries: dict[bytes, Any] = {}   # entry -> the member's data
         self.left: set[bytes] = set()        # entries whose leave Redis may not know
         self.on_member: Callable[[str, str, Any, bool], None] | None = None
@@ -56,7 +55,7 @@ class Presence:
 
     def _args(self, *more) -> list:
         ctx = self.context
-        return [ctx.id_b, ctx.ttl_ms, ctx.prefix, *more]
+        return [ctx.id_b, ctx.ttl_ms, *more]
 
     def member(self, group: str, user: str, session: str, joined: bool,
                info: Any = None) -> Deferred:
@@ -67,8 +66,7 @@ class Presence:
             self.left.discard(key)
         else:
             self.entries.pop(key, None)
-        d = self.context.eval(CHANGE_SCRIPT, [self.holders_key, self.mine_key,
-                                              group_key(self.context.prefix, group)],
+        d = self.context.eval(CHANGE_SCRIPT, self.keys,
                               self._args(b"1" if joined else b"0", key))
         return d.addCallbacks(lambda answer: int(answer) == 1, self._lost,
                               errbackArgs=(None if joined else key,))
@@ -90,8 +88,7 @@ class Presence:
         if self._dirty:
             d = self._sync()
         else:
-            d = ctx.eval(BEAT_SCRIPT, [self.holders_key, self.mine_key],
-                         self._args(len(self.entries)))
+            d = ctx.eval(BEAT_SCRIPT, self.keys, self._args(len(self.entries)))
             d.addCallback(self._beaten)
         d.addCallbacks(self._ok, self._failed)
 
@@ -107,7 +104,7 @@ class Presence:
     def _sync(self) -> Deferred:
         self._dirty = False
         left, self.left = self.left, set()
-        d = self.context.eval(SYNC_SCRIPT, [self.holders_key, self.mine_key],
+        d = self.context.eval(SYNC_SCRIPT, self.keys,
                               self._args(len(self.entries), *self.entries, *left))
 
         def synced(answer) -> None:
@@ -149,4 +146,4 @@ class Presence:
         (their ``member_removed`` announced there)."""
         ctx = self.context
         if ctx.cmd.protocol is not None:
-            ctx.eval(STOP_SCRIPT, [self.holders_key], [ctx.id_b]).addErrback(lambda _: None)
+            ctx.eval(STOP_SCRIPT, self.keys[:1], [ctx.id_b]).addErrback(lambda _: None)

@@ -3,22 +3,21 @@ run atomically, so each first and last session of a user in a group is
 decided once however the engines of every node interleave.  No I/O.
 
 Keys (``P`` is the engine's prefix, which carries a Redis Cluster shard's
-hash tag, so that every key of a call is in one slot; a group's keys are in
-the shard of its channel ``group:G``):
+hash tag; a group's entries are in the shard of its channel ``group:G``):
 
-- ``P_presence:G`` (hash): user -> how many entries it has in group G;
-- ``P_presence_of:MEMBER`` (set): the entries an engine (its member id)
-  holds, each ``G \\xff USER \\xff SESSION``;
+- ``P_presence`` (hash): ``G \\xff USER`` -> how many entries the user has
+  in group G;
+- ``P_presence_of`` (sorted set, every score 0): ``MEMBER \\xff ENTRY`` per
+  entry an engine (its member id) holds, each entry ``G \\xff USER \\xff
+  SESSION``: a member's entries are a range by name (ZRANGEBYLEX);
 - ``P_presence_holders`` (sorted set): member id -> the time (ms, Redis's
   clock) until which it is alive: every call of the member and its
   heartbeat (``BEAT_SCRIPT``) push it ``ttl`` ahead (the heartbeat's three
   intervals, as for ``P_members``).
 
-Every key of a call is in the slot of the prefix's hash tag.  ``BEAT_SCRIPT``
-and ``SYNC_SCRIPT`` touch keys they do not declare: the sets of the members
-they sweep and the hashes of the groups of the entries they find (in the
-data, not in their arguments), as ``redis_history_lua`` lets go of the
-lists of the channels of a message it finds.
+Every call declares these three keys, in this order (``presence_keys``),
+and touches no other: sweeping another member's entries reads and writes
+ranges and fields of these keys, whatever groups it finds there.
 
 ``CHANGE_SCRIPT`` adds or removes one entry; ``BEAT_SCRIPT`` keeps the
 member alive, sweeps the members that are not (each of their entries
@@ -47,49 +46,58 @@ local function parts(entry)
   local b = string.find(entry, '\\255', a + 1, true)
   return string.sub(entry, 1, a - 1), string.sub(entry, a + 1, b - 1)
 end
--- hash: the entry's group's key (derived from the prefix, ARGV[3], when nil).
-local function add(mine, entry, hash)
-  if redis.call('SADD', mine, entry) == 0 then return false end
-  local group, user = parts(entry)
-  hash = hash or (ARGV[3] .. '_presence:' .. group)
-  return redis.call('HINCRBY', hash, user, 1) == 1
+-- The entry's field in the counts: 'G \\xff USER'.
+local function field(entry)
+  local a = string.find(entry, '\\255', 1, true)
+  return string.sub(entry, 1, string.find(entry, '\\255', a + 1, true) - 1)
 end
-local function remove(mine, entry, hash)
-  if redis.call('SREM', mine, entry) == 0 then return false end
-  local group, user = parts(entry)
-  hash = hash or (ARGV[3] .. '_presence:' .. group)
-  if redis.call('HINCRBY', hash, user, -1) > 0 then return false end
-  redis.call('HDEL', hash, user)
+-- A member's entries: the range after 'MEMBER \\xff' (an entry's group, user
+-- and session hold no 0xFF, so it sorts below three 0xFF bytes).
+local function range(member)
+  return '[' .. member .. '\\255', '(' .. member .. '\\255\\255\\255\\255'
+end
+local function entries_of(member)
+  local found = redis.call('ZRANGEBYLEX', KEYS[2], range(member))
+  for k, held in ipairs(found) do found[k] = string.sub(held, #member + 2) end
+  return found
+end
+local function add(member, entry)
+  if redis.call('ZADD', KEYS[2], 0, member .. '\\255' .. entry) == 0 then return false end
+  return redis.call('HINCRBY', KEYS[3], field(entry), 1) == 1
+end
+local function remove(member, entry)
+  if redis.call('ZREM', KEYS[2], member .. '\\255' .. entry) == 0 then return false end
+  local f = field(entry)
+  if redis.call('HINCRBY', KEYS[3], f, -1) > 0 then return false end
+  redis.call('HDEL', KEYS[3], f)
   return true
 end
 """
 
-# KEYS: holders, this member's set, the group's hash.  ARGV: member id, ttl
-# (ms), prefix, "1" (joined) or "0" (left), the entry.  Returns 1 for a
-# transition (the user's first entry in the group, or its last), else 0.
+# KEYS: the three (``presence_keys``).  ARGV: member id, ttl (ms), "1"
+# (joined) or "0" (left), the entry.  Returns 1 for a transition (the user's
+# first entry in the group, or its last), else 0.
 CHANGE_SCRIPT = _PRELUDE + """
 redis.call('ZADD', KEYS[1], str(now_ms() + tonumber(ARGV[2])), ARGV[1])
 local changed
-if ARGV[4] == '1' then changed = add(KEYS[2], ARGV[5], KEYS[3])
-else changed = remove(KEYS[2], ARGV[5], KEYS[3]) end
+if ARGV[3] == '1' then changed = add(ARGV[1], ARGV[4])
+else changed = remove(ARGV[1], ARGV[4]) end
 return changed and 1 or 0
 """
 
-# KEYS: holders, this member's set.  ARGV: member id, ttl (ms), prefix, how
-# many entries the member thinks it holds.  Keeps it alive, sweeps up to
-# SWEEP_MAX members whose time has passed, and returns {1 when the member
-# holds that many entries else 0, group, user, group, user...}: the users
-# whose last entry went with a swept member.
+# KEYS: the three.  ARGV: member id, ttl (ms), how many entries the member
+# thinks it holds.  Keeps it alive, sweeps up to SWEEP_MAX members whose
+# time has passed, and returns {1 when the member holds that many entries
+# else 0, group, user, group, user...}: the users whose last entry went
+# with a swept member.
 BEAT_SCRIPT = _PRELUDE + """
-local prefix = ARGV[3]
 local now = now_ms()
 redis.call('ZADD', KEYS[1], str(now + tonumber(ARGV[2])), ARGV[1])
 local out = {0}
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. str(now),
                                    'LIMIT', 0, SWEEP_MAX)) do
-  local theirs = prefix .. '_presence_of:' .. member
-  for _, entry in ipairs(redis.call('SMEMBERS', theirs)) do
-    if remove(theirs, entry) then
+  for _, entry in ipairs(entries_of(member)) do
+    if remove(member, entry) then
       local group, user = parts(entry)
       out[#out + 1] = group
       out[#out + 1] = user
@@ -97,41 +105,41 @@ for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. str(
   end
   redis.call('ZREM', KEYS[1], member)
 end
-if redis.call('SCARD', KEYS[2]) == tonumber(ARGV[4]) then out[1] = 1 end
+if redis.call('ZLEXCOUNT', KEYS[2], range(ARGV[1])) == tonumber(ARGV[3]) then
+  out[1] = 1
+end
 return out
 """.replace("SWEEP_MAX", str(SWEEP_MAX))
 
-# KEYS: holders, this member's set.  ARGV: member id, ttl (ms), prefix, N,
-# the N entries the member holds, then the entries whose leave it could not
-# tell Redis.  Makes its set those N entries, and returns each transition as
-# {"+" or "-", entry, ...}; a left entry whose user has no entry in its group
-# any more counts as its last (Redis lost the entry meanwhile: a restart).
+# KEYS: the three.  ARGV: member id, ttl (ms), N, the N entries the member
+# holds, then the entries whose leave it could not tell Redis.  Makes its
+# entries those N, and returns each transition as {"+" or "-", entry, ...};
+# a left entry whose user has no entry in its group any more counts as its
+# last (Redis lost the entry meanwhile: a restart).
 SYNC_SCRIPT = _PRELUDE + """
-redis.call('ZADD', KEYS[1], str(now_ms() + tonumber(ARGV[2])), ARGV[1])
-local last = 4 + tonumber(ARGV[4])
+local member = ARGV[1]
+redis.call('ZADD', KEYS[1], str(now_ms() + tonumber(ARGV[2])), member)
+local last = 3 + tonumber(ARGV[3])
 local wanted, gone = {}, {}
-for j = 5, last do wanted[ARGV[j]] = true end
+for j = 4, last do wanted[ARGV[j]] = true end
 local out = {}
-for _, entry in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  if not wanted[entry] and remove(KEYS[2], entry) then
+for _, entry in ipairs(entries_of(member)) do
+  if not wanted[entry] and remove(member, entry) then
     out[#out + 1] = '-'
     out[#out + 1] = entry
-    local group, user = parts(entry)
-    gone[group .. '\\255' .. user] = true
+    gone[field(entry)] = true
   end
 end
-for j = 5, last do
-  if add(KEYS[2], ARGV[j]) then
+for j = 4, last do
+  if add(member, ARGV[j]) then
     out[#out + 1] = '+'
     out[#out + 1] = ARGV[j]
   end
 end
 for j = last + 1, #ARGV do
-  local group, user = parts(ARGV[j])
-  local key = group .. '\\255' .. user
-  if not gone[key]
-      and not redis.call('HGET', ARGV[3] .. '_presence:' .. group, user) then
-    gone[key] = true
+  local f = field(ARGV[j])
+  if not gone[f] and redis.call('HEXISTS', KEYS[3], f) == 0 then
+    gone[f] = true
     out[#out + 1] = '-'
     out[#out + 1] = ARGV[j]
   end
@@ -151,9 +159,9 @@ def utf8(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def group_key(prefix: bytes, group: str) -> bytes:
-    """The hash of ``group``'s members: user -> entries."""
-    return prefix + b"_presence:" + utf8(group)
+def presence_keys(prefix: bytes) -> list[bytes]:
+    """The three keys every call declares, in the scripts' order."""
+    return [prefix + b"_presence_holders", prefix + b"_presence_of", prefix + b"_presence"]
 
 
 def entry(group: str, user: str, session: str) -> bytes:
