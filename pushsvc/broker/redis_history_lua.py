@@ -154,6 +154,7 @@ local function save(S)
   end
   bulk('HSET', S.H.lost, set)
   bulk('HDEL', S.H.lost, gone)
+  if #set > 0 then redis.call('PEXPIRE', S.H.lost, S.keep) end  -- a replay's too
 end
 
 -- Positions up to S.pos were given by now: this second's tick says so.
