@@ -24,6 +24,7 @@ from pushsvc.broker.interface import Command, Message
 from pushsvc.broker.local import LocalBroker
 from pushsvc.broker.redis import RedisBroker
 from pushsvc.broker.redis_calls import _calls
+from pushsvc.broker.redis_context import MISSED_BEATS
 from pushsvc.broker.redis_link import RETRY_MAX, _Link
 from pushsvc.broker.redis_url import RedisURL, parse_redis_url
 from pushsvc.config import ConfigError, build_settings
@@ -192,6 +193,9 @@ def collect_log(testcase) -> list[str]:
 
 
 # -- RedisBroker in this process ---------------------------------------------------
+
+HEARTBEAT = 0.5  # the nodes' [redis] heartbeat (quick: quick to see who is back)
+
 
 class HeartbeatTests(unittest.TestCase):
     """redis_members.Members: a beat asked for while one is under way goes
@@ -451,7 +455,16 @@ class NodesTestCase(ChildTestCase):
         engines = len(names) * max(workers, 1)
         await eventually(lambda: self.redis.call("ZCARD", "pushsvc:_members") == engines,
                          20, "every engine registered")
-        for name in names:  # each answers for all (and knows them all from now on)
+        # ... and each has beaten since, so each knows them all (an engine
+        # learns the members at its heartbeat; one that knows fewer would not
+        # wait for the others after an outage: a member's score is the time
+        # its registration expires, so since T means a score >= T + ttl)
+        seconds, micros = self.redis.call("TIME")
+        since = int(seconds) * 1000 + int(micros) // 1000 + int(MISSED_BEATS * HEARTBEAT * 1000)
+        await eventually(lambda: len(self.redis.call(
+            "ZRANGEBYSCORE", "pushsvc:_members", since, "+inf")) == engines,
+            20, "every engine has learned the others")
+        for name in names:  # each answers for all
             status, body = await self.on(name, "GET", "/api/stats")
             self.assertEqual(len(body["workers"]), engines, body)
 
@@ -461,7 +474,7 @@ class NodesTestCase(ChildTestCase):
         healthy; ``config_text`` ends their config file's [redis] table."""
         config = os.path.join(self.cwd, "pushsvc.toml")
         with open(config, "w") as f:  # quick heartbeats: quick to see who is back
-            f.write("[redis]\nheartbeat = 0.5\ntimeout = 2.0\n" + config_text)
+            f.write(f"[redis]\nheartbeat = {HEARTBEAT}\ntimeout = 2.0\n" + config_text)
         self.nodes = {}
         for name in names:
             port = free_port()
