@@ -26,8 +26,8 @@ from typing import Any
 
 from zope.interface import implementer
 
+from .frames import is_message, with_position
 from .ids import new_incarnation
-from .protocol import is_message, with_position
 from .reloadable import IReloadable
 from .sessions import ALL
 

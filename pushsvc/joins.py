@@ -19,8 +19,9 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, succeed
 
 from .app import Allow, Refused
+from .frames import reply_frame
 from .namespaces import Namespaces, granted
-from .protocol import FORBIDDEN, ProtocolError, decode_json, encode, reply_frame
+from .protocol import FORBIDDEN, ProtocolError, decode_json, encode
 from .sessions import Session
 from .tokens import TokenError
 

@@ -30,9 +30,10 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from .engine import IConnection, Overloaded
+from .frames import error_frame
 from .limits import RateGuard
 from .protocol import (BAD_REQUEST, CLOSE_POLICY, CLOSE_TOO_BIG, CLOSE_TRY_AGAIN,
-                       RATE_LIMITED, ProtocolError, encode, error_frame, ref_of)
+                       RATE_LIMITED, ProtocolError, encode, ref_of)
 from .twisted_private import send_now
 from .wsbase import LeanServerProtocol
 

@@ -21,7 +21,8 @@ from pushsvc.bench.wire import (OP_CLOSE, OP_PING, PUSHER_PREFIX, WS_ACCEPT, Fra
                                 client_frame, http_request, parse_push_data, push_data,
                                 server_frame)
 from pushsvc.bench.workloads import Bench, Options, Progress
-from pushsvc.protocol import encode, message_frame, parse_address
+from pushsvc.frames import message_frame
+from pushsvc.protocol import encode, parse_address
 
 SENT = 1732500000.25
 

@@ -6,8 +6,9 @@ import json
 
 from twisted.trial import unittest
 
+from pushsvc.frames import message_frame, with_position
 from pushsvc.history import OVERHEAD, History, Mailbox, kept_channels
-from pushsvc.protocol import Address, message_frame, with_position
+from pushsvc.protocol import Address
 
 
 def frame(n: int) -> bytes:

@@ -19,13 +19,14 @@ from twisted.trial import unittest
 
 from pushsvc.broker.amp import AmpBroker, WorkerProtocol
 from pushsvc.broker.interface import Command, Message
+from pushsvc.frames import message_frame
 from pushsvc.history import History
 from pushsvc.pool.master import Pool, WorkerProcess
 from pushsvc.wire.amp_args import CHUNK
 from pushsvc.wire.hub_commands import PublishBatch, RunCommand, Subscribe, Unsubscribe
 from pushsvc.wire.records import Outbox, pack_publish, unpack_messages, unpack_publishes
 from pushsvc.wire.worker_commands import DeliverBatch, Perform
-from pushsvc.protocol import Address, message_frame
+from pushsvc.protocol import Address
 from tests.helpers import eventually, run, settings
 from tests.test_pool import PoolTestCase
 

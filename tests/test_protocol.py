@@ -4,9 +4,9 @@ import json
 
 from twisted.trial import unittest
 
+from pushsvc.frames import error_frame, message_frame, reply_frame
 from pushsvc.protocol import (BAD_REQUEST, MAX_NAME, TOO_LARGE, UNKNOWN_OP, Address,
-                              ProtocolError, Request, encode, error_frame, message_frame,
-                              parse_address, parse_request, reply_frame)
+                              ProtocolError, Request, encode, parse_address, parse_request)
 
 
 class ParseRequestTests(unittest.TestCase):
@@ -288,7 +288,7 @@ class EncodeTests(unittest.TestCase):
 class WelcomeFrameTests(unittest.TestCase):
     def test_same_bytes_as_a_reply_frame(self):
         """The welcome built from parts is the JSON reply_frame encodes."""
-        from pushsvc.protocol import reply_frame, welcome_frame
+        from pushsvc.frames import reply_frame, welcome_frame
         for user, epoch, ref in [(None, None, None), ("u1", "e1", None),
                                  ('a "quoted" \\ \u00e9 \ud83d\ude00 user', "e2", 7),
                                  ("\ud800", None, "r")]:

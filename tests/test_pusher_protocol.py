@@ -277,7 +277,8 @@ class DataTests(unittest.TestCase):
 
     def test_data_of_a_msg_frame(self):
         """Pusher's string straight out of the msg frame pushsvc encoded once."""
-        from pushsvc.protocol import Address, message_frame, with_position
+        from pushsvc.frames import message_frame, with_position
+        from pushsvc.protocol import Address
         to = Address(group=('pusher.1:a,"data":1', "pusher.1:b"), user=('u"data"',))
         sender = {"session": 's,"data":', "user": "u1"}
         for value in ({"a": 1, "data": {"data": 2}}, [1, ',"data":'], "text", 'q"uote',

@@ -12,7 +12,8 @@ from dataclasses import replace
 from twisted.internet import task
 from twisted.trial import unittest
 
-from pushsvc.protocol import Address, ProtocolError, message_frame
+from pushsvc.frames import message_frame
+from pushsvc.protocol import Address, ProtocolError
 from pushsvc.pusher.apps import Apps, check_apps
 from pushsvc.pusher.dialect import Translation, event_message, pusher_error, pusher_frame
 from pushsvc.pusher.names import PusherError

@@ -28,8 +28,9 @@ from pushsvc.broker.redis_context import MISSED_BEATS
 from pushsvc.broker.redis_link import RETRY_MAX, _Link
 from pushsvc.broker.redis_url import RedisURL, parse_redis_url
 from pushsvc.config import ConfigError, build_settings
+from pushsvc.frames import message_frame
 from pushsvc.ids import owner
-from pushsvc.protocol import Address, message_frame
+from pushsvc.protocol import Address
 from pushsvc.routing import channels as route
 from tests.helpers import ChildTestCase, eventually, free_port, run, settings
 from tests.redis_helpers import RedisServer

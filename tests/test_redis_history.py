@@ -15,10 +15,11 @@ from twisted.trial import unittest
 
 from pushsvc.broker.redis_scripts import (BASE, MAGIC, body, parse_body, parse_payload,
                                           parse_replay, payload_body, payload_head)
+from pushsvc.frames import message_frame, with_position
 from pushsvc.history import in_order
 from pushsvc.ids import owner
 from pushsvc.wire.records import pack_publish
-from pushsvc.protocol import Address, message_frame, with_position
+from pushsvc.protocol import Address
 from pushsvc.wire.values import Message
 from tests.helpers import eventually, run
 from tests.test_redis_broker import (BrokerTestCase, FakeEngine, NodesTestCase, collect_log,

@@ -23,6 +23,7 @@ from twisted.web.client import Agent
 from pushsvc.broker.amp import WorkerProtocol
 from pushsvc.broker.interface import Command
 from pushsvc.broker.redis import RedisBroker
+from pushsvc.frames import message_frame
 from pushsvc.history import History
 from pushsvc.ids import owner
 from pushsvc.pool.master import Pool
@@ -30,7 +31,7 @@ from pushsvc.wire.hub_commands import PublishBatch, RunCommand, Subscribe, Unsub
 from pushsvc.wire.records import (RELAY, STORE, as_relay, pack_publish, unpack_messages,
                                   unpack_publishes)
 from pushsvc.wire.worker_commands import DeliverBatch, Perform
-from pushsvc.protocol import Address, message_frame
+from pushsvc.protocol import Address
 from tests.helpers import eventually, run, settings
 from tests.redis_helpers import RedisServer
 from tests.test_pool_wire import FakeWorker, pack

@@ -26,7 +26,8 @@ from pushsvc.broker.redis_presence_lua import (BEAT_SCRIPT, CHANGE_SCRIPT, STOP_
                                                SYNC_SCRIPT)
 from pushsvc.broker.redis_scripts import (HEARTBEAT_SCRIPT, MEMBERS_SCRIPT, PUBLISH_SCRIPT,
                                           REPLAY_SCRIPT, TAKE_MAIL_SCRIPT)
-from pushsvc.protocol import Address, message_frame
+from pushsvc.frames import message_frame
+from pushsvc.protocol import Address
 from pushsvc.routing import channels as route
 from pushsvc.wire.values import Message
 from tests.helpers import eventually, run

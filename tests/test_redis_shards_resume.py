@@ -17,7 +17,8 @@ from twisted.trial import unittest
 from pushsvc.broker.redis_shards import interleave, merge, shard_of
 from pushsvc.client import PushClient
 from pushsvc.cursor import cursor, join_epochs, resume_problem, shard_tag, with_shard
-from pushsvc.protocol import Address, message_frame, with_position
+from pushsvc.frames import message_frame, with_position
+from pushsvc.protocol import Address
 from pushsvc.routing import channels as route
 from tests.helpers import eventually, run
 from tests.test_redis_broker import NodesTestCase

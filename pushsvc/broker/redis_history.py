@@ -14,8 +14,9 @@ import txredisapi
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
+from ..frames import with_position
 from ..history import in_order
-from ..protocol import Address, with_position
+from ..protocol import Address
 from ..routing import channels as route
 from .redis_context import Context
 from .redis_scripts import (REPLAY_SCRIPT, TAKE_MAIL_SCRIPT, mail_key, parse_body,

@@ -4,7 +4,7 @@ From Redis.  The publish script publishes, per channel, one payload holding
 a header (the publisher's member id, the call's number and the call's first
 position) and the records of that call's messages on that channel, each with
 its index among the call's kept messages: every receiver splices its
-position into the frame (``protocol.with_position``), so every copy carries
+position into the frame (``frames.with_position``), so every copy carries
 the same bytes.  A script runs atomically, so a subscriber receives the
 copies of one call back to back: a message published on several channels it
 subscribes to is delivered from the first copy, and the others are dropped by
@@ -34,7 +34,8 @@ from collections import deque
 
 from twisted.logger import Logger
 
-from ..protocol import parse_address, with_position
+from ..frames import with_position
+from ..protocol import parse_address
 from .interface import Message
 from .redis_context import QUEUE_MAX_AGE, Context
 from .redis_scripts import parse_payload

@@ -44,8 +44,8 @@ from twisted.internet.defer import succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from ..frames import is_message
 from ..history import kept_channels
-from ..protocol import is_message
 from ..wire.hub_commands import PublishBatch
 from ..wire.records import as_relay
 from .redis_calls import BATCH_BYTES, BATCH_MESSAGES, _calls, _Out

@@ -29,12 +29,12 @@ from .. import commands, metrics
 from ..counters import new_counters
 from ..app import App, SessionInfo
 from ..broker.interface import IReceiver
+from ..frames import error_frame, message_frame, reply_frame, welcome_frame
 from ..ids import IdMaker
 from ..joins import Joins
 from ..namespaces import Namespaces
 from ..proxy import Backends
-from ..protocol import (CLOSE_POLICY, UNAUTHORIZED, Address, ProtocolError, Request,
-                        error_frame, message_frame, reply_frame, welcome_frame)
+from ..protocol import CLOSE_POLICY, UNAUTHORIZED, Address, ProtocolError, Request
 from ..reloadable import IReloadable
 from ..routing import channels, recipients, session_channels, worker_channel
 from ..sessions import Session, SessionRegistry

@@ -8,9 +8,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..cursor import Replayed, cursor, shard_tag
+from ..frames import position_of
 from ..wire.values import Message
-from ..protocol import (BAD_REQUEST, CLOSE_TRY_AGAIN, UNAVAILABLE, ProtocolError, Request,
-                        position_of)
+from ..protocol import BAD_REQUEST, CLOSE_TRY_AGAIN, UNAVAILABLE, ProtocolError, Request
 from ..routing import session_channels
 from ..sessions import Session
 

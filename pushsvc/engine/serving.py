@@ -10,8 +10,8 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ..protocol import (RATE_LIMITED, UNAUTHORIZED, ProtocolError, error_frame,
-                        parse_request)
+from ..frames import error_frame
+from ..protocol import RATE_LIMITED, UNAUTHORIZED, ProtocolError, parse_request
 from ..sessions import Session
 from .hooks import INTERNAL
 

@@ -3,7 +3,7 @@ client are served from.  No I/O.
 
 A Pusher event travels through the engine, the pool and Redis as an ordinary
 pushsvc message to the channel's group, whose ``msg`` frame carries two
-optional fields (``protocol.message_frame``)::
+optional fields (``frames.message_frame``)::
 
     {"op":"msg","id":..,"to":{"group":"pusher.1001:chat"},"event":"new-order",
      "socket_id":"123.456","from":{..},"data":"{\\"id\\":1}"}
@@ -28,7 +28,8 @@ from __future__ import annotations
 import json
 from typing import Any, Callable
 
-from ..protocol import Address, message_frame
+from ..frames import message_frame
+from ..protocol import Address
 from ..wire.values import Message
 from .names import PRESENCE, channel_kind
 from .protocol import channel_event, error

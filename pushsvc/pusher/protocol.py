@@ -105,7 +105,7 @@ _DATA_FIELD = b',"data":'
 
 def data_of_message(frame: bytes) -> str:
     """Pusher's data string of a pushsvc ``msg`` frame, without decoding the
-    frame: pushsvc.protocol.message_frame writes ``data`` last, and no field
+    frame: pushsvc.frames.message_frame writes ``data`` last, and no field
     before it holds a ``"data"`` key (inside JSON strings quotes are
     escaped), so the first ``,"data":`` starts it.  Equals ``data_text(data)``
     (or the same JSON ASCII-escaped, when data holds a lone surrogate); for
