@@ -234,6 +234,29 @@ class HeartbeatTests(unittest.TestCase):
         self.assertEqual(calls, [b"0", b"1"])
 
 
+class RepeatedErrorTests(unittest.TestCase):
+    """A heartbeat call's Redis error is logged when it comes and when it
+    changes, not at every beat; a lost connection is not its to log."""
+
+    def test_logged_once_per_error_and_again_after_a_success(self):
+        import txredisapi
+        from twisted.python.failure import Failure
+        from pushsvc.broker.redis_context import RepeatedError
+        logged = []
+        observer = lambda event: logged.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        errors = RepeatedError("the test heartbeat")
+        noscript, oom = (Failure(txredisapi.ResponseError(e)) for e in ("NOSCRIPT", "OOM"))
+        for failure in (noscript, noscript, Failure(txredisapi.ConnectionError("gone")), oom):
+            errors.failed(failure)
+        errors.ok()
+        errors.failed(oom, "sweeping")
+        self.assertEqual([line for line in logged if "failed:" in line],
+                         ["the test heartbeat failed: NOSCRIPT",
+                          "the test heartbeat failed: OOM", "sweeping failed: OOM"])
+
+
 class FakeEngine:
     """An IReceiver that records what it is handed."""
 

@@ -37,12 +37,33 @@ from .redis_link import RETRY_JITTER, RETRY_MAX, _Link
 from .redis_scripts import utf8 as _utf8
 from .redis_url import RedisURL
 
-__all__ = ["Context", "MISSED_BEATS", "QUEUE_MAX_AGE"]
+__all__ = ["Context", "MISSED_BEATS", "QUEUE_MAX_AGE", "RepeatedError"]
 
 _log = Logger()
 
 QUEUE_MAX_AGE = 60.0   # seconds a message kept while Redis is away stays worth sending
 MISSED_BEATS = 3       # heartbeat intervals after which a member is taken for gone
+
+
+class RepeatedError:
+    """The error of a call Redis is asked at every heartbeat, logged when it
+    first comes and when it changes, not at every beat; ``ok()`` when the
+    call succeeds again.  A connection that went is logged as such, elsewhere."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.last: str | None = None
+
+    def ok(self) -> None:
+        self.last = None
+
+    def failed(self, failure, what: str | None = None) -> None:
+        if not failure.check(txredisapi.ResponseError):
+            return
+        error = str(failure.value)
+        if error != self.last:
+            self.last = error
+            _log.error("{what} failed: {error}", what=what or self.what, error=error)
 
 
 class Context:

@@ -30,13 +30,12 @@ import txredisapi
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from ..commands import COMMANDS
 from ..protocol import ProtocolError
 from ..wire.hub_commands import RunCommand
 from .interface import Command
-from .redis_context import MISSED_BEATS, Context
+from .redis_context import MISSED_BEATS, Context, RepeatedError
 from .redis_link import _reason
 from .redis_scripts import HEARTBEAT_SCRIPT, MEMBERS_SCRIPT, utf8 as _utf8
 
@@ -79,7 +78,7 @@ class Members:
         self._beating = False
         self._again = False    # beat_now asked while a beat was under way
         self._claim_lost_since: float | None = None
-        self._beat_error: str | None = None
+        self._beat_error = RepeatedError("the redis heartbeat")
 
     # -- life cycle -------------------------------------------------------
 
@@ -136,7 +135,7 @@ class Members:
         d = ctx.eval(HEARTBEAT_SCRIPT, [ctx.members_key, ctx.node_key, *ctx.history_keys],
                      [ctx.id_b, ctx.ttl_ms, _utf8(ctx.token),
                       b"1" if ctx.sub_ready else b"0", ctx.candidate()])
-        d.addCallbacks(self._beaten, self._beat_failed)
+        d.addCallbacks(self._beaten, self._beat_error.failed)
         d.addBoth(self._beat_done)
 
     def _beat_done(self, _) -> None:
@@ -145,18 +144,10 @@ class Members:
             self._again = False
             self._beat()
 
-    def _beat_failed(self, failure: Failure) -> None:
-        if not failure.check(txredisapi.ResponseError):
-            return  # a connection that went: logged as such
-        error = str(failure.value)
-        if error != self._beat_error:  # once, not every beat
-            self._beat_error = error
-            _log.error("the redis heartbeat failed: {error}", error=error)
-
     def _beaten(self, result) -> None:
         ctx = self.context
         claimed, holder, members, epoch = result
-        self._beat_error = None
+        self._beat_error.ok()
         self.live = [m.decode("utf-8", "replace") for m in members]
         ctx.set_epoch(epoch)
         if claimed:

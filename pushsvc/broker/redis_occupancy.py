@@ -49,11 +49,10 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable
 
-import txredisapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
-from .redis_context import Context
+from .redis_context import Context, RepeatedError
 
 __all__ = ["Occupancy", "SWEEP_BEATS", "BATCH"]
 
@@ -149,7 +148,7 @@ class Occupancy:
         self._settling = False
         self._sweeping = False
         self._last_sweep: float | None = None
-        self._error: str | None = None
+        self._error = RepeatedError("the occupied channels in redis")
 
     def watch(self, wanted: Callable[[str], bool], announce: Callable[[str, bool], None],
               active: Callable[[], bool] = lambda: True) -> None:
@@ -223,7 +222,7 @@ class Occupancy:
 
     def _synced(self, answer) -> None:
         self._settling = False
-        self._error = None
+        self._error.ok()
         for channel, occupied in changes(answer):
             self._announce(channel, occupied)
         self.settle()
@@ -231,7 +230,7 @@ class Occupancy:
     def _sync_failed(self, failure, batch: list[tuple[bytes, str]]) -> None:
         self._settling = False
         self._queue.extendleft(reversed(batch))  # again, first, at the next beat
-        self._failed(failure, "syncing")
+        self._error.failed(failure, "syncing the occupied channels in redis")
 
     def beat(self, live: list[str]) -> None:
         """A heartbeat: settle what waits; sweep when this member is the
@@ -266,7 +265,7 @@ class Occupancy:
     def _swept(self, result) -> None:
         self._sweeping = False
         if result is not None:  # a Failure
-            self._failed(result, "sweeping")
+            self._error.failed(result, "sweeping the occupied channels in redis")
 
     def _announce(self, channel: str, occupied: bool) -> None:
         try:
@@ -274,13 +273,3 @@ class Occupancy:
         except Exception:
             _log.failure("announcing {channel} occupied={occupied} failed",
                          channel=channel, occupied=occupied)
-
-    def _failed(self, failure, what: str) -> None:
-        if not failure.check(txredisapi.ResponseError):
-            return  # a connection that went: logged as such, settled later
-        error = str(failure.value)
-        if error != self._error:  # once, not every beat
-            self._error = error
-            _log.error("{what} the occupied channels in redis failed: {error}",
-                       what=what, error=error)
-

@@ -26,12 +26,11 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import txredisapi
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .redis_context import Context
+from .redis_context import Context, RepeatedError
 from .redis_presence_lua import (BEAT_SCRIPT, CHANGE_SCRIPT, STOP_SCRIPT, SYNC_SCRIPT,
                                  entry, parse_beat, parse_entry, parse_sync, presence_keys)
 
@@ -51,7 +50,7 @@ class Presence:
         self.on_member: Callable[[str, str, Any, bool], None] | None = None
         self._dirty = False    # a call failed: Redis may not hold what this engine does
         self._beating = False
-        self._error: str | None = None
+        self._error = RepeatedError("the presence heartbeat")
 
     def _args(self, *more) -> list:
         ctx = self.context
@@ -130,16 +129,11 @@ class Presence:
 
     def _ok(self, _) -> None:
         self._beating = False
-        self._error = None
+        self._error.ok()
 
     def _failed(self, failure: Failure) -> None:
         self._beating = False
-        if not failure.check(txredisapi.ResponseError):
-            return  # a connection that went: logged as such
-        error = str(failure.value)
-        if error != self._error:  # once, not every beat
-            self._error = error
-            _log.error("the presence heartbeat failed: {error}", error=error)
+        self._error.failed(failure)
 
     def stop(self) -> None:
         """This engine stops: the others' next heartbeat sweeps its entries
