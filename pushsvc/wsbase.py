@@ -25,7 +25,11 @@ and limit) and changes only the setup around them:
   ``is_closed``, which Autobahn resolves and nobody in pushsvc waits on,
   are one shared stand-in;
 - ``release_handshake`` lets go of what Autobahn keeps of the handshake
-  for the connection's whole life but reads only during it.
+  for the connection's whole life but reads only during it;
+- a plain handshake whose head the lean path has parsed (``head``) is
+  answered from that parse (wshandshake.py), with the state and the answer
+  Autobahn's ``processHandshake`` and ``succeedHandshake`` give it; every
+  other handshake, refusals included, is Autobahn's.
 
 tests/test_wsbase.py compares the state of a connection with the one
 Autobahn's own setup gives it, so that an Autobahn which sets up more fails
@@ -42,6 +46,8 @@ from autobahn.twisted.websocket import WebSocketServerProtocol
 from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.protocol import (Timings, TrafficStats, Utf8Validator,
                                          WebSocketProtocol)
+
+from .wshandshake import Plain, plain, response
 
 __all__ = ["LeanServerProtocol"]
 
@@ -107,6 +113,9 @@ class LeanServerProtocol(WebSocketServerProtocol):
 
     is_open = is_closed = _NOBODY_WAITS
     send_queue = ()             # a deque once a synchronous or chopped write needs one
+    # (url, headers) of the handshake, as the lean path's llhttp read them
+    # (http/upgrade.py): set before the handshake's bytes arrive.
+    head = None
 
     def __init__(self):
         # Autobahn's constructor makes the two futures, an event table for
@@ -163,6 +172,54 @@ class LeanServerProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request):
         return None  # Autobahn's: a debug line, and None (no subprotocol)
+
+    def processHandshake(self):
+        head, self.head = self.head, None
+        if head is not None and type(self).onConnect is LeanServerProtocol.onConnect:
+            end = self.data.find(b"\r\n\r\n")
+            found = plain(*head, self) if end >= 0 else None
+            if found is not None:
+                self._open_plain(found, end + 4)
+                return
+        super().processHandshake()
+
+    def _open_plain(self, found: Plain, end: int) -> None:
+        """What Autobahn's processHandshake and succeedHandshake do with a
+        plain handshake whose head is the first ``end`` bytes of ``data``."""
+        data = self.data
+        self.http_request_data, self.data = data[:end], data[end:]
+        self.http_status_line = f"GET {found.uri} HTTP/1.1"
+        self.http_headers = found.headers
+        self.http_request_uri = found.uri
+        self.http_request_path = found.path
+        self.http_request_params = found.params
+        self.http_request_host = found.host
+        self.websocket_version = 13
+        self.websocket_protocols = []
+        self.websocket_origin = found.origin
+        self.websocket_extensions = found.extensions
+        self._wskey = found.key
+        self.websocket_protocol_in_use = None
+        self.websocket_extensions_in_use = []
+        factory = self.factory
+        answer = response(factory.server, factory.headers, found.key)
+        self.sendData(answer.encode("utf8"))
+        self.http_response_data = answer
+        self.state = self.STATE_OPEN
+        if self.openHandshakeTimeoutCall is not None:
+            self.openHandshakeTimeoutCall.cancel()
+            self.openHandshakeTimeoutCall = None
+        self.inside_message = False
+        self.current_frame = None
+        if self.autoPingInterval:
+            self.autoPingPendingCall = factory._batched_timer.call_later(
+                self.autoPingInterval, self._sendAutoPing)
+        if self.trackedTimings:
+            self.trackedTimings.track("onOpen")
+        self._onOpen()
+        self.is_open.callback(None)
+        if self.data:
+            self.consumeData()
 
     def sendData(self, data, sync=False, chopsize=None):
         if (sync or chopsize) and not self.send_queue:

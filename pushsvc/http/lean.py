@@ -105,7 +105,7 @@ class LeanChannel(HTTPChannel):
         resource = getChildForRequest(self.site.resource, request)
         direct = getattr(resource, "direct", None)
         if direct is not None:
-            return direct(self, headers) if method == b"GET" else None
+            return direct(self, url, headers) if method == b"GET" else None
         if getattr(type(resource), "render", None) is not JsonResource.render:
             return None
         request.resource = resource

@@ -31,7 +31,8 @@ class PushWebSocketResource(WebSocketResource):
         self.factory = factory
         self.api = api
 
-    def direct(self, channel, headers: list[tuple[bytes, bytes]]) -> "DirectUpgrade | None":
+    def direct(self, channel, url: bytes,
+               headers: list[tuple[bytes, bytes]]) -> "DirectUpgrade | None":
         """The upgrade of a plain handshake on ``channel`` (HTTP/1.1, asking
         for a WebSocket, with an allowed Origin or none, not through a
         trusted proxy), done without twisted.web; None: twisted.web serves
@@ -49,7 +50,7 @@ class PushWebSocketResource(WebSocketResource):
             return None
         if origin is not None and not self.api.origins.allows(origin.decode("latin-1")):
             return None
-        return DirectUpgrade(self.factory, channel)
+        return DirectUpgrade(self.factory, channel, (url, headers))
 
     def render(self, request):
         api = self.api
@@ -88,14 +89,16 @@ class PushWebSocketResource(WebSocketResource):
 
 class DirectUpgrade:
     """A handshake the lean path hands over: the connection becomes the
-    WebSocket protocol's, which reads the request as the client sent it
-    (Autobahn does the handshake and its checks: key, version, ...)."""
+    WebSocket protocol's, which reads the request as the client sent it,
+    with the ``head`` llhttp parsed (url, headers): a plain handshake is
+    answered from it, any other is Autobahn's (wsbase.py)."""
 
     upgrade = True  # the request ends at its head (lean_reader.py)
 
-    def __init__(self, factory, channel):
+    def __init__(self, factory, channel, head: tuple[bytes, list]):
         self.factory = factory
         self.channel = channel
+        self.head = head
 
     def take_over(self, data: bytes) -> None:
         """Give the connection to a new WebSocket protocol, which reads
@@ -104,6 +107,7 @@ class DirectUpgrade:
         transport = channel.upgraded()
         factory.next_slot, channel.ip_slot = channel.ip_slot, None
         protocol = factory.buildProtocol(transport.getPeer())
+        protocol.head = self.head
         if isinstance(transport, ProtocolWrapper):  # TLS
             transport.wrappedProtocol = protocol
         elif isinstance(transport.protocol, ProtocolWrapper):
