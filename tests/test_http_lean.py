@@ -363,3 +363,30 @@ class DeadlineTests(LeanTestCase):
             await client.wait_lost()
         self.assertEqual(self.engine.counters["slow_handshakes"], 3)
         self.assertEqual([len(answers(c.data)) for c in clients], [1] * 4)
+
+
+class NoCycleTests(LeanTestCase):
+    """What a connection of the lean path makes (its channel, llhttp's
+    parser and callbacks, the WebSocket protocol) goes with it by reference
+    counting: a connect storm leaves the garbage collector nothing to find."""
+
+    @run
+    async def test_connections_leave_no_reference_cycle(self):
+        await self.begin()
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        self.addCleanup(gc.garbage.clear)
+        self.addCleanup(gc.set_debug, 0)
+        clients = [await raw.open_raw(self.port) for _ in range(5)]
+        api = await self.connect(push(1) + push(2, close=True))
+        await api.wait_lost()
+        for client in clients:
+            client.transport.loseConnection()
+            await client.wait_lost()
+        await eventually(lambda: len(self.server.ws_factory.connections) == 1,
+                         what="the server let go of the WebSocket connections")
+        gc.collect()
+        left = [type(o).__qualname__ for o in gc.garbage
+                if type(o).__module__.startswith(("pushsvc", "httptools", "autobahn"))]
+        self.assertEqual(left, [])
+        self.assertEqual(len(answers(api.data)), 2)

@@ -155,6 +155,7 @@ class LeanChannel(HTTPChannel):
             self._lean_now = True
 
     def connectionLost(self, reason):
+        self._reader = None  # it refers to this channel (accept)
         current, self._current = self._current, None
         if current is not None:
             current.connectionLost(reason)

@@ -46,6 +46,47 @@ class _Overrun(Exception):
     """llhttp began a second message: the reader fed it too far (a bug)."""
 
 
+class _Message:
+    """llhttp's callbacks, and what they have seen of the request being read."""
+
+    def __init__(self, max_body: int):
+        self.max_body = max_body
+        self.clear()
+
+    def clear(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = self.complete = False
+        self.body: list[bytes] = []
+        self.size = 0
+        self.too_large = False
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            raise _Overrun()
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self.head_done = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.too_large:
+            return
+        self.size += len(body)
+        if self.size > self.max_body:
+            self.too_large, self.body = True, []
+        else:
+            self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
 class RequestReader:
     """One connection's requests, one at a time.
 
@@ -69,61 +110,33 @@ class RequestReader:
         self._reset()
 
     def _reset(self) -> None:
-        self._parser = httptools.HttpRequestParser(self)
+        # llhttp holds the message's callbacks, which do not refer back to
+        # the reader: no reference cycle, so a connection's reader and
+        # parser go with it, without the garbage collector.
+        self._msg = _Message(self.max_body)
+        self._parser = httptools.HttpRequestParser(self._msg)
         self._next_message()
 
     def _next_message(self) -> None:
         self._target = None           # what accept returned; None between heads
         self._scanned = 0             # bytes of a partial head with no CRLF CRLF
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._head_done = self._complete = False
         self._chunked = False
         self._left = 0                # Content-Length bytes still to come
         self._tail = b""              # the last 3 chunked bytes given to llhttp
-        self._body: list[bytes] = []
-        self._size = 0
-        self._too_large = False
-
-    # -- llhttp's callbacks -------------------------------------------------
-
-    def on_message_begin(self) -> None:
-        if self._complete:
-            raise _Overrun()
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self._head_done = True
-
-    def on_body(self, body: bytes) -> None:
-        if self._too_large:
-            return
-        self._size += len(body)
-        if self._size > self.max_body:
-            self._too_large, self._body = True, []
-        else:
-            self._body.append(body)
-
-    def on_message_complete(self) -> None:
-        self._complete = True
+        self._msg.clear()
 
     # -- reading ------------------------------------------------------------
 
     def read(self, data: bytes) -> tuple[Any, int]:
         """What the bytes from the start of ``data`` hold (module docstring).
         After NEED_MORE, ``data`` is the same bytes, less the ``used`` ones, and more."""
-        pos = 0
+        pos, msg = 0, self._msg
         if self._target is None:
             pos = self._read_head(data)
             if pos <= 0:
                 return (NEED_MORE if pos == 0 else HAND_OFF), 0
         try:
-            while not self._complete and pos < len(data):
+            while not msg.complete and pos < len(data):
                 end = self._body_end(data, pos)
                 self._parser.feed_data(data[pos:end])
                 if self._chunked:
@@ -134,9 +147,9 @@ class RequestReader:
         except httptools.HttpParserError:
             self._reset()
             return INVALID, len(data)
-        if not self._complete:
+        if not msg.complete:
             return NEED_MORE, pos
-        whole = Whole(self._target, b"".join(self._body), self._too_large)
+        whole = Whole(self._target, b"".join(msg.body), msg.too_large)
         self._next_message()
         return whole, pos
 
@@ -151,7 +164,7 @@ class RequestReader:
         end += len(END_OF_HEAD)
         if end > self.max_head:
             return -1
-        upgrade = False
+        upgrade, msg = False, self._msg
         try:
             self._parser.feed_data(data[:end])
         except httptools.HttpParserUpgrade:  # llhttp stops after an Upgrade request's head
@@ -159,20 +172,21 @@ class RequestReader:
         except httptools.HttpParserError:
             self._reset()
             return -1
-        target = self._accept() if self._head_done else None
+        target = self._accept() if msg.head_done else None
         if target is None or upgrade is not target.upgrade:
             self._reset()
             return -1
         if upgrade:  # no body: the connection is the WebSocket's next
-            self._complete = True
+            msg.complete = True
         self._target = target
-        self._head_done = False
+        msg.head_done = False
         return end
 
     def _accept(self) -> Any:
-        parser, headers = self._parser, self._headers
+        parser, msg = self._parser, self._msg
+        headers = msg.headers
         if (parser.get_http_version() != "1.1" or parser.get_method() not in (b"GET", b"POST")
-                or len(headers) > self.max_headers or not self._url.startswith(b"/")):
+                or len(headers) > self.max_headers or not msg.url.startswith(b"/")):
             return None
         for name, value in headers:
             lower = name.lower()
@@ -185,8 +199,8 @@ class RequestReader:
             elif lower == b"expect":
                 return None  # 100-continue: twisted.web's
         if self._left > self.max_body:
-            self._too_large = True
-        return self.accept(parser.get_method(), self._url, headers)
+            msg.too_large = True
+        return self.accept(parser.get_method(), msg.url, headers)
 
     def _body_end(self, data: bytes, pos: int) -> int:
         """Where to stop giving ``data`` (from ``pos``) to llhttp."""
