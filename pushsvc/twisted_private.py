@@ -66,6 +66,12 @@ def send_now(transport: Any, send: Callable[[bytes], Any], data: bytes) -> None:
     transport.write(data)
 
 
+def amp_failed(protocol: Any) -> bool:
+    """Whether an AMP protocol has failed its outgoing commands (its
+    connection is lost): ``callRemote`` then drops a fire-and-forget one."""
+    return protocol._failAllReason is not None
+
+
 def stdio_pipe(stdio: Any) -> Any:
     """The FileDescriptor a ``StandardIO`` writes to."""
     return stdio._writer

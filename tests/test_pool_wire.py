@@ -14,6 +14,8 @@ import json
 from twisted.internet.defer import succeed
 from twisted.internet.error import ProcessTerminated
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.trial import unittest
 
@@ -23,6 +25,7 @@ from pushsvc.frames import message_frame
 from pushsvc.history import History
 from pushsvc.pool.master import Pool, WorkerProcess
 from pushsvc.wire.amp_args import CHUNK
+from pushsvc.wire.batch_pipe import BatchPipe, batch_box
 from pushsvc.wire.hub_commands import PublishBatch, RunCommand, Subscribe, Unsubscribe
 from pushsvc.wire.records import Outbox, pack_publish, unpack_messages, unpack_publishes
 from pushsvc.wire.worker_commands import DeliverBatch, Perform
@@ -94,6 +97,67 @@ class PackingTests(unittest.TestCase):
         self.assertEqual(PublishBatch.parseArguments(box, None), {"batch": batch})
 
 
+class Pipe(BatchPipe):
+    """A BatchPipe that records what reaches it, batch or command, in order."""
+
+    batches = {DeliverBatch.commandName: "deliver"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list = []
+        self.makeConnection(StringTransport())
+
+    @DeliverBatch.responder
+    def deliver(self, batch):
+        self.seen.append(("batch", batch))
+        return {}
+
+    @Unsubscribe.responder
+    def unsubscribe(self, channels):
+        self.seen.append(("unsubscribe", channels))
+        return {}
+
+
+class BatchPipeTests(unittest.TestCase):
+    """Batches skip AMP's dispatch (wire/batch_pipe.py): the same bytes on
+    the wire, the same calls at the other end, in order with AMP's commands."""
+
+    def test_the_box_is_amps_own(self):
+        for batch in (b"", b"one message", b"x" * (2 * CHUNK + 10)):
+            sender = Pipe()
+            sender.callRemote(DeliverBatch, batch=batch)
+            self.assertEqual(batch_box(b"DeliverBatch", batch), sender.transport.value())
+
+    def test_batches_and_commands_arrive_in_order(self):
+        sender, receiver = Pipe(), Pipe()
+        big = b"y" * (CHUNK + 1)
+        sender.send_batch(DeliverBatch, b"first")
+        sender.callRemote(Unsubscribe, channels=["group:a"])
+        sender.callRemote(DeliverBatch, batch=big)  # AMP's own way: read the fast way too
+        sender.send_batch(DeliverBatch, b"last")
+        data = sender.transport.value()
+        for i in range(0, len(data), 1000):  # as a pipe may cut it
+            receiver.dataReceived(data[i:i + 1000])
+        self.assertEqual(receiver.seen, [("batch", b"first"), ("unsubscribe", ["group:a"]),
+                                         ("batch", big), ("batch", b"last")])
+
+    def test_a_box_missing_a_chunk_is_left_to_amp(self):
+        """AMP refuses it its own way (here: it drops the pipe), and nothing
+        half-read reaches the responder."""
+        receiver = Pipe()
+        box = amp.AmpBox({b"_command": b"DeliverBatch", b"batch": b"2", b"batch.0": b"a"})
+        receiver.dataReceived(box.serialize())
+        self.assertEqual(receiver.seen, [])
+        self.flushLoggedErrors(KeyError)
+
+    def test_nothing_is_sent_once_the_pipe_is_gone(self):
+        sender = Pipe()
+        transport = sender.transport
+        sender.connectionLost(Failure(ProcessTerminated()))
+        sender.send_batch(DeliverBatch, b"late")  # no error, as callRemote
+        self.assertEqual(transport.value(), b"")
+
+
 class FakeAmp:
     """An AMP peer that records each call: (command, arguments)."""
 
@@ -106,6 +170,10 @@ class FakeAmp:
         assert not self.lost
         self.calls.append((command, arguments))
         return succeed({"results": []} if command is RunCommand else {"result": {}})
+
+    def send_batch(self, command, batch):
+        """BatchPipe's fast way to send a batch: recorded as the call."""
+        self.callRemote(command, batch=batch)
 
     def loseConnection(self):
         self.lost = True

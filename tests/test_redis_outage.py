@@ -136,6 +136,9 @@ class _Calls:
         d = maybeDeferred(self.responders[command], **args)
         return d if command.requiresAnswer else None
 
+    def send_batch(self, command, batch):
+        self.callRemote(command, batch=batch)
+
 
 class RelayBrokerTests(unittest.TestCase):
 

@@ -18,9 +18,9 @@ import struct
 
 from twisted.internet.defer import maybeDeferred, succeed
 from twisted.logger import Logger
-from twisted.protocols import amp
 from zope.interface import implementer
 
+from ..wire.batch_pipe import BatchPipe
 from ..wire.hub_commands import (CountConnections, Member, PublishBatch, Replay,
                                  RunCommand, Subscribe, TakeMail, Unsubscribe)
 from ..wire.records import Outbox, pack_publish, unpack_messages
@@ -34,12 +34,14 @@ _log = Logger()
 ADDRESSES_KEPT = 4096  # decoded addresses a worker keeps (WorkerProtocol._address)
 
 
-class WorkerProtocol(amp.AMP):
+class WorkerProtocol(BatchPipe):
     """The worker's end of the AMP pipe: the hub hands it messages and commands.
 
     ``broker`` is the worker's ``AmpBroker``, or its ``RedisBroker`` on a
     Redis node (which gets messages from the hub only while Redis is away).
     """
+
+    batches = {DeliverBatch.commandName: "deliver"}
 
     def __init__(self, broker, on_lost=None):
         super().__init__()
@@ -114,7 +116,7 @@ class AmpBroker:
             from twisted.internet import reactor as clock
         self.epoch = epoch  # the hub's history's
         self.receiver = None
-        self.hub: amp.AMP | None = None
+        self.hub: WorkerProtocol | None = None
         self.subscriptions: set[str] = set()
         self.clock = clock
         self.outbox = Outbox(clock, self._send)
@@ -125,7 +127,7 @@ class AmpBroker:
     def attach(self, receiver):
         self.receiver = receiver
 
-    def connect(self, hub: amp.AMP) -> None:
+    def connect(self, hub: WorkerProtocol) -> None:
         """Use ``hub`` (a connected WorkerProtocol) from now on."""
         self.hub = hub
         if self.counts is not None:
@@ -148,8 +150,8 @@ class AmpBroker:
         return succeed(None)
 
     @staticmethod
-    def _send(hub: amp.AMP, batch: bytes) -> None:
-        hub.callRemote(PublishBatch, batch=batch)
+    def _send(hub: BatchPipe, batch: bytes) -> None:
+        hub.send_batch(PublishBatch, batch)
 
     def mail(self, user):
         d = self.hub.callRemote(TakeMail, user=user)

@@ -7,12 +7,12 @@ import struct
 from typing import TYPE_CHECKING
 
 from twisted.logger import Logger
-from twisted.protocols import amp
 
 from ..broker.counts import add_up, check_counts
 from ..keeper import Keeper
 from ..routing import channels as route
 from ..tally import MemberTally
+from ..wire.batch_pipe import BatchPipe
 from ..wire.hub_commands import (CountConnections, GatherMetrics, Hello, Member,
                                  PublishBatch, Replay, RunCommand, Subscribe, TakeMail,
                                  Unsubscribe)
@@ -114,7 +114,7 @@ class Hub:
 
     def _deliver(self, worker: "WorkerProcess", batch: bytes) -> None:
         if worker in self.pool.live:  # it has not ended meanwhile
-            worker.amp.callRemote(DeliverBatch, batch=batch)
+            worker.amp.send_batch(DeliverBatch, batch)
 
 
 def records(messages: list[tuple[str, bytes]]) -> bytes:
@@ -122,8 +122,10 @@ def records(messages: list[tuple[str, bytes]]) -> bytes:
     return b"".join(pack_message(msg_id, b"", frame) for msg_id, frame in messages)
 
 
-class HubProtocol(amp.AMP):
+class HubProtocol(BatchPipe):
     """The master's end of one worker's AMP pipe."""
+
+    batches = {PublishBatch.commandName: "publish"}
 
     def __init__(self, hub: Hub, worker: "WorkerProcess"):
         super().__init__()

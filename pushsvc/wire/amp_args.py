@@ -11,15 +11,21 @@ from twisted.protocols import amp
 CHUNK = amp.MAX_VALUE_LENGTH
 
 
+def chunks(value: bytes) -> list[bytes]:
+    """``value`` in AMP values: at least one, each at most CHUNK bytes."""
+    return [value[i:i + CHUNK] for i in range(0, len(value), CHUNK)] or [b""]
+
+
+def joined(name: bytes, strings) -> bytes:
+    """The value of argument ``name`` split over ``strings`` (an AMP box)."""
+    return b"".join([strings[b"%s.%d" % (name, i)] for i in range(int(strings[name]))])
+
+
 def _put(name: bytes, strings, value: bytes) -> None:
-    chunks = [value[i:i + CHUNK] for i in range(0, len(value), CHUNK)] or [b""]
-    strings[name] = b"%d" % len(chunks)
-    for i, chunk in enumerate(chunks):
+    parts = chunks(value)
+    strings[name] = b"%d" % len(parts)
+    for i, chunk in enumerate(parts):
         strings[b"%s.%d" % (name, i)] = chunk
-
-
-def _get(name: bytes, strings) -> bytes:
-    return b"".join(strings[b"%s.%d" % (name, i)] for i in range(int(strings[name])))
 
 
 class BigBytes(amp.Argument):
@@ -29,7 +35,7 @@ class BigBytes(amp.Argument):
         _put(name, strings, objects[name.decode("ascii")])
 
     def fromBox(self, name, strings, objects, proto):
-        objects[name.decode("ascii")] = _get(name, strings)
+        objects[name.decode("ascii")] = joined(name, strings)
 
 
 class Json(amp.Argument):
@@ -40,4 +46,4 @@ class Json(amp.Argument):
         _put(name, strings, json.dumps(value, separators=(",", ":")).encode("utf-8"))
 
     def fromBox(self, name, strings, objects, proto):
-        objects[name.decode("ascii")] = json.loads(_get(name, strings))
+        objects[name.decode("ascii")] = json.loads(joined(name, strings))
