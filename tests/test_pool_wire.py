@@ -25,7 +25,7 @@ from pushsvc.frames import message_frame
 from pushsvc.history import History
 from pushsvc.pool.master import Pool, WorkerProcess
 from pushsvc.wire.amp_args import CHUNK
-from pushsvc.wire.batch_pipe import BatchPipe, batch_box
+from pushsvc.wire.batch_pipe import BatchPipe, batch_box, read_boxes
 from pushsvc.wire.hub_commands import PublishBatch, RunCommand, Subscribe, Unsubscribe
 from pushsvc.wire.records import Outbox, pack_publish, unpack_messages, unpack_publishes
 from pushsvc.wire.worker_commands import DeliverBatch, Perform
@@ -149,6 +149,35 @@ class BatchPipeTests(unittest.TestCase):
         receiver.dataReceived(box.serialize())
         self.assertEqual(receiver.seen, [])
         self.flushLoggedErrors(KeyError)
+
+    def test_boxes_read_as_amp_reads_them(self):
+        """Boxes of every shape, the stream cut at every byte: AMP's parser
+        and read_boxes find the same boxes."""
+        boxes = [amp.AmpBox({b"_command": b"Subscribe", b"_ask": b"1", b"channels": b""}),
+                 amp.AmpBox({b"_answer": b"1"}),
+                 amp.AmpBox({b"k" * 255: b"v" * 65535, b"e": b""}),
+                 amp.AmpBox({b"_command": b"DeliverBatch", b"batch": b"1", b"batch.0": b"x"})]
+        stream = b"".join(box.serialize() for box in boxes)
+        reference = []
+        parser = amp.BinaryBoxProtocol(type("R", (), {"ampBoxReceived": reference.append,
+                                                      "startReceivingBoxes": lambda s, b: None})())
+        parser.makeConnection(StringTransport())
+        parser.dataReceived(stream)
+        self.assertEqual(reference, boxes)
+        for cut in range(0, len(stream), 97):
+            first, used, too_long = read_boxes(stream[:cut])
+            rest, _, _ = read_boxes(stream[used:])
+            self.assertEqual((first + rest, too_long), (boxes, False), cut)
+
+    def test_a_key_too_long_cuts_the_pipe(self):
+        """AMP's limit: the boxes before it are read, then the pipe is cut."""
+        receiver = Pipe()
+        good = amp.AmpBox({b"_command": b"Unsubscribe", b"channels": b""}).serialize()
+        receiver.dataReceived(good + b"\x01\x00" + b"k" * 256 + good)
+        self.assertEqual(receiver.seen, [("unsubscribe", [])])
+        self.assertTrue(receiver.transport.disconnecting)
+        receiver.dataReceived(good)
+        self.assertEqual(len(receiver.seen), 1)
 
     def test_nothing_is_sent_once_the_pipe_is_gone(self):
         sender = Pipe()
