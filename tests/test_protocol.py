@@ -6,7 +6,8 @@ from twisted.trial import unittest
 
 from pushsvc.frames import error_frame, message_frame, reply_frame
 from pushsvc.protocol import (BAD_REQUEST, MAX_NAME, TOO_LARGE, UNKNOWN_OP, Address,
-                              ProtocolError, Request, encode, parse_address, parse_request)
+                              ProtocolError, Request, decode_json, encode, parse_address,
+                              parse_request)
 
 
 class ParseRequestTests(unittest.TestCase):
@@ -171,6 +172,27 @@ class ParseRequestTests(unittest.TestCase):
         self.assertEqual(self.parse(frame, max_targets=3).to, Address(group=("a", "b", "c")))
         e = self.refused(frame, code=TOO_LARGE, max_targets=2)
         self.assertEqual((e.message, e.ref), ("'to' names 3 targets; the limit is 2", 2))
+
+
+class DecodeJsonTests(unittest.TestCase):
+    """decode_json (one shared decoder) reads what json.loads reads, in every
+    encoding it detects, and refuses what it refuses, NaN and 1e400 too."""
+
+    def test_as_json_loads(self):
+        good = {b'{"a":1}': {"a": 1}, '{"a":1}': {"a": 1}, b"[1.5]": [1.5],
+                b'{"a":"\\ud800"}': {"a": "\ud800"}, b'"\xed\xa0\x80"': "\ud800",
+                '{"a":"\u00e9"}'.encode("utf-16"): {"a": "\u00e9"},
+                '{"a":"\u00e9"}'.encode("utf-16-le"): {"a": "\u00e9"},
+                '{"a":"\u00e9"}'.encode("utf-32"): {"a": "\u00e9"},
+                b"\xef\xbb\xbf{}": {}}  # bytes may start with UTF-8's mark, text may not
+        for text, value in good.items():
+            self.assertEqual(decode_json(text), value, text)
+        bad = [b"NaN", b"-Infinity", b"1e400", b"", b"  ", b'{"a":1} x', b"\x80abc", b"\xff\xfe",
+               b"[" * 100000, "\ufeff{}"]
+        for text in bad:
+            with self.assertRaises(ProtocolError, msg=repr(text)[:40]) as caught:
+                decode_json(text)
+            self.assertEqual(caught.exception.code, BAD_REQUEST)
 
 
 class ParseAddressTests(unittest.TestCase):
