@@ -174,7 +174,7 @@ class LeanServerProtocol(WebSocketServerProtocol):
         return None  # Autobahn's: a debug line, and None (no subprotocol)
 
     def processHandshake(self):
-        head, self.head = self.head, None
+        head = self.__dict__.pop("head", None)  # read once; no attribute left behind
         if head is not None and type(self).onConnect is LeanServerProtocol.onConnect:
             end = self.data.find(b"\r\n\r\n")
             found = plain(*head, self) if end >= 0 else None

@@ -195,6 +195,7 @@ class PlainHandshakeTests(unittest.TestCase):
                          b"Upgrade: WebSocket\r\nConnection: Upgrade\r\n"
                          b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
         self.assertEqual(conn.state, conn.STATE_OPEN)
+        self.assertNotIn("head", vars(conn))  # read once, not kept for the connection's life
 
     def test_a_frame_after_the_head(self):
         """Bytes after the head (a client's first frame) are read once the
