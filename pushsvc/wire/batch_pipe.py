@@ -84,6 +84,7 @@ class BatchPipe(amp.AMP):
 
     batches: dict[bytes, str] = {}
     _unread = b""  # the start of a box yet to come whole
+    _cut = False   # a key over AMP's limit came: nothing more is read
 
     def send_batch(self, command: type[amp.Command], batch: bytes) -> None:
         """``callRemote(command, batch=batch)``, without building a box."""
@@ -95,8 +96,8 @@ class BatchPipe(amp.AMP):
         if self.innerProtocol is not None:  # AMP switched protocols (pushsvc never does)
             super().dataReceived(data)
             return
-        if self._keyLengthLimitExceeded:
-            return  # cut: nothing more is read
+        if self._cut:
+            return
         if self._unread:
             data = self._unread + data
         boxes, used, too_long = read_boxes(data)
@@ -105,6 +106,7 @@ class BatchPipe(amp.AMP):
         for box in boxes:
             receiver.ampBoxReceived(box)
         if too_long:
+            self._cut = True
             self.lengthLimitExceeded(len(data))  # as AMP: cut, and said why
 
     def ampBoxReceived(self, box):
