@@ -192,12 +192,25 @@ class ShardedResumeBase(NodesTestCase):
     each shard (``g``), and her user and ``all`` channels live on some."""
 
     timeout = 180
+    workers = 2  # per node
 
     async def start(self):
-        await self.start_nodes(workers=2, shards=3)
+        await self.start_nodes(workers=self.workers, shards=3)
         self.g = on_each(3)
         self.channels = ["all", "user:ann", *(f"group:{g}" for g in self.g)]
         self.to_of: dict[str, Address] = {}
+
+    async def shard_back(self, n: int) -> None:
+        """Start shard ``n`` again (empty), and wait until each node answers
+        healthy and every engine has registered on the shard again: /healthz
+        is one worker's answer, and a resume through a worker whose link to
+        the shard is not back yet answers the shard's channels unavailable."""
+        await self.shards[n].start()
+        for node in self.nodes.values():
+            await self.wait_healthy(node)
+        engines = len(self.nodes) * self.workers
+        await eventually(lambda: self.shards[n].call("ZCARD", "pushsvc:_members") == engines,
+                         20, f"every engine registered on shard {n} again")
 
     def cursor_of(self, client) -> tuple[list[int], str]:
         """(since, epoch) for a resume after what ``client`` got."""
@@ -310,9 +323,7 @@ class ShardedResumeTests(ShardedResumeBase):
         had = await self.pushes("b", 8, "had")
         await eventually(lambda: len(got) == len(had), 10, "the first messages")
         await self.shards[1].stop()
-        await self.shards[1].start()
-        for node in self.nodes.values():
-            await self.wait_healthy(node)
+        await self.shard_back(1)
         after = await self.pushes("b", 8, "after")
         await eventually(lambda: len(got) == len(had) + len(after), 20, "the ones after")
         order_kept(self, got[len(had):], after)
@@ -344,9 +355,7 @@ class ShardedResumeTests(ShardedResumeBase):
         first, had, since, epoch = await self.ann_leaves()
         before = await self.pushes("a", 8, "before")
         await self.shards[1].stop()
-        await self.shards[1].start()
-        for node in self.nodes.values():
-            await self.wait_healthy(node)
+        await self.shard_back(1)
         after = await self.pushes("b", 8, "after")
         on_shard_1 = [i for i in self.batch
                       if any(shard_of(c, 3) == 1 for c in route(self.to_of[i]))]
@@ -386,9 +395,7 @@ class ShardedResumeTests(ShardedResumeBase):
         self.assertEqual(ok["replayed"], len(elsewhere))
         await again.disconnect()
 
-        await self.shards[2].start()  # restarted empty: its part of the epoch changes
-        for node in self.nodes.values():
-            await self.wait_healthy(node)
+        await self.shard_back(2)  # restarted empty: its part of the epoch changes
         last = await self.ann_on("b")
         ok = await last.request("resume", since=since, epoch=epoch)
         self.assertEqual((ok["gaps"], ok.get("unavailable")), (on_2, None))
